@@ -1,0 +1,29 @@
+"""forgetlab: fine-tune pretrained language models and measure what each method learns and
+what it forgets.
+
+    import forgetlab
+    cfg = forgetlab.load_config("configs/quickstart.yaml", ["method.name=lora"])
+    result = forgetlab.run(cfg)
+    print(forgetlab.format_run(result.metrics))
+"""
+
+__version__ = "0.1.0"
+
+from forgetlab.api import (  # noqa: E402
+    compare,
+    format_run,
+    list_methods,
+    load_config,
+    metrics_from_csv,
+    run,
+)
+
+__all__ = [
+    "__version__",
+    "compare",
+    "format_run",
+    "list_methods",
+    "load_config",
+    "metrics_from_csv",
+    "run",
+]

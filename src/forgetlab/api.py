@@ -1,0 +1,63 @@
+"""The Python API; the CLI is a thin shell over these functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgetlab import config as _config
+from forgetlab.config import Config
+from forgetlab.methods import METHODS, method_config
+from forgetlab.metrics import metrics_from_csv
+from forgetlab.report.text import format_comparison, format_run
+from forgetlab.store import ResultsStore, read_json
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    raw: dict[str, Any] | None = None,
+) -> Config:
+    """Read a YAML file (or take `raw`, a dict), apply `a.b=value` overrides, validate all of
+    it, the method's own keys included."""
+    data = _config.load_raw(path) if path is not None else dict(raw or {})
+    config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
+    method_config(config.method)
+    return config
+
+
+def run(config: Config | str | Path, resume: bool = False):
+    """Run every seed of a sequential fine-tuning config; returns a `RunResult`."""
+    from forgetlab.runner import run as _run  # heavy imports (torch, transformers) on demand
+
+    if not isinstance(config, Config):
+        config = load_config(config)
+    return _run(config, resume=resume)
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """The metrics.json of a finished run directory."""
+    return read_json(Path(run_dir) / "metrics.json")
+
+
+def compare(run_dirs: list[str | Path] | None = None, store: str | Path | None = None) -> str:
+    """A side-by-side table of finished runs, from their directories or from a results store."""
+    summaries = [load_run(d) for d in run_dirs or []]
+    if store is not None:
+        summaries += [r["metrics"] for r in ResultsStore(store).runs()]
+    return format_comparison(summaries)
+
+
+def list_methods() -> dict[str, str]:
+    return {name: m.summary for name, m in sorted(METHODS.items())}
+
+
+__all__ = [
+    "compare",
+    "format_run",
+    "list_methods",
+    "load_config",
+    "load_run",
+    "metrics_from_csv",
+    "run",
+]

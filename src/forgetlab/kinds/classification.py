@@ -1,0 +1,113 @@
+"""Sequence (pair) classification: cross-entropy on the task's head, scored by accuracy."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from forgetlab.tasks.base import ClassificationExample
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids without padding; batches are padded to their own longest row."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+def encode(
+    examples: list[ClassificationExample], tokenizer, max_length: int, pair_encoding: str
+) -> EncodedSplit:
+    first = [ex.text for ex in examples]
+    second = [ex.text_pair for ex in examples]
+    if all(s is None for s in second):
+        enc = tokenizer(first, truncation=True, max_length=max_length)
+    elif pair_encoding == "concat":  # one string, as the reference study did
+        joined = [a if b is None else f"{a} {b}" for a, b in zip(first, second)]
+        enc = tokenizer(joined, truncation=True, max_length=max_length)
+    else:  # [CLS] a [SEP] b [SEP]
+        enc = tokenizer(first, [s or "" for s in second], truncation=True, max_length=max_length)
+    return EncodedSplit(
+        input_ids=enc["input_ids"],
+        token_type_ids=enc.get("token_type_ids"),
+        labels=[ex.label for ex in examples],
+    )
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, group: bool = True
+) -> list[list[int]]:
+    """Shuffled batches of similar length (HF's megabatch scheme): shuffle, cut into chunks of
+    50 batches, sort each chunk by length, split into batches, shuffle the batch order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group:
+        chunk = batch_size * 50
+        order = [
+            i
+            for start in range(0, len(order), chunk)
+            for i in sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group:
+        rng.shuffle(batches)
+    return batches
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Length-sorted batches: order does not matter for scores, padding does for speed."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(split: EncodedSplit, indices: list[int], pad_id: int, device) -> dict:
+    width = max(len(split.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    types = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(split.input_ids[i])
+        ids[row, :n] = torch.tensor(split.input_ids[i])
+        mask[row, :n] = 1
+        if split.token_type_ids is not None:
+            types[row, :n] = torch.tensor(split.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if split.token_type_ids is not None:
+        batch["token_type_ids"] = types
+    labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
+    return {"inputs": {k: v.to(device) for k, v in batch.items()}, "labels": labels.to(device)}
+
+
+def loss(model, task: str, batch: dict) -> torch.Tensor:
+    logits = model(task, **batch["inputs"])
+    return F.cross_entropy(logits.float(), batch["labels"])
+
+
+def predict(model, task: str, batch: dict) -> torch.Tensor:
+    return model(task, **batch["inputs"]).argmax(-1)
+
+
+class _Classification:
+    """Namespace object so that the registry holds one value per kind."""
+
+    encode = staticmethod(encode)
+    train_batches = staticmethod(length_grouped_batches)
+    eval_batches = staticmethod(eval_batches)
+    collate = staticmethod(collate)
+    loss = staticmethod(loss)
+    predict = staticmethod(predict)
+
+
+CLASSIFICATION = _Classification()

@@ -1,0 +1,33 @@
+"""Adaptation methods, registered by name.
+
+To add a method: write `methods/<name>.py` with a config dataclass and a `Method` subclass,
+then add it to `METHODS` below and one row to the table in `tests/test_methods.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forgetlab.config import from_dict
+from forgetlab.errors import ConfigError
+from forgetlab.methods.base import Method, MethodConfig
+from forgetlab.methods.freeze import FreezeLowerLayers
+from forgetlab.methods.full import FullFineTuning
+from forgetlab.methods.lora import Lora
+
+METHODS: dict[str, Method] = {m.name: m for m in (FullFineTuning(), Lora(), FreezeLowerLayers())}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def method_config(section: dict[str, Any]) -> MethodConfig:
+    """Validate the `method:` section with the named method's own config dataclass."""
+    method = get_method(section.get("name", ""))
+    return from_dict(method.config_cls, section, "method")
+
+
+__all__ = ["METHODS", "Method", "MethodConfig", "get_method", "method_config"]

@@ -1,0 +1,57 @@
+"""Partial fine-tuning: freeze the backbone except its last k transformer layers.
+
+A cheap, classic way to forget less: the lower layers, which hold the most general features,
+cannot move at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from forgetlab.errors import ConfigError
+from forgetlab.methods.base import Method, MethodConfig
+from forgetlab.models.task_model import TaskModel
+
+# Matches the layer index in BERT (encoder.layer.3.), GPT-2 (h.3.), Llama (layers.3.) names.
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+@dataclass
+class FreezeConfig(MethodConfig):
+    num_trainable_layers: int = 2  # the top k layers train (plus the pooler and the head)
+
+    def __post_init__(self) -> None:
+        if self.num_trainable_layers < 0:
+            raise ConfigError(
+                f"method.num_trainable_layers={self.num_trainable_layers} must be >= 0"
+            )
+
+
+class FreezeLowerLayers(Method):
+    name = "freeze"
+    summary = "only the last k transformer layers (and the head) train"
+    config_cls = FreezeConfig
+
+    def prepare(self, model: TaskModel, cfg: FreezeConfig) -> None:
+        indices = {
+            int(m.group(1))
+            for n, _ in model.backbone.named_parameters()
+            if (m := LAYER_INDEX.search(n))
+        }
+        if not indices:
+            raise ConfigError("method freeze: found no numbered transformer layers in the model")
+        n_layers = max(indices) + 1
+        k = cfg.num_trainable_layers
+        if k > n_layers:
+            raise ConfigError(
+                f"method.num_trainable_layers={k} but the model has {n_layers} layers"
+            )
+        first_trainable = n_layers - k
+        for name, p in model.backbone.named_parameters():
+            m = LAYER_INDEX.search(name)
+            # The pooler sits above the last layer: it trains whenever any layer does.
+            above = m is None and "pooler" in name and k > 0
+            p.requires_grad_(bool(above or (m and int(m.group(1)) >= first_trainable)))
+        for p in model.heads.parameters():
+            p.requires_grad_(True)

@@ -1,0 +1,16 @@
+"""Full fine-tuning: every backbone weight trains (the reference study's baseline)."""
+
+from __future__ import annotations
+
+from forgetlab.methods.base import Method, MethodConfig
+from forgetlab.models.task_model import TaskModel
+
+
+class FullFineTuning(Method):
+    name = "full"
+    summary = "all backbone weights and the head train"
+    config_cls = MethodConfig
+
+    def prepare(self, model: TaskModel, cfg: MethodConfig) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)

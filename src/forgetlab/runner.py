@@ -1,0 +1,443 @@
+"""The sequential fine-tuning recipe: base model, then one stage per task, every task scored
+after every stage, for each seed; results stored as they are produced.
+
+Run directory layout (each file written atomically):
+
+    <out>/config.yaml            resolved config
+    <out>/metrics.json           all seeds: per-seed metrics and mean ± std ± 95% CI
+    <out>/run.log
+    <out>/seed-<s>/state.json    rows finished so far (what --resume continues from)
+    <out>/seed-<s>/metrics.json, accuracy_matrix.csv
+    <out>/seed-<s>/checkpoints/stage-<i>-<task>/  backbone (safetensors or PEFT adapter), heads
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import forgetlab
+from forgetlab.config import Config, TaskConfig, config_to_yaml
+from forgetlab.errors import ForgetlabError, TrainingDiverged
+from forgetlab.evaluate import evaluate_task
+from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.methods import Method, MethodConfig, get_method, method_config
+from forgetlab.methods.base import count_parameters, load_heads, save_heads
+from forgetlab.metrics import (
+    aggregate_metrics,
+    continual_metrics,
+    learning_flags,
+    majority_baseline,
+    matrix_csv_text,
+)
+from forgetlab.models import TaskModel, load_backbone, load_tokenizer
+from forgetlab.store import (
+    ResultsStore,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    read_json,
+)
+from forgetlab.tasks.base import TaskData
+from forgetlab.tasks.files import load_file_task
+from forgetlab.tasks.registry import load_task, subsample
+from forgetlab.train import StageStats, make_accelerator, train_stage
+
+log = logging.getLogger("forgetlab")
+
+# Keys that may differ between a run and its resumption (they do not change any number).
+RESUME_IGNORED = {("output", "store"), ("training", "progress_bar"), ("training", "trackers")}
+
+
+@dataclass
+class PreparedTask:
+    name: str
+    kind: str
+    data: TaskData
+    train: EncodedSplit
+    eval: EncodedSplit
+    majority: float
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: Config
+    metrics: dict  # the content of <run_dir>/metrics.json
+    seed_metrics: dict[int, dict] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# tasks
+
+
+def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
+    if tc.type == "file":
+        return load_file_task(
+            tc.name,
+            Path(tc.train),
+            Path(tc.eval),
+            text_column=tc.text_column,
+            label_column=tc.label_column,
+            text_pair_column=tc.text_pair_column,
+            label_names=tc.label_names,
+        )
+    data_dir = Path(config.data.dir) if config.data.dir else None
+    return load_task(tc.name, data_dir=data_dir, source=config.data.source)
+
+
+def prepare_tasks(config: Config, tokenizer) -> list[PreparedTask]:
+    """Load, subsample (fixed seed, the same for every training seed) and tokenize."""
+    prepared = []
+    for index, tc in enumerate(config.tasks):
+        data = _load_task_data(tc, config)
+        n_train = tc.max_train_examples or config.data.max_train_examples
+        n_eval = tc.max_eval_examples or config.data.max_eval_examples
+        sub_seed = config.data.subsample_seed * 1000 + index
+        train = subsample(data.train, n_train, sub_seed)
+        evals = subsample(data.eval, n_eval, sub_seed + 500)
+        if not train or not evals:
+            raise ForgetlabError(f"task {tc.name!r} has an empty train or eval split")
+        ops = KINDS[data.kind]
+        enc = (tokenizer, config.model.max_length, config.data.pair_encoding)
+        prepared.append(
+            PreparedTask(
+                name=tc.name,
+                kind=data.kind,
+                data=data,
+                train=ops.encode(train, *enc),
+                eval=ops.encode(evals, *enc),
+                majority=majority_baseline([ex.label for ex in evals]),
+            )
+        )
+        log.info(
+            "task %s: %d train / %d eval examples (eval: %s; majority baseline %.3f)",
+            tc.name,
+            len(train),
+            len(evals),
+            data.eval_split,
+            prepared[-1].majority,
+        )
+    return prepared
+
+
+# --------------------------------------------------------------------------------------
+# model and checkpoints
+
+
+def build_model(
+    config: Config, tasks: list[PreparedTask], method: Method, mcfg: MethodConfig, seed: int
+) -> TaskModel:
+    backbone, hidden = load_backbone(config.model)
+    torch.manual_seed(seed)  # heads and adapter init depend on the seed only
+    model = TaskModel(
+        backbone,
+        hidden,
+        {t.name: t.data.num_labels for t in tasks},
+        pooling=config.model.pooling,
+        head_dropout=config.model.head_dropout,
+        shared_head=config.heads == "shared",
+    )
+    method.prepare(model, mcfg)
+    return model
+
+
+def stage_dir(seed_dir: Path, stage: int, task: str) -> Path:
+    return seed_dir / "checkpoints" / f"stage-{stage}-{task}"
+
+
+def save_checkpoint(model: TaskModel, method: Method, folder: Path) -> None:
+    with atomic_dir(folder) as tmp:
+        method.save_backbone(model, tmp / "backbone")
+        save_heads(model, tmp / "heads.safetensors")
+
+
+def load_checkpoint(model: TaskModel, method: Method, folder: Path) -> None:
+    if not (folder / "heads.safetensors").is_file():
+        raise ForgetlabError(f"cannot resume: checkpoint {folder} is missing or incomplete")
+    method.load_backbone(model, folder / "backbone")
+    load_heads(model, folder / "heads.safetensors")
+
+
+# --------------------------------------------------------------------------------------
+# one seed
+
+
+def _eval_row(model, tasks, config, accelerator, pad_id) -> list[dict]:
+    return [
+        evaluate_task(
+            model,
+            t.name,
+            t.kind,
+            t.eval,
+            t.data.extra_metrics,
+            config.eval.batch_size,
+            accelerator,
+            pad_id,
+        )
+        for t in tasks
+    ]
+
+
+def seed_metrics(config: Config, tasks: list[PreparedTask], state: dict) -> dict:
+    """metrics.json of one seed: the accuracy matrix, CL metrics and learning flags."""
+    rows = state["rows"]
+    R = [[cell["accuracy"] for cell in row] for row in rows]
+    majority = [t.majority for t in tasks]
+    n_eval = [len(t.eval) for t in tasks]
+    out = {
+        "version": forgetlab.__version__,
+        "seed": state["seed"],
+        "method": config.method["name"],
+        "model": config.model.name,
+        "heads": config.heads,
+        "tasks": [t.name for t in tasks],
+        "eval_splits": [t.data.eval_split for t in tasks],
+        "row_labels": ["base"] + [f"after {t.name}" for t in tasks[: len(rows) - 1]],
+        "accuracy_matrix": R,
+        "scores": rows,
+        "majority_baseline": majority,
+        "n_eval": n_eval,
+        "stages": state["stages"],
+        "complete": len(rows) == len(tasks) + 1,
+        "trainable_parameters": state.get("trainable_parameters"),
+        "total_parameters": state.get("total_parameters"),
+    }
+    if out["complete"]:
+        out.update(continual_metrics(np.array(R)))
+        out["learning"] = learning_flags(R, majority, n_eval, alpha=config.eval.alpha)
+    return out
+
+
+def run_seed(
+    config: Config,
+    tasks: list[PreparedTask],
+    method: Method,
+    mcfg: MethodConfig,
+    seed: int,
+    out: Path,
+    resume: bool,
+    accelerator,
+    pad_id: int,
+) -> dict:
+    seed_dir = out / f"seed-{seed}"
+    state_path = seed_dir / "state.json"
+    state = read_json(state_path) if resume and state_path.is_file() else None
+    if state and len(state["rows"]) == len(tasks) + 1 and (seed_dir / "metrics.json").is_file():
+        log.info("seed %d: already complete, skipped", seed)
+        return read_json(seed_dir / "metrics.json")
+
+    model = build_model(config, tasks, method, mcfg, seed)
+    trainable, total = count_parameters(model)
+    log.info(
+        "seed %d: %s, %d of %d parameters trainable (%.2f%%)",
+        seed,
+        method.name,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    if state and len(state["rows"]) > 1:
+        done = len(state["rows"]) - 1
+        load_checkpoint(model, method, stage_dir(seed_dir, done, tasks[done - 1].name))
+        log.info("seed %d: resumed after stage %d (%s)", seed, done, tasks[done - 1].name)
+    elif not state:
+        state = {
+            "seed": seed,
+            "rows": [],
+            "stages": [],
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+        }
+        state["rows"].append(_eval_row(model, tasks, config, accelerator, pad_id))
+        atomic_write_json(state_path, state)
+        _log_row(seed, "base", tasks, state["rows"][-1])
+
+    for stage in range(len(state["rows"]), len(tasks) + 1):
+        task = tasks[stage - 1]
+        try:
+            stats: StageStats = train_stage(
+                model,
+                method,
+                mcfg,
+                task.name,
+                task.kind,
+                task.train,
+                config.training,
+                accelerator,
+                seed=seed,
+                stage=stage,
+                pad_id=pad_id,
+            )
+        except TrainingDiverged as e:
+            raise TrainingDiverged(
+                f"{e}. Finished stages are kept in {seed_dir} (--resume continues after them)"
+            ) from e
+        log.info(
+            "seed %d stage %d %s: %d steps, loss %.4f -> %.4f, %.1f ex/s, %.0f tok/s",
+            seed,
+            stage,
+            task.name,
+            stats.steps,
+            stats.first_loss or float("nan"),
+            stats.final_loss or float("nan"),
+            stats.examples_per_s,
+            stats.tokens_per_s,
+        )
+        row = _eval_row(model, tasks, config, accelerator, pad_id)
+        if config.output.checkpoints != "none" or stage < len(tasks):
+            save_checkpoint(model, method, stage_dir(seed_dir, stage, task.name))
+        state["rows"].append(row)
+        state["stages"].append(stats.to_dict())
+        atomic_write_json(state_path, state)  # the stage counts as done only from here
+        _log_row(seed, f"after {task.name}", tasks, row)
+        _prune_checkpoints(config, seed_dir, tasks, stage)
+
+    metrics = seed_metrics(config, tasks, state)
+    atomic_write_text(
+        seed_dir / "accuracy_matrix.csv",
+        matrix_csv_text(metrics["tasks"], metrics["accuracy_matrix"], metrics["row_labels"]),
+    )
+    atomic_write_json(seed_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _prune_checkpoints(config: Config, seed_dir: Path, tasks, stage: int) -> None:
+    """checkpoints=last keeps only the newest stage (enough to resume); none keeps nothing
+    once the run is complete."""
+    mode = config.output.checkpoints
+    if mode == "all":
+        return
+    for earlier in range(1, stage + (mode == "none" and stage == len(tasks))):
+        if mode == "last" and earlier == stage:
+            continue
+        shutil.rmtree(stage_dir(seed_dir, earlier, tasks[earlier - 1].name), ignore_errors=True)
+
+
+def _log_row(seed: int, label: str, tasks: list[PreparedTask], row: list[dict]) -> None:
+    cells = "  ".join(f"{t.name}={c['accuracy']:.3f}" for t, c in zip(tasks, row))
+    log.info("seed %d %-14s %s", seed, label, cells)
+
+
+# --------------------------------------------------------------------------------------
+# the whole run
+
+
+def _diff_configs(old: dict, new: dict, prefix: tuple = ()) -> str | None:
+    for key in sorted(set(old) | set(new)):
+        path = prefix + (key,)
+        if path in RESUME_IGNORED or path == ("output", "dir"):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff = _diff_configs(a, b, path)
+            if diff:
+                return diff
+        elif a != b:
+            return f"{'.'.join(path)} was {a!r}, now {b!r}"
+    return None
+
+
+def _prepare_out_dir(config: Config, out: Path, resume: bool) -> None:
+    check_writable(out)
+    saved = out / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise ForgetlabError(f"cannot resume: {out} holds no run (no config.yaml)")
+        diff = _diff_configs(yaml.safe_load(saved.read_text()) or {}, config.to_dict())
+        if diff:
+            raise ForgetlabError(f"cannot resume {out} with a different config: {diff}")
+        return
+    if saved.exists() or any(out.glob("seed-*")):
+        raise ForgetlabError(
+            f"{out} already holds a run; use --resume to continue it or choose another --out"
+        )
+    atomic_write_text(saved, config_to_yaml(config))
+
+
+def _attach_log_file(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    return handler
+
+
+def summarize(config: Config, tasks: list[PreparedTask], per_seed: dict[int, dict]) -> dict:
+    """The run-level metrics.json: per-seed results and their mean ± std ± 95% CI."""
+    complete = [m for m in per_seed.values() if m.get("complete")]
+    matrices = np.array([m["accuracy_matrix"] for m in complete])
+    learned = np.array([[f["learned"] for f in m["learning"]] for m in complete])
+    return {
+        "version": forgetlab.__version__,
+        "name": config.name,
+        "method": config.method["name"],
+        "method_config": config.method,
+        "model": config.model.name,
+        "heads": config.heads,
+        "lr": config.training.lr,
+        "tasks": [t.name for t in tasks],
+        "eval_splits": [t.data.eval_split for t in tasks],
+        "seeds": sorted(per_seed),
+        "majority_baseline": [t.majority for t in tasks],
+        "n_eval": [len(t.eval) for t in tasks],
+        "accuracy_matrix": matrices.mean(0).tolist(),
+        "accuracy_matrix_std": matrices.std(0, ddof=1).tolist() if len(complete) > 1 else None,
+        # per task: in how many seeds R[j][j] was significantly above the majority baseline
+        "learned_seeds": learned.sum(0).astype(int).tolist(),
+        "aggregate": aggregate_metrics(complete),
+        "per_seed": {str(s): m for s, m in per_seed.items()},
+    }
+
+
+def run(config: Config, resume: bool = False) -> RunResult:
+    """Run the sequential recipe for every seed in `config.seeds`; see the module docstring."""
+    method = get_method(config.method["name"])
+    mcfg = method_config(config.method)
+    out = Path(config.output.dir)
+    _prepare_out_dir(config, out, resume)
+    handler = _attach_log_file(out)
+    try:
+        accelerator = make_accelerator(config.training, project_dir=str(out))
+        if config.training.trackers:
+            accelerator.init_trackers(config.name, config=_flat(config.to_dict()))
+        tokenizer = load_tokenizer(config.model)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        tasks = prepare_tasks(config, tokenizer)
+        per_seed = {}
+        for seed in config.seeds:
+            per_seed[seed] = run_seed(
+                config, tasks, method, mcfg, seed, out, resume, accelerator, pad_id
+            )
+        summary = summarize(config, tasks, per_seed)
+        atomic_write_json(out / "metrics.json", summary)
+        ResultsStore(config.output.store).record_run(
+            out,
+            {k: v for k, v in summary.items() if k != "per_seed"},
+            config.to_dict(),
+            per_seed,
+        )
+        if config.training.trackers:
+            accelerator.end_training()
+        return RunResult(run_dir=out, config=config, metrics=summary, seed_metrics=per_seed)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+    return flat

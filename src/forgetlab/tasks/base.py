@@ -1,0 +1,41 @@
+"""What a task is, independent of where its data comes from.
+
+A task has a `kind`; the kind decides how examples are batched, what loss is trained and
+how the task is scored. Today there is one kind, "classification"; causal-LM kinds
+(instruction, text, multiple_choice, generation) are added as new kinds, not as a second
+pipeline, so nothing here assumes labels are class ids except `ClassificationExample`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ClassificationExample:
+    text: str
+    label: int  # index into TaskData.label_names
+    text_pair: str | None = None  # second sentence for pair tasks (RTE, MRPC)
+
+
+@dataclass
+class TaskData:
+    """A loaded task: full train and eval splits, before any subsampling."""
+
+    name: str
+    kind: str  # "classification" (later: "instruction", "text", "multiple_choice", ...)
+    label_names: list[str]
+    train: list[ClassificationExample]
+    eval: list[ClassificationExample]
+    eval_split: str  # human-readable: which file/split the eval numbers come from
+    extra_metrics: tuple[str, ...] = ()  # e.g. ("mcc",) for CoLA, ("f1",) for MRPC
+    source: str = ""  # where it was read from (path or hub id), for the run log
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def is_pair(self) -> bool:
+        return any(ex.text_pair is not None for ex in self.train[:50] + self.eval[:50])

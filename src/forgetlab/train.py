@@ -1,0 +1,177 @@
+"""Train one stage: one task, one method, from the model's current weights.
+
+A short loop on Accelerate (device placement, bf16/fp16 autocast, loss scaling, trackers):
+AdamW, linear warmup then linear decay, gradient accumulation, gradient clipping, dynamic
+padding and length-grouped batches. Every stage reseeds from (seed, stage), so a run resumed
+from a stage checkpoint continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from forgetlab.config import TrainingConfig
+from forgetlab.errors import TrainingDiverged
+from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.methods import Method, MethodConfig
+from forgetlab.models.task_model import TaskModel
+from forgetlab.regularizers.base import Regularizer
+
+log = logging.getLogger("forgetlab")
+
+
+@dataclass
+class StageStats:
+    task: str
+    steps: int = 0
+    examples: int = 0
+    tokens: int = 0
+    first_loss: float | None = None  # mean task loss over the first logging window
+    final_loss: float | None = None  # mean task loss over the last logging window
+    wall_s: float = 0.0
+    examples_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    loss_curve: list[list[float]] = field(default_factory=list)  # [step, loss, penalty]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    return seed * 1000 + stage
+
+
+def make_accelerator(cfg: TrainingConfig, project_dir: str | None = None) -> Accelerator:
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        cpu=cpu,
+        log_with=cfg.trackers or None,
+        project_dir=project_dir,
+    )
+
+
+def _optimizer(model: TaskModel, method: Method, mcfg: MethodConfig, cfg: TrainingConfig, device):
+    groups = [
+        g for g in method.optimizer_groups(model, mcfg, cfg.lr, cfg.weight_decay) if g["params"]
+    ]
+    fused = device.type == "cuda"  # fused AdamW helps on GPU; not available for every CPU dtype
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+
+
+def train_stage(
+    model: TaskModel,
+    method: Method,
+    method_cfg: MethodConfig,
+    task: str,
+    kind: str,
+    data: EncodedSplit,
+    cfg: TrainingConfig,
+    accelerator: Accelerator,
+    seed: int,
+    stage: int,
+    pad_id: int,
+    regularizers: list[Regularizer] = (),
+) -> StageStats:
+    set_seed(stage_seed(seed, stage))  # dropout, heads' RNG state
+    rng = random.Random(stage_seed(seed, stage))  # batch order
+    ops = KINDS[kind]
+    device = accelerator.device
+    model.to(device).train()
+
+    batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    micro_batches = max(1, math.ceil(batches_per_epoch * cfg.epochs))
+    total_steps = math.ceil(micro_batches / cfg.grad_accum)
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+        micro_batches = min(micro_batches, total_steps * cfg.grad_accum)
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+
+    optimizer = _optimizer(model, method, method_cfg, cfg, device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    for reg in regularizers:
+        reg.on_stage_start(model, stage, task)
+
+    def batch_stream():
+        while True:  # epochs; fractional epochs stop mid-way through the last one
+            yield from ops.train_batches(data.lengths, cfg.batch_size, rng, cfg.group_by_length)
+
+    stats = StageStats(task=task)
+    window: list[tuple[float, float]] = []
+    bar = tqdm(
+        total=total_steps, desc=f"stage {stage} {task}", disable=not cfg.progress_bar, leave=False
+    )
+    start = time.perf_counter()
+    stream = batch_stream()
+    step = 0
+    for micro in range(micro_batches):
+        indices = next(stream)
+        batch = ops.collate(data, indices, pad_id, device)
+        with accelerator.autocast():
+            task_loss = ops.loss(model, task, batch)
+            penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
+            penalty = torch.stack(penalties).sum() if penalties else None
+        total = task_loss if penalty is None else task_loss + penalty
+        if not torch.isfinite(total):
+            bar.close()
+            raise TrainingDiverged(
+                f"stage {stage} ({task}): loss became {total.item()} at step {step + 1} "
+                f"(lr {scheduler.get_last_lr()[0]:.2e}); try a lower training.lr"
+            )
+        accelerator.backward(total / cfg.grad_accum)
+        stats.examples += len(indices)
+        stats.tokens += int(batch["inputs"]["attention_mask"].sum())
+        window.append((task_loss.item(), 0.0 if penalty is None else penalty.item()))
+        last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == micro_batches
+        if not last_of_step:
+            continue
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total_steps:
+            mean_loss = sum(w[0] for w in window) / len(window)
+            mean_pen = sum(w[1] for w in window) / len(window)
+            window.clear()
+            elapsed = time.perf_counter() - start
+            stats.loss_curve.append([step, mean_loss, mean_pen])
+            if stats.first_loss is None:
+                stats.first_loss = mean_loss
+            stats.final_loss = mean_loss
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            log.debug(
+                "stage %d %s step %d/%d loss %.4f penalty %.4g lr %.2e %.1f ex/s %.0f tok/s",
+                stage,
+                task,
+                step,
+                total_steps,
+                mean_loss,
+                mean_pen,
+                scheduler.get_last_lr()[0],
+                stats.examples / elapsed,
+                stats.tokens / elapsed,
+            )
+            accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
+    bar.close()
+    for reg in regularizers:
+        reg.on_stage_end(model, stage, task)
+    stats.steps = step
+    stats.wall_s = time.perf_counter() - start
+    stats.examples_per_s = stats.examples / max(stats.wall_s, 1e-9)
+    stats.tokens_per_s = stats.tokens / max(stats.wall_s, 1e-9)
+    model.eval()
+    return stats

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs on the packaged MiniLM and the shipped data."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgetlab.tasks.registry import default_data_dir
+
+
+def _data_dir():
+    try:
+        return default_data_dir()
+    except Exception:  # noqa: BLE001 - any failure means "no shipped data here"
+        return None
+
+
+DATA_DIR = _data_dir()
+needs_data = pytest.mark.skipif(
+    DATA_DIR is None or not (DATA_DIR / "glue").is_dir(),
+    reason="shipped data not found (set FORGETLAB_DATA or place it at ../shared/data)",
+)
+
+
+def tiny_raw(out_dir, method: str = "lora", tasks=("rte", "sst2"), **training) -> dict:
+    """A config small enough to train in seconds on 2 CPU cores."""
+    lr = 2e-3 if method == "lora" else 1e-4
+    return {
+        "name": f"tiny-{method}",
+        "tasks": list(tasks),
+        "model": {"max_length": 64},
+        "data": {"max_train_examples": 48, "max_eval_examples": 48},
+        "method": {"name": method},
+        "training": {
+            "lr": lr,
+            "epochs": 2,
+            "batch_size": 16,
+            "log_every": 1,
+            "progress_bar": False,
+            **training,
+        },
+        "output": {"dir": str(out_dir), "store": str(out_dir.parent / "store.sqlite")},
+    }

@@ -1,0 +1,84 @@
+"""Config parsing and validation: every bad input ends in one ConfigError naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from forgetlab import load_config
+from forgetlab.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+BASE = {"tasks": ["rte", "mrpc"]}
+
+
+def test_defaults_and_shorthand():
+    cfg = load_config(raw=BASE)
+    assert cfg.task_names == ["rte", "mrpc"]
+    assert cfg.method == {"name": "full"}
+    assert cfg.model.name == "packaged:minilm" and cfg.model.trust_remote_code is False
+    assert cfg.heads == "per_task"
+
+
+def test_overrides_are_yaml_typed():
+    cfg = load_config(
+        raw=BASE,
+        overrides=[
+            "training.lr=1e-3",
+            "seeds=[1,2]",
+            "method.name=lora",
+            "method.r=4",
+            "training.batch_size=8",
+        ],
+    )
+    assert cfg.training.lr == pytest.approx(1e-3)
+    assert cfg.seeds == [1, 2]
+    assert cfg.method == {"name": "lora", "r": 4}
+    assert cfg.training.batch_size == 8
+
+
+def test_switching_method_drops_the_old_methods_keys():
+    raw = {**BASE, "method": {"name": "lora", "r": 8}}
+    cfg = load_config(raw=raw, overrides=["method.name=full"])
+    assert cfg.method == {"name": "full"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "overrides", "message"),
+    [
+        (BASE, ["training.lr_rate=1"], "unknown key config.training.lr_rate"),
+        (BASE, ["bogus=1"], "unknown key config.bogus"),
+        (BASE, ["method.name=nope"], "unknown method 'nope'"),
+        (BASE, ["method.name=lora", "method.rank=4"], "unknown key method.rank"),
+        (BASE, ["method.name=lora", "method.r=0"], "method.r=0 must be a positive rank"),
+        (BASE, ["training.lr=fast"], "training.lr must be a number"),
+        (BASE, ["training.batch_size=2.5"], "training.batch_size must be an integer"),
+        (BASE, ["training.mixed_precision=fp8"], "training.mixed_precision='fp8'"),
+        (BASE, ["training.lr=-1"], "training.lr=-1.0 must be > 0"),
+        ({"tasks": []}, [], "tasks is empty"),
+        ({}, [], "missing required key 'tasks'"),
+        ({"tasks": ["rte", "rte"]}, [], "repeated: rte"),
+        (BASE, ["heads=both"], "heads='both'"),
+        (BASE, ["seeds=[]"], "seeds is empty"),
+        ({"tasks": [{"name": "mine", "type": "file"}]}, [], "no 'train' and 'eval' paths"),
+        (BASE, ["training"], "must look like key.path=value"),
+    ],
+)
+def test_bad_config_names_the_problem(raw, overrides, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(raw=raw, overrides=overrides)
+    assert message in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [rte\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.tasks
