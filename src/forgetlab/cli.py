@@ -131,7 +131,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come after options (`run cfg --out x training.lr=1e-3`): argparse stops
+    # filling a positional list at the first option, so collect the leftovers here.
+    args, rest = parser.parse_known_args(argv)
+    strays = [r for r in rest if r.startswith("-") or "=" not in r]
+    if strays or (rest and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(strays or rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     try:
         return COMMANDS[args.command](args)
     except ForgetlabError as e:
