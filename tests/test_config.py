@@ -82,3 +82,23 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.tasks
+
+
+def test_variants_expand_and_validate_up_front():
+    from forgetlab.api import variant_configs
+
+    raw = {
+        **BASE,
+        "output": {"dir": "runs/cmp"},
+        "variants": [
+            {"name": "full", "overrides": ["training.lr=2e-5"]},
+            {"name": "lora", "overrides": ["method.name=lora", "method.r=4", "training.lr=1e-3"]},
+        ],
+    }
+    children = dict(variant_configs(load_config(raw=raw)))
+    assert children["lora"].method == {"name": "lora", "r": 4}
+    assert children["lora"].output.dir == "runs/cmp/lora"
+    assert children["full"].training.lr == pytest.approx(2e-5)
+    raw["variants"][1]["overrides"].append("method.r=-1")
+    with pytest.raises(ConfigError, match="variant 'lora': method.r=-1"):
+        load_config(raw=raw)

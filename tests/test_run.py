@@ -158,3 +158,16 @@ def test_resume_with_a_different_config_is_refused(lora_run, capsys):
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--resume", "--quiet"]) == 2
     assert "training.lr was" in capsys.readouterr().err
+
+
+def test_variants_run_in_one_command(tmp_path, capsys):
+    raw = tiny_raw(tmp_path / "cmp", "full", epochs=1)
+    raw["variants"] = [
+        {"name": "full", "overrides": []},
+        {"name": "lora", "overrides": ["method.name=lora", "training.lr=2e-3"]},
+    ]
+    assert main(["run", _write(tmp_path, raw), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for name in ("full", "lora"):
+        assert json.loads((tmp_path / "cmp" / name / "metrics.json").read_text())["method"] == name
+    assert "avg_forget" in out  # the comparison table closes the output

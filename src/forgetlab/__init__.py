@@ -16,6 +16,7 @@ from forgetlab.api import (  # noqa: E402
     load_config,
     metrics_from_csv,
     run,
+    run_all,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "load_config",
     "metrics_from_csv",
     "run",
+    "run_all",
 ]

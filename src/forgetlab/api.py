@@ -7,6 +7,7 @@ from typing import Any
 
 from forgetlab import config as _config
 from forgetlab.config import Config
+from forgetlab.errors import ConfigError
 from forgetlab.methods import METHODS, method_config
 from forgetlab.metrics import metrics_from_csv
 from forgetlab.report.text import format_comparison, format_run
@@ -23,16 +24,46 @@ def load_config(
     data = _config.load_raw(path) if path is not None else dict(raw or {})
     config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
     method_config(config.method)
+    variant_configs(config)  # every variant must be valid before anything runs
     return config
 
 
+def variant_configs(config: Config) -> list[tuple[str, Config]]:
+    """The configs a `variants:` comparison runs: the base plus each variant's overrides,
+    each into <output.dir>/<variant name>. Empty for a plain config."""
+    out = []
+    for variant in config.variants:
+        raw = config.to_dict()
+        raw["variants"] = []
+        raw["output"]["dir"] = str(Path(config.output.dir) / variant.name)
+        raw["name"] = f"{config.name}/{variant.name}"
+        try:
+            child = _config.build_config(_config.apply_overrides(raw, variant.overrides))
+            method_config(child.method)
+        except ConfigError as e:
+            raise ConfigError(f"variant {variant.name!r}: {e}") from e
+        out.append((variant.name, child))
+    return out
+
+
 def run(config: Config | str | Path, resume: bool = False):
-    """Run every seed of a sequential fine-tuning config; returns a `RunResult`."""
+    """Run every seed of one sequential fine-tuning config; returns a `RunResult`.
+    A config with `variants:` runs through `run_all`."""
     from forgetlab.runner import run as _run  # heavy imports (torch, transformers) on demand
 
     if not isinstance(config, Config):
         config = load_config(config)
+    if config.variants:
+        raise ConfigError("this config has variants: use forgetlab.run_all (one result each)")
     return _run(config, resume=resume)
+
+
+def run_all(config: Config | str | Path, resume: bool = False) -> list:
+    """A plain config -> [RunResult]; a config with `variants:` -> one RunResult per variant."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    children = [child for _, child in variant_configs(config)] or [config]
+    return [run(child, resume=resume) for child in children]
 
 
 def load_run(run_dir: str | Path) -> dict:

@@ -73,9 +73,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         handler.setLevel(logging.INFO)  # the run log file gets DEBUG (per-step) lines
         handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger("forgetlab").addHandler(handler)
-    result = api.run(config, resume=args.resume)
-    print(api.format_run(result.metrics))
-    print(f"\nrun directory: {result.run_dir}")
+    results = api.run_all(config, resume=args.resume)
+    for result in results:
+        print(api.format_run(result.metrics))
+        print(f"\nrun directory: {result.run_dir}\n")
+    if len(results) > 1:
+        print(api.compare([r.run_dir for r in results]))
     return 0
 
 

@@ -157,6 +157,21 @@ class OutputConfig:
 
 
 @dataclass
+class VariantConfig:
+    """One arm of a comparison: the base config plus these overrides, run into <out>/<name>."""
+
+    name: str
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"variant name {self.name!r} must be a plain folder name")
+        for text in self.overrides:
+            if text.split("=", 1)[0] in ("output.dir", "variants"):
+                raise ConfigError(f"variant {self.name!r} may not override {text.split('=')[0]}")
+
+
+@dataclass
 class Config:
     tasks: list[TaskConfig]
     name: str = "run"
@@ -170,6 +185,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     seeds: list[int] = field(default_factory=lambda: [1])
+    # A comparison in one command: every variant is this config plus its overrides (e.g. each
+    # method at its own learning rate), run into <output.dir>/<variant name>.
+    variants: list[VariantConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -181,6 +199,9 @@ class Config:
         _check_choice("config", "heads", self.heads, HEAD_MODES)
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds: [1]")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"variants: names must be unique, got {names}")
         if not isinstance(self.method, dict) or "name" not in self.method:
             raise ConfigError("method must be a mapping with a 'name', e.g. method: {name: lora}")
 
