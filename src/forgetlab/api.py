@@ -10,6 +10,7 @@ from forgetlab.config import Config
 from forgetlab.errors import ConfigError
 from forgetlab.methods import METHODS, method_config
 from forgetlab.metrics import metrics_from_csv
+from forgetlab.regularizers import regularizer_config
 from forgetlab.report.text import format_comparison, format_run
 from forgetlab.store import ResultsStore, read_json
 
@@ -23,9 +24,16 @@ def load_config(
     it, the method's own keys included."""
     data = _config.load_raw(path) if path is not None else dict(raw or {})
     config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
-    method_config(config.method)
+    _validate_plugins(config)
     variant_configs(config)  # every variant must be valid before anything runs
     return config
+
+
+def _validate_plugins(config: Config) -> None:
+    """The method's and the regulariser's own keys, checked by their own config classes."""
+    method_config(config.method)
+    if config.regularizer is not None and config.regularizer.get("name") != "none":
+        regularizer_config(config.regularizer)
 
 
 def variant_configs(config: Config) -> list[tuple[str, Config]]:
@@ -39,7 +47,7 @@ def variant_configs(config: Config) -> list[tuple[str, Config]]:
         raw["name"] = f"{config.name}/{variant.name}"
         try:
             child = _config.build_config(_config.apply_overrides(raw, variant.overrides))
-            method_config(child.method)
+            _validate_plugins(child)
         except ConfigError as e:
             raise ConfigError(f"variant {variant.name!r}: {e}") from e
         out.append((variant.name, child))

@@ -180,6 +180,9 @@ class Config:
     # `method` stays a plain mapping here: its keys are validated by the method's own
     # config dataclass (forgetlab.methods), looked up by `method.name`.
     method: dict[str, Any] = field(default_factory=lambda: {"name": "full"})
+    # Optional penalty against forgetting, e.g. {name: ewc, lambda: 5000}; validated by the
+    # regulariser's own config class (forgetlab.regularizers).
+    regularizer: dict[str, Any] | None = None
     heads: str = "per_task"
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

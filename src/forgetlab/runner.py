@@ -37,6 +37,9 @@ from forgetlab.metrics import (
     matrix_csv_text,
 )
 from forgetlab.models import TaskModel, load_backbone, load_tokenizer
+from forgetlab.regularizers import Regularizer, build_regularizer
+from forgetlab.regularizers.base import STATE_FILE as REG_STATE_FILE
+from forgetlab.regularizers.base import load_regularizer_state, save_regularizer_state
 from forgetlab.store import (
     ResultsStore,
     atomic_dir,
@@ -153,17 +156,25 @@ def stage_dir(seed_dir: Path, stage: int, task: str) -> Path:
     return seed_dir / "checkpoints" / f"stage-{stage}-{task}"
 
 
-def save_checkpoint(model: TaskModel, method: Method, folder: Path) -> None:
+def save_checkpoint(
+    model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
+) -> None:
     with atomic_dir(folder) as tmp:
         method.save_backbone(model, tmp / "backbone")
         save_heads(model, tmp / "heads.safetensors")
+        if reg is not None:  # θ₀, Fishers, curvature: what a resumed run cannot recompute
+            save_regularizer_state(reg, tmp / REG_STATE_FILE)
 
 
-def load_checkpoint(model: TaskModel, method: Method, folder: Path) -> None:
+def load_checkpoint(
+    model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
+) -> None:
     if not (folder / "heads.safetensors").is_file():
         raise ForgetlabError(f"cannot resume: checkpoint {folder} is missing or incomplete")
     method.load_backbone(model, folder / "backbone")
     load_heads(model, folder / "heads.safetensors")
+    if reg is not None:
+        load_regularizer_state(reg, folder / REG_STATE_FILE)
 
 
 # --------------------------------------------------------------------------------------
@@ -235,6 +246,7 @@ def run_seed(
         return read_json(seed_dir / "metrics.json")
 
     model = build_model(config, tasks, method, mcfg, seed)
+    reg = build_regularizer(config.regularizer, model=model)  # fresh estimates per seed
     trainable, total = count_parameters(model)
     log.info(
         "seed %d: %s, %d of %d parameters trainable (%.2f%%)",
@@ -246,7 +258,7 @@ def run_seed(
     )
     if state and len(state["rows"]) > 1:
         done = len(state["rows"]) - 1
-        load_checkpoint(model, method, stage_dir(seed_dir, done, tasks[done - 1].name))
+        load_checkpoint(model, method, stage_dir(seed_dir, done, tasks[done - 1].name), reg)
         log.info("seed %d: resumed after stage %d (%s)", seed, done, tasks[done - 1].name)
     elif not state:
         state = {
@@ -275,6 +287,8 @@ def run_seed(
                 seed=seed,
                 stage=stage,
                 pad_id=pad_id,
+                regularizers=[reg] if reg else [],
+                source_data=[(t.name, t.train) for t in tasks[: stage - 1]],
             )
         except TrainingDiverged as e:
             raise TrainingDiverged(
@@ -293,7 +307,7 @@ def run_seed(
         )
         row = _eval_row(model, tasks, config, accelerator, pad_id)
         if config.output.checkpoints != "none" or stage < len(tasks):
-            save_checkpoint(model, method, stage_dir(seed_dir, stage, task.name))
+            save_checkpoint(model, method, stage_dir(seed_dir, stage, task.name), reg)
         state["rows"].append(row)
         state["stages"].append(stats.to_dict())
         atomic_write_json(state_path, state)  # the stage counts as done only from here
@@ -381,6 +395,7 @@ def summarize(config: Config, tasks: list[PreparedTask], per_seed: dict[int, dic
         "name": config.name,
         "method": config.method["name"],
         "method_config": config.method,
+        "regularizer": config.regularizer,
         "model": config.model.name,
         "heads": config.heads,
         "lr": config.training.lr,

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ from forgetlab.errors import TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
-from forgetlab.regularizers.base import Regularizer
+from forgetlab.regularizers.base import Regularizer, StageContext
 
 log = logging.getLogger("forgetlab")
 
@@ -81,8 +82,11 @@ def train_stage(
     seed: int,
     stage: int,
     pad_id: int,
-    regularizers: list[Regularizer] = (),
+    regularizers: Sequence[Regularizer] = (),
+    source_data: list[tuple[str, EncodedSplit]] | None = None,
 ) -> StageStats:
+    """Train `model` on one task's data; `source_data` (earlier tasks' training splits) is
+    what regularisers may estimate old-task curvature from."""
     set_seed(stage_seed(seed, stage))  # dropout, heads' RNG state
     rng = random.Random(stage_seed(seed, stage))  # batch order
     ops = KINDS[kind]
@@ -100,8 +104,18 @@ def train_stage(
     optimizer = _optimizer(model, method, method_cfg, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    ctx = StageContext(
+        model=model,
+        stage=stage,
+        task=task,
+        kind=kind,
+        data=data,
+        pad_id=pad_id,
+        device=device,
+        source_data=list(source_data or []),
+    )
     for reg in regularizers:
-        reg.on_stage_start(model, stage, task)
+        reg.on_stage_start(ctx)
 
     def batch_stream():
         while True:  # epochs; fractional epochs stop mid-way through the last one
@@ -168,7 +182,7 @@ def train_stage(
             accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
     bar.close()
     for reg in regularizers:
-        reg.on_stage_end(model, stage, task)
+        reg.on_stage_end(ctx)
     stats.steps = step
     stats.wall_s = time.perf_counter() - start
     stats.examples_per_s = stats.examples / max(stats.wall_s, 1e-9)

@@ -10,12 +10,40 @@ from typing import Any
 
 from forgetlab.config import from_dict
 from forgetlab.errors import ConfigError
+from forgetlab.methods.adalora import AdaLora
 from forgetlab.methods.base import Method, MethodConfig
+from forgetlab.methods.dora import Dora
 from forgetlab.methods.freeze import FreezeLowerLayers
 from forgetlab.methods.full import FullFineTuning
+from forgetlab.methods.gaussian import GaussianLora
+from forgetlab.methods.init_ab import InitAB
 from forgetlab.methods.lora import Lora
+from forgetlab.methods.loraplus import LoraPlus
+from forgetlab.methods.milora import Milora
+from forgetlab.methods.olora import Olora
+from forgetlab.methods.pissa import Pissa
+from forgetlab.methods.rslora import RsLora
+from forgetlab.methods.vera import Vera
 
-METHODS: dict[str, Method] = {m.name: m for m in (FullFineTuning(), Lora(), FreezeLowerLayers())}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        FullFineTuning(),
+        Lora(),
+        FreezeLowerLayers(),
+        # LoRA variants
+        RsLora(),
+        Dora(),
+        LoraPlus(),
+        GaussianLora(),
+        InitAB(),
+        Pissa(),
+        Olora(),
+        Milora(),
+        Vera(),
+        AdaLora(),
+    )
+}
 
 
 def get_method(name: str) -> Method:

@@ -45,7 +45,8 @@ def format_run(summary: dict) -> str:
     width = max(8, *(len(t) + 2 for t in tasks))
     lines = [
         f"run {summary['name']!r}: method={summary['method']} model={summary['model']} "
-        f"heads={summary['heads']} lr={summary['lr']} seeds={seeds}",
+        f"heads={summary['heads']} lr={summary['lr']} seeds={seeds}"
+        + (f" regularizer={summary['regularizer']}" if summary.get("regularizer") else ""),
         "",
         f"Accuracy matrix R[stage, task] (mean over {len(seeds)} seed(s); row 0 = base model):",
         " " * 16 + "".join(f"{t:>{width}}" for t in tasks),
