@@ -52,8 +52,16 @@ def test_missing_label_column(tmp_path, capsys):
     train = tmp_path / "train.csv"
     train.write_text("sentence,target\ngood film,1\nbad film,0\n")
     raw = tiny_raw(tmp_path / "run", "full")
-    raw["tasks"] = [{"name": "mine", "type": "file", "train": str(train), "eval": str(train),
-                     "text_column": "sentence", "label_column": "label"}]
+    raw["tasks"] = [
+        {
+            "name": "mine",
+            "type": "file",
+            "train": str(train),
+            "eval": str(train),
+            "text_column": "sentence",
+            "label_column": "label",
+        }
+    ]
     assert _run_cli(tmp_path, raw) == 2
     _one_line_error(capsys, "label", "target")
 

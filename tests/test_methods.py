@@ -7,9 +7,11 @@ Kept tiny for 2 shared CPU cores: 8 SST-2 examples of <= 32 tokens, one batch, 8
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,9 +24,11 @@ from forgetlab import load_config
 from forgetlab.cli import main
 from forgetlab.config import ModelConfig, TrainingConfig
 from forgetlab.errors import ConfigError, ForgetlabError
-from forgetlab.kinds import KINDS
+from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import METHODS, get_method, method_config
+from forgetlab.methods.base import Calibration, sample_calibration
 from forgetlab.methods.lora import ADAPTER, ResidualLora, base_weight, lora_layers
+from forgetlab.methods.lora_ga import gradient_factors
 from forgetlab.models import TaskModel, load_backbone, load_tokenizer
 from forgetlab.runner import build_model, load_checkpoint, prepare_tasks, save_checkpoint
 from forgetlab.train import _optimizer, make_accelerator, train_stage
@@ -32,7 +36,9 @@ from tests.conftest import needs_data, tiny_raw
 
 # Methods that are not PEFT adapters (tested in test_run.py).
 NOT_PEFT = {"full", "freeze"}
-RESIDUAL = ("pissa", "olora", "milora", "init_ab")
+RESIDUAL = ("pissa", "olora", "milora", "init_ab", "lora_ga", "corda")
+# Inits computed from data: prepare gets a Calibration (build_model draws it).
+DATA_DRIVEN = ("lora_ga", "corda", "eva")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,15 +71,19 @@ class _Probe:
 
     def __init__(self, method, inputs: dict) -> None:
         self.method, self.inputs = method, inputs
+        self.needs_calibration = method.needs_calibration  # build_model asks the probe
 
     def _logits(self, model: TaskModel) -> torch.Tensor:
         with torch.no_grad():
             return model("sst2", **self.inputs)
 
-    def prepare(self, model: TaskModel, cfg) -> None:
+    def prepare(self, model: TaskModel, cfg, calibration: Calibration | None = None) -> None:
         model.eval()
         self.before = self._logits(model)
-        self.method.prepare(model, cfg)
+        if calibration is None:
+            self.method.prepare(model, cfg)
+        else:
+            self.method.prepare(model, cfg, calibration)
         self.after = self._logits(model)
         model.train()
 
@@ -108,6 +118,11 @@ ROWS = [
     ("vera", {"r": 64}, 1e-2, None),
     # total_step = the 8 steps of the stage, so that pruning finishes within it
     ("adalora", {"total_step": 8, "tinit": 2, "tfinal": 2, "deltaT": 1}, 2e-3, _check_adalora),
+    # data-driven inits: calibrated on the row's 8 SST-2 examples (one batch)
+    ("lora_ga", {}, 1e-3, None),
+    ("corda", {}, 2e-3, None),
+    ("corda", {"corda_method": "ipm"}, 1e-3, None),
+    ("eva", {}, 2e-3, None),
 ]
 
 
@@ -125,7 +140,7 @@ def test_method_trains_saves_and_reloads(env, tmp_path, name, extra, lr, check):
     method = get_method(name)
     mcfg = method_config({"name": name, **extra})
     probe = _Probe(method, env.inputs)
-    model = build_model(env.cfg, env.tasks, probe, mcfg, seed=1)
+    model = build_model(env.cfg, env.tasks, probe, mcfg, seed=1, pad_id=env.pad_id)
 
     # Row 0 is the pretrained model: preparing must not change the outputs.
     torch.testing.assert_close(probe.after, probe.before, rtol=0, atol=1e-4)
@@ -173,7 +188,7 @@ def test_method_trains_saves_and_reloads(env, tmp_path, name, extra, lr, check):
     )
 
     # --resume: loading into a freshly prepared model restores the trained one exactly.
-    fresh = build_model(env.cfg, env.tasks, method, mcfg, seed=1)
+    fresh = build_model(env.cfg, env.tasks, method, mcfg, seed=1, pad_id=env.pad_id)
     load_checkpoint(fresh, method, ckpt)
     fresh_state = fresh.state_dict()
     for key, value in model.state_dict().items():
@@ -190,16 +205,61 @@ def _task_model() -> TaskModel:
     return TaskModel(backbone, hidden, {"t": 2})
 
 
-def _prepared(name: str, **extra) -> tuple[TaskModel, object]:
+# A few fixed sentences stand in for task data in the calibration of data-driven inits.
+SENTENCES = [
+    "a gripping , beautifully acted film",
+    "dull , predictable and far too long",
+    "the plot never quite comes together , but the cast is wonderful",
+    "one of the most moving films of the year",
+    "i wanted to like it , yet i kept checking my watch",
+    "sharp writing and a terrific score",
+    "an ugly , mean-spirited mess",
+    "it is funny , warm and surprisingly wise",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_split() -> tuple[EncodedSplit, int]:
+    tokenizer = load_tokenizer(ModelConfig(max_length=32))
+    enc = tokenizer(SENTENCES, truncation=True, max_length=32)
+    labels = [i % 2 for i in range(len(SENTENCES))]
+    return EncodedSplit(enc["input_ids"], enc.get("token_type_ids"), labels), tokenizer.pad_token_id
+
+
+def _calibration(n_batches: int = 1, batch_size: int = 8, seed: int = 0) -> Calibration:
+    """Calibration batches for task "t" (`_task_model`'s head). EVA converges in one or two
+    passes over one batch, but needs ~100 over two small ones (measured): one batch of 8."""
+    split, pad_id = _sentence_split()
+    return sample_calibration(
+        split, "classification", "t", n_batches, batch_size, seed=seed, pad_id=pad_id
+    )
+
+
+def _prepared(name: str, calibration: Calibration | None = None, **extra):
+    """(TaskModel, method config) prepared by `name`; data-driven inits get `calibration`
+    (default: `_calibration()`)."""
     model = _task_model()
     mcfg = method_config({"name": name, **extra})
-    get_method(name).prepare(model, mcfg)
+    method = get_method(name)
+    if method.needs_calibration:
+        method.prepare(model, mcfg, calibration or _calibration())
+    else:
+        method.prepare(model, mcfg)
     return model, mcfg
 
 
 @pytest.mark.parametrize(
     ("name", "extra"),
-    [("pissa", {}), ("pissa", {"pissa_niter": 4}), ("olora", {}), ("milora", {}), ("init_ab", {})],
+    [
+        ("pissa", {}),
+        ("pissa", {"pissa_niter": 4}),
+        ("olora", {}),
+        ("milora", {}),
+        ("init_ab", {}),
+        ("lora_ga", {}),
+        ("corda", {}),
+        ("corda", {"corda_method": "ipm"}),
+    ],
 )
 def test_residual_inits_keep_base_plus_adapter_equal_to_the_pretrained_weights(name, extra):
     pretrained = dict(_task_model().backbone.named_modules())
@@ -244,6 +304,173 @@ def test_milora_adapts_the_smallest_singular_components():
         torch.testing.assert_close(
             torch.linalg.svdvals(base_weight(layer))[:-r], s[:-r], rtol=1e-4, atol=1e-5
         )
+
+
+def _layer_inputs(model: TaskModel, cal: Calibration) -> dict[str, torch.Tensor]:
+    """Each LoRA layer's inputs (non-padding tokens) over the calibration batches."""
+    layers = lora_layers(model.backbone)
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o, n=n: seen[n].append(i[0]))
+        for n, layer in layers.items()
+    ]
+    model.backbone.eval()
+    with torch.no_grad():
+        for batch in cal.batches:
+            mask = batch["inputs"]["attention_mask"].bool()
+            model.backbone(**batch["inputs"])
+            for n in seen:
+                seen[n][-1] = seen[n][-1][mask]
+    for hook in hooks:
+        hook.remove()
+    return {n: torch.cat(x) for n, x in seen.items()}
+
+
+def test_corda_kpm_adapts_what_the_calibration_inputs_use_least():
+    """KPM's adapter holds the components of W·C with the smallest singular values: on the
+    calibration inputs it contributes (almost) nothing, the frozen residual carries W's output.
+    IPM's holds the largest: most of the output."""
+    cal = _calibration(n_batches=2, batch_size=4)
+    share = {}
+    for mode in ("kpm", "ipm"):
+        model, _ = _prepared("corda", calibration=cal, corda_method=mode)
+        inputs = _layer_inputs(model, cal)
+        share[mode] = []
+        for layer_name, layer in lora_layers(model.backbone).items():
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+            delta = (layer.scaling[ADAPTER] * b @ a).detach()
+            x = inputs[layer_name]
+            full = x @ (base_weight(layer) + delta).T
+            share[mode].append(float((x @ delta.T).norm() / full.norm()))
+    assert max(share["kpm"]) < 0.01, share["kpm"]
+    assert min(share["ipm"]) > 0.3, share["ipm"]
+
+
+def test_eva_starts_at_b_zero_from_orthonormal_activation_directions():
+    pretrained = dict(_task_model().backbone.named_modules())
+    model, mcfg = _prepared("eva")
+    layers = lora_layers(model.backbone)
+    ranks = {}
+    for layer_name, layer in layers.items():
+        original = pretrained[layer_name.removeprefix("base_model.model.")].weight
+        assert torch.equal(layer.get_base_layer().weight, original)  # W untouched
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        assert torch.all(b == 0)
+        # A's rows: right-singular vectors of the layer's inputs (orthonormal, whiten off)
+        torch.testing.assert_close(a @ a.T, torch.eye(a.shape[0]), rtol=0, atol=1e-4)
+        ranks[layer_name] = a.shape[0]
+        # alpha follows the rank: the scale alpha / rank stays lora_alpha / r
+        assert layer.scaling[ADAPTER] == pytest.approx(mcfg.lora_alpha / mcfg.r)
+    # The rank budget (r per targeted layer) is redistributed, not grown; a layer whose
+    # rank went to 0 has no adapter left.
+    assert sum(ranks.values()) == 12 * mcfg.r
+    assert max(ranks.values()) <= round(mcfg.r * mcfg.rho)
+    assert len(set(ranks.values())) > 1, ranks  # the data did move ranks around
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # PEFT's EVA pass switches modes; the model comes back in the mode it had (train).
+    assert all(m.training for m in model.modules())
+
+
+def test_eva_refuses_batches_too_small_for_its_svd():
+    """PEFT would loop forever on batches with fewer rows than r*rho components."""
+    with pytest.raises(ConfigError, match=r"round\(r\*rho\)=64"):
+        _prepared("eva", calibration=_calibration(n_batches=2, batch_size=1), r=32)
+
+
+def test_lora_ga_factors_are_the_gradients_singular_vectors_scaled_as_in_the_paper():
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(48, 48))
+    v, _ = torch.linalg.qr(torch.randn(32, 32))
+    s = 10.0 * 0.7 ** torch.arange(32.0)  # decaying: the randomized SVD is exact enough
+    grad = u[:, :32] * s @ v.T  # known SVD
+    r, factor = 4, 48**0.25 / 16**0.5
+    a, b = gradient_factors(grad, r, scaling=2.0, direction="ArB2r", scale="stable", gamma=16)
+    # A0: V's first r vectors, B0: U's vectors r+1..2r, both times d_out^(1/4)/sqrt(gamma),
+    # no singular values (up to each vector's sign).
+    torch.testing.assert_close((a @ v[:, :r]).abs(), factor * torch.eye(r), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        (u[:, r : 2 * r].T @ b).abs(), factor * torch.eye(r), atol=1e-4, rtol=0
+    )
+    a2, b2 = gradient_factors(grad, r, scaling=2.0, direction="A2rBr", scale="gd", gamma=16)
+    torch.testing.assert_close((a2 @ v[:, r : 2 * r]).abs(), torch.eye(r) / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close((u[:, :r].T @ b2).abs(), torch.eye(r) / 2, atol=1e-4, rtol=0)
+
+
+def test_lora_ga_leaves_no_gradient_behind_and_trains_the_adapter_and_heads():
+    model, _ = _prepared("lora_ga", calibration=_calibration(n_batches=2, batch_size=4))
+    assert all(p.grad is None for p in model.parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("heads.") for n in trainable)
+    assert all("lora_" in n for n in trainable if n.startswith("backbone."))
+    factor = 384**0.25 / 16**0.5  # the stable scale, MiniLM's d_out = 384
+    for layer in lora_layers(model.backbone).values():
+        assert not hasattr(layer.get_base_layer(), "_peft_loraga_grad")  # all consumed
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        eye = torch.eye(a.shape[0])
+        torch.testing.assert_close(a @ a.T, factor**2 * eye, atol=1e-4, rtol=0)
+        torch.testing.assert_close(b.T @ b, factor**2 * eye, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", DATA_DRIVEN)
+def test_data_driven_inits_refuse_to_prepare_without_calibration(name):
+    with pytest.raises(ForgetlabError, match="needs calibration batches"):
+        get_method(name).prepare(_task_model(), method_config({"name": name}))
+
+
+def test_calibration_is_a_fixed_sample_per_seed():
+    split, pad_id = _sentence_split()
+
+    def ids(cal: Calibration) -> list[list[int]]:
+        return [b["inputs"]["input_ids"].tolist() for b in cal.batches]
+
+    cal = sample_calibration(split, "classification", "t", 3, 2, seed=5, pad_id=pad_id)
+    assert len(cal.batches) == 3 and all(len(b["labels"]) == 2 for b in cal.batches)
+    assert cal.task == "t" and cal.device == torch.device("cpu")
+    assert cal.loss is KINDS["classification"].loss
+    again = sample_calibration(split, "classification", "t", 3, 2, seed=5, pad_id=pad_id)
+    other = sample_calibration(split, "classification", "t", 3, 2, seed=6, pad_id=pad_id)
+    assert ids(again) == ids(cal) and ids(other) != ids(cal)
+    # A split smaller than the request is used whole, each example once.
+    whole = sample_calibration(split, "classification", "t", 8, 3, seed=5, pad_id=pad_id)
+    assert [len(b["labels"]) for b in whole.batches] == [3, 3, 2]
+
+
+class _Recorder:
+    """A data-driven method stand-in that keeps the Calibration build_model gives it."""
+
+    needs_calibration = True
+    name = "recorder"
+
+    def prepare(self, model: TaskModel, cfg, calibration: Calibration | None = None) -> None:
+        self.calibration = calibration
+
+
+@needs_data
+def test_build_model_draws_the_calibration_from_the_named_task(env):
+    recorder = _Recorder()
+    mcfg = method_config({"name": "eva", "calibration_batches": 1, "calibration_batch_size": 4})
+    build_model(env.cfg, env.tasks, recorder, mcfg, seed=1, pad_id=env.pad_id)
+    cal = recorder.calibration
+    assert cal.task == "sst2" and len(cal.batches) == 1 and len(cal.batches[0]["labels"]) == 4
+    with pytest.raises(ConfigError, match="method.calibration_task='rte'"):
+        bad = replace(mcfg, calibration_task="rte")
+        build_model(env.cfg, env.tasks, recorder, bad, seed=1, pad_id=env.pad_id)
+
+
+@needs_data
+@pytest.mark.parametrize("name", DATA_DRIVEN)
+def test_data_driven_inits_rebuild_identically_from_the_seed(env, name):
+    """--resume builds the model again and loads the checkpoint onto it: the init (adapter,
+    rewritten base weights, heads, EVA's ranks) must come back bit for bit."""
+    method, mcfg = get_method(name), method_config({"name": name})
+    first, second = (
+        build_model(env.cfg, env.tasks, method, mcfg, seed=1, pad_id=env.pad_id) for _ in range(2)
+    )
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def test_rslora_scales_by_alpha_over_sqrt_r():
@@ -308,6 +535,15 @@ def test_dora_and_vera_and_adalora_build_their_own_layers():
         ({"name": "adalora", "beta1": 1.0}, "beta1"),
         ({"name": "adalora", "orth_reg_weight": -1}, "orth_reg_weight"),
         ({"name": "adalora", "r": 8}, "r"),  # AdaLoRA's rank keys are init_r / target_r
+        ({"name": "lora_ga", "direction": "up"}, "direction"),
+        ({"name": "lora_ga", "scale": "big"}, "scale"),
+        ({"name": "lora_ga", "stable_gamma": 0}, "stable_gamma"),
+        ({"name": "corda", "corda_method": "both"}, "corda_method"),
+        ({"name": "corda", "calibration_batches": 0}, "calibration_batches"),
+        ({"name": "eva", "calibration_batch_size": 0}, "calibration_batch_size"),
+        ({"name": "eva", "calibration_task": 3}, "calibration_task"),
+        ({"name": "eva", "rho": 0.5}, "rho"),
+        ({"name": "eva", "tau": 0}, "tau"),
     ],
 )
 def test_bad_hyper_parameters_name_the_key(section, key):
@@ -323,6 +559,9 @@ def test_bad_hyper_parameters_name_the_key(section, key):
         ("milora", {"r": 500}, "method.r=500"),
         ("adalora", {"init_r": 500}, "method.init_r=500"),
         ("vera", {"target_modules": ["nope"]}, "method.target_modules"),
+        ("lora_ga", {"r": 200}, "method.r=200"),  # LoRA-GA takes 2r singular vectors
+        ("corda", {"r": 500}, "method.r=500"),
+        ("eva", {"rho": 100}, "method.rho=100"),
     ],
 )
 def test_impossible_ranks_and_targets_fail_at_prepare(name, extra, key):
@@ -367,6 +606,97 @@ def test_peft_still_has_the_inits_we_use(init):
         torch.testing.assert_close(
             layer.base_layer.weight + layer.scaling[ADAPTER] * b @ a, original, rtol=0, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("init", DATA_DRIVEN)
+def test_peft_still_has_the_data_driven_inits_we_use(init):
+    """The calls lora_ga.py, corda.py and eva.py make, on a toy layer: a PEFT that dropped or
+    changed one fails here by name, not somewhere inside a run."""
+    import peft
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    toy = _Toy()
+    original = toy.query.weight.detach().clone()
+    x = torch.randn(4, 6, 16)
+    kwargs = {"r": 2, "lora_alpha": 4, "target_modules": ["query"]}
+    try:
+        if init == "lora_ga":  # only PEFT's gradient estimate is used (see lora_ga.py)
+            from peft import preprocess_loraga
+
+            config = LoraConfig(**kwargs, init_lora_weights="lora_ga", lora_ga_config={})
+            batches = x.split(2)
+            preprocess_loraga(
+                toy, config, lambda: [toy(b).pow(2).mean().backward() for b in batches]
+            )
+            grad = toy.query._peft_loraga_grad
+        elif init == "corda":
+            from peft.tuners.lora.config import CordaConfig
+            from peft.tuners.lora.corda import preprocess_corda
+
+            corda = CordaConfig(corda_method="kpm")
+            config = LoraConfig(**kwargs, init_lora_weights="corda", corda_config=corda)
+            preprocess_corda(toy, config, run_model=lambda: [toy(row[None]) for row in x])
+            model = get_peft_model(toy, config)
+        else:
+            from peft import initialize_lora_eva_weights
+            from peft.tuners.lora.config import EvaConfig
+
+            config = LoraConfig(**kwargs, init_lora_weights="eva", eva_config=EvaConfig(rho=1.0))
+            model = get_peft_model(toy, config)
+            initialize_lora_eva_weights(
+                model,
+                [{"x": x}],
+                prepare_model_inputs_fn=None,
+                prepare_layer_inputs_fn=None,
+                show_progress_bar=False,
+            )
+    except Exception as e:  # noqa: BLE001 - any failure means the init is gone or changed
+        pytest.fail(
+            f"PEFT {peft.__version__} no longer supports init_lora_weights={init!r} as "
+            f"forgetlab uses it: {type(e).__name__}: {e}"
+        )
+    if init == "lora_ga":  # the gradient averaged over the backward passes
+        w = original.clone().requires_grad_(True)
+        losses = [(b @ w.T + toy.query.bias.detach()).pow(2).mean() for b in x.split(2)]
+        (expected,) = torch.autograd.grad(sum(losses) / len(losses), w)
+        torch.testing.assert_close(grad, expected)
+        assert toy.query.weight.grad is None and torch.equal(toy.query.weight, original)
+        return
+    layer = model.base_model.model.query
+    a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+    if init == "eva":  # B = 0, W untouched, A from the inputs' singular vectors
+        assert torch.all(b == 0) and torch.equal(layer.base_layer.weight, original)
+        torch.testing.assert_close(a @ a.T, torch.eye(2), rtol=0, atol=1e-4)
+    else:  # residual inits: base + adapter = W, with W rewritten
+        assert not torch.equal(layer.base_layer.weight, original)
+        torch.testing.assert_close(
+            layer.base_layer.weight + layer.scaling[ADAPTER] * b @ a, original, rtol=0, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [
+        ("lora_ga", "peft.preprocess_loraga"),
+        ("corda", "peft.tuners.lora.corda"),
+        ("corda", "attr"),  # PEFT's corda.py imports attrs without depending on it
+        ("eva", "peft.initialize_lora_eva_weights"),
+    ],
+)
+def test_a_peft_without_the_init_fails_naming_its_version(monkeypatch, name, missing):
+    import peft
+
+    if missing.startswith("peft.") and missing.count(".") == 1:
+        monkeypatch.delattr(peft, missing.removeprefix("peft."))
+    else:  # the module cannot be imported
+        monkeypatch.delitem(sys.modules, "peft.tuners.lora.corda", raising=False)
+        monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ForgetlabError, match=rf"PEFT {peft.__version__}") as err:
+        _prepared(name)
+    assert f"method {name} needs PEFT's" in str(err.value)
+    if missing == "attr":
+        assert "pip install attrs" in str(err.value)
 
 
 def test_peft_still_has_the_features_we_use():

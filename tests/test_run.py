@@ -46,7 +46,7 @@ def test_cli_run_writes_a_complete_run_dir(lora_run):
         assert key in seed
     assert seed["avg_forgetting"] == pytest.approx(R[1][0] - R[2][0])
     csv = (lora_run / "seed-1" / "accuracy_matrix.csv").read_text().splitlines()
-    assert csv[0] == "stage,rte,sst2" and len(csv) == 4
+    assert csv[0] == "stage,rte,sst2" and len(csv) == 6  # + majority_baseline, n_eval rows
     assert (lora_run / "config.yaml").is_file() and (lora_run / "run.log").is_file()
     ckpt = lora_run / "seed-1" / "checkpoints" / "stage-2-sst2"
     assert (ckpt / "backbone" / "adapter_model.safetensors").is_file()
@@ -74,6 +74,7 @@ def test_compare_and_metrics_commands(lora_run, capsys):
     printed = json.loads(capsys.readouterr().out)
     seed = json.loads((lora_run / "seed-1" / "metrics.json").read_text())
     assert printed["avg_forgetting"] == pytest.approx(seed["avg_forgetting"])
+    assert [f["learned"] for f in printed["learning"]] == [f["learned"] for f in seed["learning"]]
 
 
 def test_existing_run_is_not_overwritten(lora_run, capsys):

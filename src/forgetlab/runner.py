@@ -136,8 +136,24 @@ def prepare_tasks(config: Config, tokenizer) -> list[PreparedTask]:
 
 
 def build_model(
-    config: Config, tasks: list[PreparedTask], method: Method, mcfg: MethodConfig, seed: int
+    config: Config,
+    tasks: list[PreparedTask],
+    method: Method,
+    mcfg: MethodConfig,
+    seed: int,
+    *,
+    pad_id: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> TaskModel:
+    """The pretrained backbone with the task heads, prepared by `method`; deterministic given
+    the seed, since --resume builds it again and loads a checkpoint onto it.
+
+    A method with `needs_calibration` (an init computed from data: LoRA-GA, CorDA, EVA) also
+    gets a `Calibration`: `method.calibration_batches` batches of `calibration_batch_size`
+    (default: training.batch_size) examples drawn with random.Random(seed) from the training
+    split of `method.calibration_task` (default: the first task), collated with `pad_id` on
+    `device`, where the init is computed. Other methods are prepared as before.
+    """
     backbone, hidden = load_backbone(config.model)
     torch.manual_seed(seed)  # heads and adapter init depend on the seed only
     model = TaskModel(
@@ -148,7 +164,33 @@ def build_model(
         head_dropout=config.model.head_dropout,
         shared_head=config.heads == "shared",
     )
-    method.prepare(model, mcfg)
+    if not getattr(method, "needs_calibration", False):
+        method.prepare(model, mcfg)
+        return model
+    from forgetlab.errors import ConfigError
+    from forgetlab.methods.base import sample_calibration
+
+    if pad_id is None:
+        raise TypeError(f"build_model: method {method.name} needs calibration data: pass pad_id")
+    by_name = {t.name: t for t in tasks}
+    name = getattr(mcfg, "calibration_task", None) or tasks[0].name
+    if name not in by_name:
+        raise ConfigError(
+            f"method.calibration_task={name!r} is not a task of this run "
+            f"(tasks: {', '.join(by_name)})"
+        )
+    task = by_name[name]
+    calibration = sample_calibration(
+        task.train,
+        task.kind,
+        task.name,
+        n_batches=getattr(mcfg, "calibration_batches", 8),
+        batch_size=getattr(mcfg, "calibration_batch_size", None) or config.training.batch_size,
+        seed=seed,
+        pad_id=pad_id,
+        device=device,
+    )
+    method.prepare(model, mcfg, calibration)
     return model
 
 
@@ -245,7 +287,7 @@ def run_seed(
         log.info("seed %d: already complete, skipped", seed)
         return read_json(seed_dir / "metrics.json")
 
-    model = build_model(config, tasks, method, mcfg, seed)
+    model = build_model(config, tasks, method, mcfg, seed, pad_id=pad_id, device=accelerator.device)
     reg = build_regularizer(config.regularizer, model=model)  # fresh estimates per seed
     trainable, total = count_parameters(model)
     log.info(
@@ -317,7 +359,14 @@ def run_seed(
     metrics = seed_metrics(config, tasks, state)
     atomic_write_text(
         seed_dir / "accuracy_matrix.csv",
-        matrix_csv_text(metrics["tasks"], metrics["accuracy_matrix"], metrics["row_labels"]),
+        # The baseline rows let `forgetlab metrics` recompute the learned flags from the CSV.
+        matrix_csv_text(
+            metrics["tasks"],
+            metrics["accuracy_matrix"],
+            metrics["row_labels"],
+            majority_baseline=metrics["majority_baseline"],
+            n_eval=metrics["n_eval"],
+        ),
     )
     atomic_write_json(seed_dir / "metrics.json", metrics)
     return metrics

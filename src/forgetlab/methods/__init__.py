@@ -11,13 +11,16 @@ from typing import Any
 from forgetlab.config import from_dict
 from forgetlab.errors import ConfigError
 from forgetlab.methods.adalora import AdaLora
-from forgetlab.methods.base import Method, MethodConfig
+from forgetlab.methods.base import Calibration, Method, MethodConfig
+from forgetlab.methods.corda import Corda
 from forgetlab.methods.dora import Dora
+from forgetlab.methods.eva import Eva
 from forgetlab.methods.freeze import FreezeLowerLayers
 from forgetlab.methods.full import FullFineTuning
 from forgetlab.methods.gaussian import GaussianLora
 from forgetlab.methods.init_ab import InitAB
 from forgetlab.methods.lora import Lora
+from forgetlab.methods.lora_ga import LoraGa
 from forgetlab.methods.loraplus import LoraPlus
 from forgetlab.methods.milora import Milora
 from forgetlab.methods.olora import Olora
@@ -42,6 +45,10 @@ METHODS: dict[str, Method] = {
         Milora(),
         Vera(),
         AdaLora(),
+        # data-driven inits (get a Calibration from build_model)
+        LoraGa(),
+        Corda(),
+        Eva(),
     )
 }
 
@@ -58,4 +65,4 @@ def method_config(section: dict[str, Any]) -> MethodConfig:
     return from_dict(method.config_cls, section, "method")
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "get_method", "method_config"]
+__all__ = ["METHODS", "Calibration", "Method", "MethodConfig", "get_method", "method_config"]

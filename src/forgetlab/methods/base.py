@@ -3,18 +3,27 @@
 A method decides which backbone weights train and how they are saved. Adding one is a file
 with a config dataclass (validated in `__post_init__`) and a `Method` subclass, plus one line
 in `forgetlab/methods/__init__.py`.
+
+Data-driven inits (LoRA-GA, CorDA, EVA) compute the adapter from a few batches of real data:
+such a method sets `needs_calibration = True`, its config inherits `CalibratedConfig`, and
+`runner.build_model` hands its `prepare` a `Calibration`.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from forgetlab.errors import ForgetlabError
+from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.models.task_model import TaskModel
 
 # Weight decay is not applied to biases and norms (the usual BERT recipe).
@@ -26,13 +35,118 @@ class MethodConfig:
     name: str
 
 
+@dataclass
+class CalibratedConfig(MethodConfig):
+    """The keys of a method that initialises from data (`needs_calibration`); a config mixes it
+    in beside its own base, e.g. `class EvaMethodConfig(LoraMethodConfig, CalibratedConfig)`, and
+    calls `check_calibration()` from its `__post_init__`."""
+
+    calibration_batches: int = 8
+    calibration_batch_size: int | None = None  # null: training.batch_size
+    # null: the first task of the run, i.e. the data stage 1 is about to train on
+    calibration_task: str | None = None
+
+    def check_calibration(self) -> None:
+        if self.calibration_batches < 1:
+            raise ConfigError(f"method.calibration_batches={self.calibration_batches} must be >= 1")
+        if self.calibration_batch_size is not None and self.calibration_batch_size < 1:
+            raise ConfigError(
+                f"method.calibration_batch_size={self.calibration_batch_size} must be >= 1 "
+                "(or null for training.batch_size)"
+            )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A few batches of one task's training data, for the inits computed from data.
+
+    `runner.build_model` draws them from a fixed sample (`random.Random(seed)`) of the task's
+    training split, so that --resume, which builds the model again, rebuilds the same init.
+    """
+
+    task: str  # the task the batches come from (its head is the one `loss` uses)
+    kind: str
+    # `collate` output: {"inputs": {input_ids, attention_mask, ...}, "labels": ...} on `device`
+    batches: list[dict]
+    loss: Callable[[nn.Module, str, dict], torch.Tensor]  # the kind's loss(model, task, batch)
+    device: torch.device  # where the init is computed (the run's training device)
+
+
+def sample_calibration(
+    split: EncodedSplit,
+    kind: str,
+    task: str,
+    n_batches: int,
+    batch_size: int,
+    seed: int,
+    pad_id: int,
+    device: torch.device | str = "cpu",
+) -> Calibration:
+    """`n_batches` batches of `batch_size` examples of `split` (an EncodedSplit of kind `kind`),
+    drawn without replacement with `random.Random(seed)`: the same examples in the same order
+    for the same seed. A split smaller than n_batches * batch_size is used whole."""
+    ops = KINDS[kind]
+    n = min(len(split), n_batches * batch_size)
+    # Its own generator: neither torch's RNG (heads, adapters) nor training's batch order moves.
+    indices = random.Random(seed).sample(range(len(split)), n)
+    batches = [
+        ops.collate(split, indices[i : i + batch_size], pad_id, device)
+        for i in range(0, n, batch_size)
+    ]
+    return Calibration(
+        task=task, kind=kind, batches=batches, loss=ops.loss, device=torch.device(device)
+    )
+
+
+def require_calibration(method: str, calibration: Calibration | None) -> Calibration:
+    if calibration is None or not calibration.batches:
+        raise ForgetlabError(
+            f"method {method} initialises its adapter from data and needs calibration batches: "
+            "build the model with forgetlab.runner.build_model (or pass a "
+            "forgetlab.methods.base.Calibration to prepare)"
+        )
+    return calibration
+
+
+def missing_peft_feature(method: str, feature: str, error: Exception) -> ForgetlabError:
+    """The error for a PEFT that lacks (or cannot import) what a method is built on."""
+    import peft
+
+    return ForgetlabError(
+        f"method {method} needs {feature}, which the installed PEFT {peft.__version__} does not "
+        f"provide ({type(error).__name__}: {error}); it was written against PEFT 0.21.2"
+    )
+
+
+@contextmanager
+def calibrating(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Compute an init on `device` (the calibration's), then put the model back where it was
+    and in the mode it was in: PEFT's calibration passes switch train/eval mode (EVA restores
+    the mode of the PeftModel wrapper, which starts in train mode, onto the whole backbone),
+    and `build_model` hands the model on to the runner as it got it."""
+    first = next(model.parameters(), None)
+    origin = first.device if first is not None else torch.device("cpu")
+    training = model.training
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(origin)
+        model.train(training)
+
+
 class Method:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `forgetlab methods`
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    # True: `prepare` computes the init from data and must get a `Calibration`.
+    needs_calibration: ClassVar[bool] = False
 
-    def prepare(self, model: TaskModel, cfg: MethodConfig) -> None:
-        """Called once on the freshly loaded model, before stage 1: set what trains."""
+    def prepare(
+        self, model: TaskModel, cfg: MethodConfig, calibration: Calibration | None = None
+    ) -> None:
+        """Called once on the freshly loaded model, before stage 1: set what trains.
+        `calibration` is given only to methods with `needs_calibration`."""
 
     def optimizer_groups(
         self, model: TaskModel, cfg: MethodConfig, lr: float, weight_decay: float
