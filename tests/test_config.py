@@ -102,3 +102,31 @@ def test_variants_expand_and_validate_up_front():
     raw["variants"][1]["overrides"].append("method.r=-1")
     with pytest.raises(ConfigError, match="variant 'lora': method.r=-1"):
         load_config(raw=raw)
+
+
+def test_regularizer_source_must_name_tasks_of_the_run():
+    ok = load_config(
+        raw=BASE,
+        overrides=["method.name=lora", "regularizer.name=laplace", "regularizer.source=[rte]"],
+    )
+    assert ok.regularizer["source"] == ["rte"]
+    with pytest.raises(ConfigError, match="regularizer.source names sst2, not a task of this run"):
+        load_config(raw=BASE, overrides=["regularizer.name=laplace", "regularizer.source=[sst2]"])
+    with pytest.raises(ConfigError, match="unknown regularizer.name='nope'"):
+        load_config(raw=BASE, overrides=["regularizer.name=nope"])
+
+
+def test_source_data_defaults_to_earlier_tasks_and_follows_the_config():
+    from types import SimpleNamespace
+
+    from forgetlab.runner import source_data
+
+    tasks = [SimpleNamespace(name=n, train=f"{n}-data") for n in ("rte", "mrpc", "cola")]
+    plain = load_config(raw={"tasks": ["rte", "mrpc", "cola"]})
+    assert source_data(plain, tasks, 1) == []
+    assert source_data(plain, tasks, 3) == [("rte", "rte-data"), ("mrpc", "mrpc-data")]
+    named = load_config(
+        raw={"tasks": ["rte", "mrpc", "cola"]},
+        overrides=["regularizer.name=laplace", "regularizer.source=[mrpc]"],
+    )
+    assert source_data(named, tasks, 1) == [("mrpc", "mrpc-data")]

@@ -33,7 +33,13 @@ def _validate_plugins(config: Config) -> None:
     """The method's and the regulariser's own keys, checked by their own config classes."""
     method_config(config.method)
     if config.regularizer is not None and config.regularizer.get("name") != "none":
-        regularizer_config(config.regularizer)
+        reg = regularizer_config(config.regularizer)
+        unknown = set(getattr(reg, "source", None) or []) - set(config.task_names)
+        if unknown:
+            raise ConfigError(
+                f"regularizer.source names {', '.join(sorted(unknown))}, not a task of this run "
+                f"(tasks: {', '.join(config.task_names)})"
+            )
 
 
 def variant_configs(config: Config) -> list[tuple[str, Config]]:

@@ -330,7 +330,7 @@ def run_seed(
                 stage=stage,
                 pad_id=pad_id,
                 regularizers=[reg] if reg else [],
-                source_data=[(t.name, t.train) for t in tasks[: stage - 1]],
+                source_data=source_data(config, tasks, stage),
             )
         except TrainingDiverged as e:
             raise TrainingDiverged(
@@ -370,6 +370,14 @@ def run_seed(
     )
     atomic_write_json(seed_dir / "metrics.json", metrics)
     return metrics
+
+
+def source_data(config: Config, tasks: list[PreparedTask], stage: int) -> list:
+    """What a regulariser may estimate old-task curvature from: the tasks that
+    `regularizer.source` names, else the training data of the tasks before this stage."""
+    names = (config.regularizer or {}).get("source")
+    chosen = [t for t in tasks if t.name in names] if names else tasks[: stage - 1]
+    return [(t.name, t.train) for t in chosen]
 
 
 def _prune_checkpoints(config: Config, seed_dir: Path, tasks, stage: int) -> None:

@@ -74,6 +74,9 @@ class LaplaceConfig(RegularizerConfig):
     curvature: str = "kfac"  # diag | kfac
     fisher: str = "empirical"  # empirical (true labels) | true (labels sampled from the model)
     source_examples: int = 256  # examples drawn from the source data for the curvature
+    # Tasks of this run whose training data is the source; default (null): the tasks before
+    # the current stage (the stage's own task at stage 1). Their heads score the source loss.
+    source: list[str] | None = None
     batch_size: int = 16  # for the curvature pass only
     seed: int = 0
 
@@ -83,6 +86,8 @@ class LaplaceConfig(RegularizerConfig):
         check_choice("fisher", self.fisher, FISHER_TYPES)
         check_positive_int("source_examples", self.source_examples)
         check_positive_int("batch_size", self.batch_size)
+        if self.source is not None and not self.source:
+            raise ConfigError("regularizer.source is empty: name tasks of the run, or omit it")
 
 
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
