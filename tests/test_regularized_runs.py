@@ -48,3 +48,48 @@ def test_large_lambda_lowers_forgetting(plain, tmp_path):
     assert strong["avg_forgetting"] < plain["avg_forgetting"]
     # the penalty was logged beside the loss
     assert any(point[2] > 0 for s in strong["stages"] for point in s["loss_curve"])
+
+
+def test_laplace_on_a_source_task_outside_the_sequence(tmp_path):
+    """AG News is never trained: it gets a linear-probe head on the pretrained features, and
+    its data sets the curvature that the Laplace penalty weighs LoRA's update with."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    raw = {
+        "name": "source",
+        "tasks": ["rte", "sst2"],
+        "source_tasks": [{"name": "agnews", "max_train_examples": 64}],
+        "model": {"max_length": 48},
+        "data": {"max_train_examples": 48, "max_eval_examples": 32},
+        "method": {"name": "lora"},
+        "regularizer": {
+            "name": "laplace",
+            "lambda": 1e4,
+            "source": ["agnews"],
+            "source_examples": 32,
+        },
+        "training": {"lr": 2e-3, "epochs": 2, "batch_size": 16, "progress_bar": False},
+        "output": {"dir": str(out), "store": str(tmp_path / "store.sqlite")},
+    }
+    metrics = run(load_config(raw=raw)).seed_metrics[1]
+    assert metrics["tasks"] == ["rte", "sst2"]  # the source task is not scored as a stage
+    assert any(p[2] > 0 for s in metrics["stages"] for p in s["loss_curve"])
+    heads = load_file(str(out / "seed-1" / "checkpoints" / "stage-2-sst2" / "heads.safetensors"))
+    assert heads["agnews.weight"].shape[0] == 4  # the probe head, 4 AG News classes
+
+
+def test_source_tasks_are_validated():
+    from forgetlab.errors import ConfigError
+
+    base = {"tasks": ["rte"], "method": {"name": "lora"}}
+    with pytest.raises(ConfigError, match="source_tasks repeat tasks of the sequence: rte"):
+        load_config(raw={**base, "source_tasks": ["rte"]})
+    with pytest.raises(ConfigError, match="neither a task of this run nor in source_tasks"):
+        load_config(
+            raw={
+                **base,
+                "source_tasks": ["trec"],
+                "regularizer": {"name": "laplace", "source": ["agnews"]},
+            }
+        )

@@ -34,11 +34,12 @@ def _validate_plugins(config: Config) -> None:
     method_config(config.method)
     if config.regularizer is not None and config.regularizer.get("name") != "none":
         reg = regularizer_config(config.regularizer)
-        unknown = set(getattr(reg, "source", None) or []) - set(config.task_names)
+        known = config.task_names + [t.name for t in config.source_tasks]
+        unknown = set(getattr(reg, "source", None) or []) - set(known)
         if unknown:
             raise ConfigError(
-                f"regularizer.source names {', '.join(sorted(unknown))}, not a task of this run "
-                f"(tasks: {', '.join(config.task_names)})"
+                f"regularizer.source names {', '.join(sorted(unknown))}, which is neither a task "
+                f"of this run nor in source_tasks (known: {', '.join(known)})"
             )
 
 

@@ -183,6 +183,9 @@ class Config:
     # Optional penalty against forgetting, e.g. {name: ewc, lambda: 5000}; validated by the
     # regulariser's own config class (forgetlab.regularizers).
     regularizer: dict[str, Any] | None = None
+    # Tasks that are not trained, only used as a regulariser's source data (any registry task
+    # or own file); each gets a linear-probe head on the pretrained features.
+    source_tasks: list[TaskConfig] = field(default_factory=list)
     heads: str = "per_task"
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -202,6 +205,9 @@ class Config:
         _check_choice("config", "heads", self.heads, HEAD_MODES)
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds: [1]")
+        both = set(self.task_names) & {t.name for t in self.source_tasks}
+        if both:
+            raise ConfigError(f"source_tasks repeat tasks of the sequence: {', '.join(both)}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"variants: names must be unique, got {names}")

@@ -37,6 +37,7 @@ from forgetlab.metrics import (
     matrix_csv_text,
 )
 from forgetlab.models import TaskModel, load_backbone, load_tokenizer
+from forgetlab.probe import fit_probe_head
 from forgetlab.regularizers import Regularizer, build_regularizer
 from forgetlab.regularizers.base import STATE_FILE as REG_STATE_FILE
 from forgetlab.regularizers.base import load_regularizer_state, save_regularizer_state
@@ -96,10 +97,14 @@ def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
     return load_task(tc.name, data_dir=data_dir, source=config.data.source)
 
 
-def prepare_tasks(config: Config, tokenizer) -> list[PreparedTask]:
-    """Load, subsample (fixed seed, the same for every training seed) and tokenize."""
+def prepare_tasks(
+    config: Config, tokenizer, task_configs: list[TaskConfig] | None = None, offset: int = 0
+) -> list[PreparedTask]:
+    """Load, subsample (fixed seed, the same for every training seed) and tokenize
+    `task_configs` (default: the sequence's tasks)."""
     prepared = []
-    for index, tc in enumerate(config.tasks):
+    task_configs = config.tasks if task_configs is None else task_configs
+    for index, tc in enumerate(task_configs, start=offset):
         data = _load_task_data(tc, config)
         n_train = tc.max_train_examples or config.data.max_train_examples
         n_eval = tc.max_eval_examples or config.data.max_eval_examples
@@ -144,6 +149,7 @@ def build_model(
     *,
     pad_id: int | None = None,
     device: torch.device | str = "cpu",
+    sources: list[PreparedTask] = (),
 ) -> TaskModel:
     """The pretrained backbone with the task heads, prepared by `method`; deterministic given
     the seed, since --resume builds it again and loads a checkpoint onto it.
@@ -163,7 +169,11 @@ def build_model(
         pooling=config.model.pooling,
         head_dropout=config.model.head_dropout,
         shared_head=config.heads == "shared",
+        probe_heads={t.name: t.data.num_labels for t in sources},
     )
+    for t in sources:  # before `prepare`: the probe reads the untouched pretrained features
+        loss = fit_probe_head(model, t.name, t.kind, t.train, pad_id or 0, device, seed)
+        log.info("source task %s: linear probe fitted, train loss %.4f", t.name, loss)
     if not getattr(method, "needs_calibration", False):
         method.prepare(model, mcfg)
         return model
@@ -279,6 +289,7 @@ def run_seed(
     resume: bool,
     accelerator,
     pad_id: int,
+    sources: list[PreparedTask] = (),
 ) -> dict:
     seed_dir = out / f"seed-{seed}"
     state_path = seed_dir / "state.json"
@@ -287,7 +298,16 @@ def run_seed(
         log.info("seed %d: already complete, skipped", seed)
         return read_json(seed_dir / "metrics.json")
 
-    model = build_model(config, tasks, method, mcfg, seed, pad_id=pad_id, device=accelerator.device)
+    model = build_model(
+        config,
+        tasks,
+        method,
+        mcfg,
+        seed,
+        pad_id=pad_id,
+        device=accelerator.device,
+        sources=sources,
+    )
     reg = build_regularizer(config.regularizer, model=model)  # fresh estimates per seed
     trainable, total = count_parameters(model)
     log.info(
@@ -330,7 +350,7 @@ def run_seed(
                 stage=stage,
                 pad_id=pad_id,
                 regularizers=[reg] if reg else [],
-                source_data=source_data(config, tasks, stage),
+                source_data=source_data(config, tasks, stage, sources),
             )
         except TrainingDiverged as e:
             raise TrainingDiverged(
@@ -372,11 +392,14 @@ def run_seed(
     return metrics
 
 
-def source_data(config: Config, tasks: list[PreparedTask], stage: int) -> list:
-    """What a regulariser may estimate old-task curvature from: the tasks that
-    `regularizer.source` names, else the training data of the tasks before this stage."""
+def source_data(
+    config: Config, tasks: list[PreparedTask], stage: int, sources: list[PreparedTask] = ()
+) -> list:
+    """What a regulariser may estimate old-task curvature from: the tasks (of the sequence or
+    of `source_tasks`) that `regularizer.source` names, else the tasks before this stage."""
     names = (config.regularizer or {}).get("source")
-    chosen = [t for t in tasks if t.name in names] if names else tasks[: stage - 1]
+    pool = [*tasks, *sources]
+    chosen = [t for t in pool if t.name in names] if names else tasks[: stage - 1]
     return [(t.name, t.train) for t in chosen]
 
 
@@ -484,10 +507,12 @@ def run(config: Config, resume: bool = False) -> RunResult:
         tokenizer = load_tokenizer(config.model)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         tasks = prepare_tasks(config, tokenizer)
+        # Source tasks subsample with their own seeds (offset past the sequence's indices).
+        sources = prepare_tasks(config, tokenizer, config.source_tasks, offset=100)
         per_seed = {}
         for seed in config.seeds:
             per_seed[seed] = run_seed(
-                config, tasks, method, mcfg, seed, out, resume, accelerator, pad_id
+                config, tasks, method, mcfg, seed, out, resume, accelerator, pad_id, sources
             )
         summary = summarize(config, tasks, per_seed)
         atomic_write_json(out / "metrics.json", summary)

@@ -4,7 +4,8 @@ Heads live outside the backbone so that methods (LoRA, freezing, ...) only ever 
 backbone, and a head is always trainable. With `per_task` heads each task keeps its own head
 and old tasks are evaluated with their own head; with `shared` heads all tasks use one head
 of size max(num_labels) and task j reads its first num_labels_j logits (the reference study's
-"shared 2-way head" over binary GLUE tasks).
+"shared 2-way head" over binary GLUE tasks). Source tasks that are not trained (curvature
+data for a regulariser) always have their own head, fitted as a linear probe.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class TaskModel(nn.Module):
         pooling: str = "auto",
         head_dropout: float = 0.1,
         shared_head: bool = False,
+        probe_heads: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -33,9 +35,15 @@ class TaskModel(nn.Module):
         self.dropout = nn.Dropout(head_dropout)
         sizes = {SHARED: max(num_labels.values())} if shared_head else dict(num_labels)
         self.heads = nn.ModuleDict({k: nn.Linear(hidden_size, n) for k, n in sizes.items()})
+        # Source tasks outside the sequence (regularizer.source) get their own heads, created
+        # after the sequence's heads so that those keep the same init with or without them.
+        self.own_heads = set(probe_heads or {})
+        for name, n in (probe_heads or {}).items():
+            self.heads[name] = nn.Linear(hidden_size, n)
+            self.num_labels[name] = n
 
     def head_name(self, task: str) -> str:
-        return SHARED if self.shared_head else task
+        return SHARED if self.shared_head and task not in self.own_heads else task
 
     def pool(self, outputs, attention_mask: torch.Tensor) -> torch.Tensor:
         pooler = getattr(outputs, "pooler_output", None)
