@@ -90,12 +90,23 @@ def format_run(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _regularizer_text(summary: dict) -> str:
+    reg = summary.get("regularizer") or {}
+    if not reg or reg.get("name") in (None, "none"):
+        return "-"
+    name = "-".join([reg["name"], *([reg["curvature"]] if reg.get("curvature") else [])])
+    lam = reg.get("lambda")
+    return name if lam is None else f"{name} λ={lam:g}"
+
+
 def format_comparison(summaries: list[dict]) -> str:
     if not summaries:
         return "no runs to compare"
+    name_w = max(4, *(len(s["name"]) for s in summaries)) + 2
+    reg_w = max(12, *(len(_regularizer_text(s)) for s in summaries)) + 2
     header = (
-        f"{'run':<18}{'method':<9}{'lr':>9}{'seeds':>6}{'learned':>9}{'initial_acc':>13}"
-        f"{'acc':>8}{'avg_forget':>12}{'bwt':>9}{'fwt':>9}"
+        f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'lr':>9}{'seeds':>6}"
+        f"{'learned':>9}{'initial_acc':>13}{'acc':>8}{'avg_forget':>12}{'bwt':>9}{'fwt':>9}"
     )
     lines = [header, "-" * len(header)]
     for s in summaries:
@@ -109,8 +120,8 @@ def format_comparison(summaries: list[dict]) -> str:
         learned = sum(1 for k in s["learned_seeds"] if k == n_seeds)
         learned_text = f"{learned}/{len(s['tasks'])}"
         lines.append(
-            f"{s['name'][:17]:<18}{s['method']:<9}{s['lr']:>9.1e}{n_seeds:>6}"
-            f"{learned_text:>9}{mean('initial_acc'):>13}"
+            f"{s['name']:<{name_w}}{s['method']:<10}{_regularizer_text(s):<{reg_w}}"
+            f"{s['lr']:>9.1e}{n_seeds:>6}{learned_text:>9}{mean('initial_acc'):>13}"
             f"{mean('acc'):>8}{mean('avg_forgetting'):>12}{mean('bwt'):>9}{mean('fwt'):>9}"
         )
     lines += [
