@@ -449,7 +449,9 @@ def _prepare_out_dir(config: Config, out: Path, resume: bool) -> None:
         if diff:
             raise ForgetlabError(f"cannot resume {out} with a different config: {diff}")
         return
-    if saved.exists() or any(out.glob("seed-*")):
+    # A config.yaml alone is a run that failed before computing anything (e.g. a bad task
+    # name): starting again over it loses nothing.
+    if (out / "metrics.json").exists() or any(out.glob("seed-*")):
         raise ForgetlabError(
             f"{out} already holds a run; use --resume to continue it or choose another --out"
         )
