@@ -24,11 +24,17 @@ import yaml
 
 import forgetlab
 from forgetlab.config import Config, TaskConfig, config_to_yaml
-from forgetlab.errors import ForgetlabError, TrainingDiverged
+from forgetlab.errors import ConfigError, ForgetlabError, TrainingDiverged
 from forgetlab.evaluate import evaluate_task
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig, get_method, method_config
-from forgetlab.methods.base import count_parameters, load_heads, save_heads
+from forgetlab.methods.base import (
+    Calibration,
+    count_parameters,
+    load_heads,
+    sample_calibration,
+    save_heads,
+)
 from forgetlab.metrics import (
     aggregate_metrics,
     continual_metrics,
@@ -174,14 +180,25 @@ def build_model(
     for t in sources:  # before `prepare`: the probe reads the untouched pretrained features
         loss = fit_probe_head(model, t.name, t.kind, t.train, pad_id or 0, device, seed)
         log.info("source task %s: linear probe fitted, train loss %.4f", t.name, loss)
-    if not getattr(method, "needs_calibration", False):
+    if getattr(method, "needs_calibration", False):
+        method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
+    else:
         method.prepare(model, mcfg)
-        return model
-    from forgetlab.errors import ConfigError
-    from forgetlab.methods.base import sample_calibration
+    return model
 
+
+def calibration(
+    config: Config,
+    tasks: list[PreparedTask],
+    mcfg: MethodConfig,
+    seed: int,
+    pad_id: int | None,
+    device: torch.device | str,
+) -> Calibration:
+    """The batches a data-driven init (LoRA-GA, CorDA, EVA) is computed from, drawn with the
+    seed so that --resume rebuilds the same init."""
     if pad_id is None:
-        raise TypeError(f"build_model: method {method.name} needs calibration data: pass pad_id")
+        raise TypeError(f"build_model: method {mcfg.name} needs calibration data: pass pad_id")
     by_name = {t.name: t for t in tasks}
     name = getattr(mcfg, "calibration_task", None) or tasks[0].name
     if name not in by_name:
@@ -190,7 +207,7 @@ def build_model(
             f"(tasks: {', '.join(by_name)})"
         )
     task = by_name[name]
-    calibration = sample_calibration(
+    return sample_calibration(
         task.train,
         task.kind,
         task.name,
@@ -200,8 +217,6 @@ def build_model(
         pad_id=pad_id,
         device=device,
     )
-    method.prepare(model, mcfg, calibration)
-    return model
 
 
 def stage_dir(seed_dir: Path, stage: int, task: str) -> Path:
