@@ -110,7 +110,9 @@ def test_regularizer_source_must_name_tasks_of_the_run():
         overrides=["method.name=lora", "regularizer.name=laplace", "regularizer.source=[rte]"],
     )
     assert ok.regularizer["source"] == ["rte"]
-    with pytest.raises(ConfigError, match="regularizer.source names sst2, not a task of this run"):
+    with pytest.raises(
+        ConfigError, match="regularizer.source names sst2, which is neither a task of this run"
+    ):
         load_config(raw=BASE, overrides=["regularizer.name=laplace", "regularizer.source=[sst2]"])
     with pytest.raises(ConfigError, match="unknown regularizer.name='nope'"):
         load_config(raw=BASE, overrides=["regularizer.name=nope"])

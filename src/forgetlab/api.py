@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ def load_config(
 ) -> Config:
     """Read a YAML file (or take `raw`, a dict), apply `a.b=value` overrides, validate all of
     it, the method's own keys included."""
-    data = _config.load_raw(path) if path is not None else dict(raw or {})
+    # A deep copy: overrides must not change the caller's dict.
+    data = _config.load_raw(path) if path is not None else copy.deepcopy(raw or {})
     config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
     _validate_plugins(config)
     variant_configs(config)  # every variant must be valid before anything runs
