@@ -16,8 +16,4 @@ class Dora(Lora):
     name = "dora"
     summary = "LoRA on the direction of W plus a trained per-row magnitude (DoRA)"
     config_cls = LoraMethodConfig
-
-    def lora_config(self, cfg: LoraMethodConfig):
-        from peft import LoraConfig
-
-        return LoraConfig(**cfg.peft_kwargs(), use_dora=True)
+    peft_extra = {"use_dora": True}

@@ -17,8 +17,4 @@ class GaussianLora(Lora):
     name = "gaussian"
     summary = "LoRA with A ~ N(0, 1/r^2), B = 0 (PEFT's gaussian init)"
     config_cls = LoraMethodConfig
-
-    def lora_config(self, cfg: LoraMethodConfig):
-        from peft import LoraConfig
-
-        return LoraConfig(**cfg.peft_kwargs(), init_lora_weights="gaussian")
+    peft_extra = {"init_lora_weights": "gaussian"}

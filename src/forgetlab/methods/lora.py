@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -79,11 +80,13 @@ class Lora(Method):
     name = "lora"
     summary = "low-rank update B@A on the target modules; base weights frozen (PEFT)"
     config_cls = LoraMethodConfig
+    # Extra LoraConfig arguments that make a variant (use_dora, init_lora_weights, ...).
+    peft_extra: ClassVar[dict[str, Any]] = {}
 
     def lora_config(self, cfg: LoraMethodConfig):
         from peft import LoraConfig
 
-        return LoraConfig(**cfg.peft_kwargs())
+        return LoraConfig(**cfg.peft_kwargs(), **self.peft_extra)
 
     def prepare(self, model: TaskModel, cfg: LoraMethodConfig) -> None:
         from peft import get_peft_model

@@ -25,8 +25,4 @@ class Olora(ResidualLora):
     name = "olora"
     summary = "LoRA initialised from a QR decomposition of W, residual frozen (OLoRA)"
     config_cls = OloraConfig
-
-    def lora_config(self, cfg: OloraConfig):
-        from peft import LoraConfig
-
-        return LoraConfig(**cfg.peft_kwargs(), init_lora_weights="olora")
+    peft_extra = {"init_lora_weights": "olora"}

@@ -15,8 +15,4 @@ class RsLora(Lora):
     name = "rslora"
     summary = "LoRA with the rank-stabilised scale alpha/sqrt(r) instead of alpha/r"
     config_cls = LoraMethodConfig
-
-    def lora_config(self, cfg: LoraMethodConfig):
-        from peft import LoraConfig
-
-        return LoraConfig(**cfg.peft_kwargs(), use_rslora=True)
+    peft_extra = {"use_rslora": True}
