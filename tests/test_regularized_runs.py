@@ -77,6 +77,11 @@ def test_laplace_on_a_source_task_outside_the_sequence(tmp_path):
     assert any(p[2] > 0 for s in metrics["stages"] for p in s["loss_curve"])
     heads = load_file(str(out / "seed-1" / "checkpoints" / "stage-2-sst2" / "heads.safetensors"))
     assert heads["agnews.weight"].shape[0] == 4  # the probe head, 4 AG News classes
+    # The probe is frozen: trainable = LoRA r=8 on query/value of 6 layers (384 wide) plus
+    # the two sequence heads (2 classes each), not the AG News probe.
+    assert metrics["trainable_parameters"] == 6 * 2 * (2 * 8 * 384) + 2 * (2 * 384 + 2)
+    stage1 = load_file(str(out / "seed-1" / "checkpoints" / "stage-1-rte" / "heads.safetensors"))
+    assert (stage1["agnews.weight"] == heads["agnews.weight"]).all()
 
 
 def test_source_tasks_are_validated():

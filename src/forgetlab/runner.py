@@ -184,6 +184,8 @@ def build_model(
         method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
     else:
         method.prepare(model, mcfg)
+    for t in sources:  # probes are the fixed pretrained read-out: never trained or counted
+        model.heads[t.name].requires_grad_(False)
     return model
 
 

@@ -5,7 +5,7 @@ backbone, and a head is always trainable. With `per_task` heads each task keeps 
 and old tasks are evaluated with their own head; with `shared` heads all tasks use one head
 of size max(num_labels) and task j reads its first num_labels_j logits (the reference study's
 "shared 2-way head" over binary GLUE tasks). Source tasks that are not trained (curvature
-data for a regulariser) always have their own head, fitted as a linear probe.
+data for a regulariser) always have their own head, fitted as a linear probe and frozen.
 """
 
 from __future__ import annotations
