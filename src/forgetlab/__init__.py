@@ -10,22 +10,28 @@ what it forgets.
 __version__ = "0.1.0"
 
 from forgetlab.api import (  # noqa: E402
+    analyze,
     compare,
     format_run,
+    hessian,
     list_methods,
     load_config,
     metrics_from_csv,
+    report,
     run,
     run_all,
 )
 
 __all__ = [
     "__version__",
+    "analyze",
     "compare",
     "format_run",
+    "hessian",
     "list_methods",
     "load_config",
     "metrics_from_csv",
+    "report",
     "run",
     "run_all",
 ]

@@ -96,16 +96,64 @@ def compare(run_dirs: list[str | Path] | None = None, store: str | Path | None =
     return format_comparison(summaries)
 
 
+def analyze(
+    run_dir: str | Path,
+    which: list[str] | None = None,
+    *,
+    seed: int | None = None,
+    force: bool = False,
+    store: str | Path | None = None,
+    device: str | None = None,
+    options: dict[str, dict] | None = None,
+) -> dict[str, dict]:
+    """CKA drift, update spectrum and task similarity of a finished run (default: all three),
+    cached in <run_dir>/analyses/ and the results store. See `forgetlab.analyses`."""
+    from forgetlab.analyses import analyze as _analyze
+
+    return _analyze(
+        run_dir, which, seed=seed, force=force, store=store, device=device, options=options
+    )
+
+
+def hessian(
+    target: str | Path | Config,
+    overrides: list[str] | None = None,
+    **options: Any,
+) -> dict:
+    """Largest Hessian eigenvalue. `target`: a finished run directory (any saved `stage`), or a
+    config file / Config (stage 0: the model at init, nothing written). Options: stage, task,
+    group (trainable | modules | layers | a regex), examples, batch_size, method (lanczos |
+    power), iters, tol, seed, force, store, device."""
+    from forgetlab.analyses.cache import hessian as _hessian
+
+    path = Path(target) if not isinstance(target, Config) else None
+    if path is not None and not path.is_dir():
+        target = load_config(path, overrides)
+    elif overrides:
+        raise ConfigError("overrides apply to a config, not to a finished run directory")
+    return _hessian(target, **options)
+
+
+def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
+    """One self-contained HTML page (figures inline, PNGs beside it) over finished runs."""
+    from forgetlab.report.html import build_report
+
+    return build_report([Path(d) for d in run_dirs], Path(out), title=title)
+
+
 def list_methods() -> dict[str, str]:
     return {name: m.summary for name, m in sorted(METHODS.items())}
 
 
 __all__ = [
+    "analyze",
     "compare",
     "format_run",
+    "hessian",
     "list_methods",
     "load_config",
     "load_run",
     "metrics_from_csv",
+    "report",
     "run",
 ]

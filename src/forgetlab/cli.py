@@ -42,9 +42,59 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
 
+    a = sub.add_parser("analyze", help="CKA drift, update spectrum, task similarity of runs")
+    a.add_argument("run_dirs", nargs="+", help="finished run directories")
+    a.add_argument("--cka", action="store_true", help="representation drift per layer")
+    a.add_argument("--spectrum", action="store_true", help="singular values / rank of ΔW")
+    a.add_argument("--similarity", action="store_true", help="task × task similarity")
+    a.add_argument("--examples", type=int, help="probe examples per task (cka, similarity)")
+    a.add_argument("--pooling", choices=["mean", "tokens"], help="cka: per example or token")
+    a.add_argument("--energy", type=float, help="spectrum: share of ‖ΔW‖² (default 0.9)")
+    _analysis_common(a)
+
+    h = sub.add_parser("hessian", help="largest Hessian eigenvalue (Lanczos / power iteration)")
+    h.add_argument("target", help="a finished run directory, or a config (stage 0 = init)")
+    h.add_argument("overrides", nargs="*", help="dotted overrides (for a config)")
+    h.add_argument("--stage", type=int, help="0 = before training (default), k = after stage k")
+    h.add_argument("--task", help="whose training loss (default: the next stage's task)")
+    h.add_argument(
+        "--group", help="trainable (default) | modules | layers | a regex over parameter names"
+    )
+    h.add_argument("--examples", type=int, help="training examples in the loss (default 32)")
+    h.add_argument("--batch-size", type=int, dest="batch_size")
+    h.add_argument("--method", choices=["lanczos", "power"])
+    h.add_argument("--iters", type=int, help="Krylov / power iterations (default 20)")
+    h.add_argument("--tol", type=float, help="relative change that counts as converged")
+    h.add_argument("--json", action="store_true", help="print the result as JSON")
+    _analysis_common(h)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page over finished runs")
+    rp.add_argument("run_dirs", nargs="+", help="finished run directories")
+    rp.add_argument("--out", required=True, help="the HTML file (PNGs go beside it)")
+    rp.add_argument("--title", help="page title")
+
     sub.add_parser("methods", help="list the adaptation methods")
     sub.add_parser("tasks", help="list the registered tasks")
     return p
+
+
+def _analysis_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, help="which seed's model (default: the first)")
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.add_argument("--store", help="results store (default: the run's output.store)")
+    p.add_argument("--device", help="cpu | cuda (default: the run's training.device)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    if quiet:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("forgetlab")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _quiet_libraries() -> None:
@@ -106,6 +156,66 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from forgetlab import api
+    from forgetlab.report.analyses_text import format_analysis
+
+    which = [w for w in ("cka", "spectrum", "similarity") if getattr(args, w)] or None
+    chosen = which or ["cka", "spectrum", "similarity"]
+    given = {
+        "cka": {"examples_per_task": args.examples, "pooling": args.pooling},
+        "spectrum": {"energy": args.energy},
+        "similarity": {"examples_per_task": args.examples},
+    }
+    options = {k: {o: v for o, v in given[k].items() if v is not None} for k in chosen}
+    _quiet_libraries()
+    _log_to_stderr(args.quiet)
+    for run_dir in args.run_dirs:  # every run is checked by `analyze` before it computes
+        results = api.analyze(
+            run_dir,
+            which,
+            seed=args.seed,
+            force=args.force,
+            store=args.store,
+            device=args.device,
+            options={k: v for k, v in options.items() if v},
+        )
+        print(f"== {run_dir}")
+        for result in results.values():
+            print(format_analysis(result), end="\n\n")
+        print(f"(saved in {Path(run_dir) / 'analyses'})")
+    return 0
+
+
+def _cmd_hessian(args: argparse.Namespace) -> int:
+    from forgetlab import api
+    from forgetlab.report.analyses_text import format_analysis
+
+    keys = ("stage", "task", "group", "examples", "batch_size", "method", "iters", "tol")
+    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    _quiet_libraries()
+    _log_to_stderr(args.quiet)
+    result = api.hessian(
+        args.target,
+        args.overrides,
+        seed=args.seed,
+        force=args.force,
+        store=args.store,
+        device=args.device,
+        **options,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_analysis(result))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from forgetlab import api
+
+    out = api.report(args.run_dirs, args.out, title=args.title)
+    print(f"report written to {out}")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from forgetlab import api
 
@@ -128,6 +238,9 @@ COMMANDS = {
     "compare": _cmd_compare,
     "metrics": _cmd_metrics,
     "validate": _cmd_validate,
+    "analyze": _cmd_analyze,
+    "hessian": _cmd_hessian,
+    "report": _cmd_report,
     "methods": _cmd_methods,
     "tasks": _cmd_tasks,
 }

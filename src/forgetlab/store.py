@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS seed_runs (
     run_dir TEXT, seed INTEGER, metrics TEXT,
     PRIMARY KEY (run_dir, seed)
 );
+CREATE TABLE IF NOT EXISTS analyses (
+    run_dir TEXT, name TEXT, params TEXT, updated TEXT, result TEXT,
+    PRIMARY KEY (run_dir, name)
+);
 """
 
 
@@ -169,6 +173,41 @@ class ResultsStore:
                     "metrics": json.loads(r[6]),
                 }
                 for r in cur.fetchall()
+            ]
+        finally:
+            conn.close()
+
+    def record_analysis(self, run_dir: Path, name: str, params: dict, result: dict) -> None:
+        """One analysis of one run (its newest result replaces the older one)."""
+        row = (str(Path(run_dir).resolve()), name, json.dumps(params), now(), json.dumps(result))
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO analyses VALUES (?,?,?,?,?)", row)
+        except sqlite3.Error as e:
+            raise ForgetlabError(f"cannot record analysis in {self.path}: {e}") from e
+        finally:
+            conn.close()
+
+    def analyses(self, run_dir: Path | None = None) -> list[dict]:
+        if not self.path.exists():
+            return []
+        conn = self._connect()
+        try:
+            query = "SELECT run_dir, name, params, updated, result FROM analyses"
+            args: tuple = ()
+            if run_dir is not None:
+                query += " WHERE run_dir = ?"
+                args = (str(Path(run_dir).resolve()),)
+            return [
+                {
+                    "run_dir": r[0],
+                    "name": r[1],
+                    "params": json.loads(r[2]),
+                    "updated": r[3],
+                    "result": json.loads(r[4]),
+                }
+                for r in conn.execute(query + " ORDER BY updated", args).fetchall()
             ]
         finally:
             conn.close()

@@ -1,0 +1,129 @@
+"""Run analyses over a finished run, caching each result in the run directory and the store.
+
+Order of work, so that bad input changes nothing: open and check the run, resolve every
+option, run every analysis's `check` (checkpoints present, options valid), and only then
+compute and write <run>/analyses/<name>.json atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import ModuleType
+
+import forgetlab
+from forgetlab.analyses.runs import OpenRun, open_config, open_run
+from forgetlab.config import Config
+from forgetlab.errors import ForgetlabError
+from forgetlab.store import ResultsStore, atomic_write_json, read_json
+
+log = logging.getLogger("forgetlab")
+
+
+def _params(module: ModuleType, options: dict) -> dict:
+    unknown = set(options) - set(module.DEFAULTS)
+    if unknown:
+        raise ForgetlabError(
+            f"analysis {module.NAME!r} has no option {', '.join(sorted(unknown))} "
+            f"(options: {', '.join(module.DEFAULTS)})"
+        )
+    return {**module.DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+
+
+def _cached(path: Path, params: dict, seed: int) -> dict | None:
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    same = data.get("params") == params and data.get("seed") == seed
+    return data if same and data.get("version") == forgetlab.__version__ else None
+
+
+def _run_one(
+    run: OpenRun, module: ModuleType, name: str, seed: int, params: dict, force: bool, store
+) -> dict:
+    path = run.run_dir / "analyses" / f"{name}.json"
+    cached = None if force else _cached(path, params, seed)
+    if cached is not None:
+        log.info("%s: cached in %s (--force recomputes)", name, path)
+        return cached
+    log.info("%s: computing for seed %d", name, seed)
+    result = {
+        "analysis": module.NAME,
+        "version": forgetlab.__version__,
+        "params": params,
+        **module.compute(run, seed, params),
+    }
+    atomic_write_json(path, result)
+    if store is not None:
+        ResultsStore(store).record_analysis(run.run_dir, name, params, result)
+    return result
+
+
+def analyze(
+    run_dir: str | Path,
+    which: list[str] | None = None,
+    *,
+    seed: int | None = None,
+    force: bool = False,
+    store: str | Path | None = None,
+    device: str | None = None,
+    options: dict[str, dict] | None = None,
+) -> dict[str, dict]:
+    """Run the analyses named in `which` (default: all of `ANALYSES`) on one finished run;
+    `options` maps an analysis name to its options (see each module's DEFAULTS)."""
+    from forgetlab.analyses import ANALYSES
+
+    which = list(which or ANALYSES)
+    unknown = [w for w in which if w not in ANALYSES]
+    if unknown:
+        raise ForgetlabError(
+            f"unknown analysis {', '.join(unknown)} (known: {', '.join(ANALYSES)})"
+        )
+    options = options or {}
+    stray = set(options) - set(which)
+    if stray:
+        raise ForgetlabError(f"options given for analyses not run: {', '.join(sorted(stray))}")
+    run = open_run(run_dir, device)
+    seed = run.seed(seed)
+    plan = [(ANALYSES[w], _params(ANALYSES[w], options.get(w, {}))) for w in which]
+    for module, params in plan:
+        module.check(run, seed, params)
+    store = store if store is not None else run.config.output.store
+    return {
+        module.NAME: _run_one(run, module, module.NAME, seed, params, force, store)
+        for module, params in plan
+    }
+
+
+def hessian(
+    target: str | Path | Config,
+    *,
+    seed: int | None = None,
+    force: bool = False,
+    store: str | Path | None = None,
+    device: str | None = None,
+    **options,
+) -> dict:
+    """λ_max of the loss Hessian. `target` is a finished run directory (any saved stage; cached
+    in <run>/analyses/hessian-stage<k>-<group>.json) or a config (stage 0 only, nothing written:
+    the Hessian at init, to compare methods before training them)."""
+    from forgetlab.analyses import curvature
+
+    params = _params(curvature, options)
+    if isinstance(target, Config):
+        run = open_config(target, device)
+        seed = run.seed(seed)
+        if params["stage"] != 0:
+            raise ForgetlabError("a config has not trained: only stage 0 (init) is available")
+        curvature.check(run, seed, params)
+        return {
+            "analysis": "hessian",
+            "version": forgetlab.__version__,
+            "params": params,
+            **curvature.compute(run, seed, params),
+        }
+    run = open_run(target, device)
+    seed = run.seed(seed)
+    curvature.check(run, seed, params)
+    store = store if store is not None else run.config.output.store
+    return _run_one(run, curvature, curvature.cache_name(params), seed, params, force, store)
