@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+", help="finished run directories")
     rp.add_argument("--out", required=True, help="the HTML file (PNGs go beside it)")
     rp.add_argument("--title", help="page title")
+    rp.add_argument("--screenshot", help="also save a PNG of the page top (needs chromium)")
+    rp.add_argument("--screenshot-height", type=int, default=1600, help="pixels (default 1600)")
 
     sub.add_parser("methods", help="list the adaptation methods")
     sub.add_parser("tasks", help="list the registered tasks")
@@ -213,6 +215,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = api.report(args.run_dirs, args.out, title=args.title)
     print(f"report written to {out}")
+    if args.screenshot:
+        from forgetlab.report.screenshot import screenshot
+
+        png = screenshot(out, Path(args.screenshot), max_height=args.screenshot_height)
+        print(f"screenshot: {png}")
     return 0
 
 

@@ -38,6 +38,18 @@ CREATE TABLE IF NOT EXISTS analyses (
 """
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: str | Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; results are meant to be shared like any file
+    the user writes, so give them the mode the umask would (e.g. 0644 / 0755)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _disk_error(path: Path, error: OSError) -> ForgetlabError:
     if error.errno == errno.ENOSPC:
         return ForgetlabError(f"disk full while writing {path}; files written before are intact")
@@ -45,15 +57,20 @@ def _disk_error(path: Path, error: OSError) -> ForgetlabError:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            _usual_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -83,6 +100,7 @@ def atomic_dir(final: Path):
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        _usual_mode(tmp, directory=True)
     except OSError as e:
         raise _disk_error(final, e) from e
     try:

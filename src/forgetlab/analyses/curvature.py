@@ -41,6 +41,17 @@ def _task(run: OpenRun, params: dict):
     return by_name[name]
 
 
+def _own_task_only(model, groups: dict, task: str) -> dict:
+    """Drop other tasks' heads: the loss of `task` does not depend on them (their Hessian
+    block is zero), and a group made only of them has no eigenvalue to report."""
+    own = f"heads.{model.head_name(task)}."
+    kept = {
+        name: [(n, p) for n, p in named if not n.startswith("heads.") or n.startswith(own)]
+        for name, named in groups.items()
+    }
+    return {name: named for name, named in kept.items() if named}
+
+
 def check(run: OpenRun, seed: int, params: dict) -> None:
     if params["method"] not in METHODS:
         raise ForgetlabError(f"method must be one of {', '.join(METHODS)}")
@@ -55,7 +66,7 @@ def compute(run: OpenRun, seed: int, params: dict) -> dict:
     model = run.model_at(seed, params["stage"], eager=True)
     batches = run.probe_batches(task, params["examples"], params["batch_size"], "train", seed)
     loss = KINDS[task.kind].loss
-    groups = parameter_groups(model, params["group"])
+    groups = _own_task_only(model, parameter_groups(model, params["group"]), task.name)
     results = []
     for name, named in groups.items():
         eig = largest_eigenvalue(
