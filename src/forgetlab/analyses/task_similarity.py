@@ -13,6 +13,8 @@ Beside them, `interference[j][i]` = R[j][i] − R[j−1][i]: how training task j
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 
@@ -20,20 +22,34 @@ from forgetlab.analyses.cka import covariance_alignment
 from forgetlab.analyses.features import layer_features
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds import KINDS
+from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.models.task_model import TaskModel
 from forgetlab.probe import fit_probe_head
 
 NAME = "similarity"
-DEFAULTS = {"examples_per_task": 64, "batch_size": 32}
+# probe_examples: training examples each task's linear probe is fitted on (features of all
+# 2,000 quickstart examples per task would cost more than the rest of the analysis)
+DEFAULTS = {"examples_per_task": 64, "batch_size": 32, "probe_examples": 512}
 
 
 def check(run: OpenRun, seed: int, params: dict) -> None:
+    if params["probe_examples"] < 2:
+        raise ForgetlabError("probe_examples must be at least 2")
     if params["examples_per_task"] < 2:
         raise ForgetlabError("examples_per_task must be at least 2 for task similarity")
 
 
-def _probe_model(run: OpenRun, seed: int) -> TaskModel:
+def _subset(split: EncodedSplit, n: int, seed: int) -> EncodedSplit:
+    keep = sorted(random.Random(seed).sample(range(len(split)), min(n, len(split))))
+    types = split.token_type_ids
+    return EncodedSplit(
+        input_ids=[split.input_ids[i] for i in keep],
+        token_type_ids=None if types is None else [types[i] for i in keep],
+        labels=[split.labels[i] for i in keep],
+    )
+
+
+def _probe_model(run: OpenRun, seed: int, n_probe: int) -> TaskModel:
     backbone = run.pretrained_backbone()
     torch.manual_seed(seed)
     model = TaskModel(
@@ -44,7 +60,8 @@ def _probe_model(run: OpenRun, seed: int) -> TaskModel:
         head_dropout=0.0,
     )
     for t in run.tasks:
-        fit_probe_head(model, t.name, t.kind, t.train, run.pad_id, run.device, seed)
+        train = _subset(t.train, n_probe, seed)
+        fit_probe_head(model, t.name, t.kind, train, run.pad_id, run.device, seed)
     return model.to(run.device).eval()
 
 
@@ -71,7 +88,7 @@ def _interference(R: list[list[float]]) -> list[list[float]]:
 
 
 def compute(run: OpenRun, seed: int, params: dict) -> dict:
-    model = _probe_model(run, seed)
+    model = _probe_model(run, seed, params["probe_examples"])
     feats, grads = [], []
     for t in run.tasks:
         batches = run.probe_batches(t, params["examples_per_task"], params["batch_size"], seed=seed)
