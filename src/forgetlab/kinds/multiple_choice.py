@@ -27,13 +27,7 @@ import torch
 
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds.lm_text import eval_mode
-
-
-@dataclass(frozen=True)
-class MCExample:
-    context: str
-    choices: list[str]
-    label: int  # index of the correct choice
+from forgetlab.tasks.base import MCExample
 
 
 @dataclass
