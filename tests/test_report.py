@@ -208,7 +208,8 @@ def test_same_names_get_distinct_ids_and_dollars_are_literal(tmp_path):
     name = "twin $\\frac{"
     a = write_run(tmp_path / "a", name, "lora", matrices="single")
     b = write_run(tmp_path / "b", name, "lora", matrices="single")
-    assert {"fig-twin-frac-accuracy", "fig-twin-frac-2-accuracy"} <= set(report_figures([a, b]))
+    ids = set(report_figures([a, b]))
+    assert {"fig-twin-frac-lora-a-accuracy", "fig-twin-frac-lora-b-accuracy"} <= ids
 
 
 def _assert_nothing_written(tmp_path: Path) -> None:
@@ -265,3 +266,23 @@ def test_comparison_table_marks_the_frontier(report):
     for name in ("full-ft", "lora-r8", "frozen"):  # a trade-off, and nothing dominates frozen
         assert f'<a href="#run-{name}">{name}</a> ★' in overview
     assert "&lt;/script&gt;</a> ★" not in overview  # single task: not on the plot at all
+
+
+def test_runs_sharing_a_config_name_get_distinct_labels(tmp_path):
+    """`forgetlab run quickstart.yaml method.name=lora` keeps the config's name: the page must
+    still tell the runs apart (by method, then by run directory)."""
+    from forgetlab.report.html import load_runs
+
+    runs = load_runs(
+        [
+            write_run(tmp_path / "a", "quickstart", "full"),
+            write_run(tmp_path / "b", "quickstart", "lora"),
+            write_run(tmp_path / "c", "quickstart", "lora"),
+        ]
+    )
+    assert [r.label for r in runs] == [
+        "quickstart (full)",
+        "quickstart (lora) (b)",
+        "quickstart (lora) (c)",
+    ]
+    assert len({r.slug for r in runs}) == 3

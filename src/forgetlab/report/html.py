@@ -61,6 +61,7 @@ class RunData:
     analyses: dict[str, dict]  # file stem (e.g. "hessian-stage3-encoder") -> contents
     notes: list[str] = field(default_factory=list)
     slug: str = "run"
+    label: str = "run"  # the run's name, made unique among the report's runs
 
 
 def _check_summary(metrics: Path, summary: object) -> dict:
@@ -131,14 +132,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
 
 
+def _label(runs: list[RunData]) -> None:
+    """A config run with method overrides keeps the config's name (two "quickstart" runs):
+    add the method, then the run directory, until every label is unique."""
+    for run in runs:
+        run.label = str(run.summary["name"])
+    for extra in (lambda r: r.summary.get("method"), lambda r: r.path.name):
+        names = [r.label for r in runs]
+        for run in runs:
+            if names.count(run.label) > 1:
+                run.label = f"{run.label} ({extra(run)})"
+
+
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
     """Load every run (all checked before any work); give each a unique id-safe slug."""
     if not run_dirs:
         raise ForgetlabError("a report needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
+    _label(runs)
     seen: set[str] = set()
     for run in runs:
-        base = slug = _slug(str(run.summary["name"]))
+        base = slug = _slug(run.label)
         k = 2
         while slug in seen:  # two runs with one name still get distinct ids and files
             slug, k = f"{base}-{k}", k + 1
@@ -540,7 +554,7 @@ def _run_section(run: RunData) -> tuple[str, list[Plot]]:
         else "<p class=note>config.yaml not found in the run directory.</p>"
     )
     body = [
-        f'<section id="run-{run.slug}"><h2>Run: {_e(run.summary["name"])}</h2>',
+        f'<section id="run-{run.slug}"><h2>Run: {_e(run.label)}</h2>',
         _meta(run),
         "<h3>Learning and forgetting</h3>",
         f"<div class=pair><div>{_img(accuracy)}</div><div>{_metrics_table(run)}</div></div>",
@@ -570,7 +584,7 @@ def _comparison(runs: list[RunData]) -> str:
             rank_text += " (no weight changed)"
         if rank is not None and rank.random_median is not None:
             rank_text += f" (random {rank.random_median:g})"
-        name = f'<a href="#run-{run.slug}">{_e(s["name"])}</a>'
+        name = f'<a href="#run-{run.slug}">{_e(run.label)}</a>'
         rows.append(
             [
                 f"<span class=frontier>{name} ★</span>" if best else name,
@@ -602,7 +616,7 @@ def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, lis
     title = title or "forgetlab report: " + ", ".join(str(r.summary["name"]) for r in runs)
     overview = overview_plots(runs)
     sections = [_run_section(r) for r in runs]
-    links = [("overview", "Across runs")] + [(f"run-{r.slug}", r.summary["name"]) for r in runs]
+    links = [("overview", "Across runs")] + [(f"run-{r.slug}", r.label) for r in runs]
     nav = "".join(f'<a href="#{a}">{_e(text)}</a>' for a, text in links)
     defs = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in DEFINITIONS)
     page = [
