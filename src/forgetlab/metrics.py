@@ -59,6 +59,7 @@ N_EVAL_ROW = "n_eval"
 _EXTRA_ROWS = (MAJORITY_ROW, N_EVAL_ROW)
 
 LEARNED_TEST_NAME = "one-sided exact binomial vs majority baseline"
+PAIRED_TEST_NAME = "one-sided paired t-test of per-example loss, base vs after training"
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ LEARNED_TEST_NAME = "one-sided exact binomial vs majority baseline"
 # --------------------------------------------------------------------------------------------
 
 
-def _as_matrix(R: Any) -> np.ndarray:
+def _as_matrix(R: Any, bounded: bool = True) -> np.ndarray:
     """Return R as a float (T+1)×T array, or raise ForgetlabError saying what is wrong."""
     try:
         M = np.asarray(R, dtype=float)
@@ -87,7 +88,7 @@ def _as_matrix(R: Any) -> np.ndarray:
             f"task {c + 1}"
         )
     bad = np.argwhere((M < 0.0) | (M > 1.0))
-    if bad.size:
+    if bounded and bad.size:
         i, c = (int(x) for x in bad[0])
         raise ForgetlabError(
             f"accuracy matrix value {M[i, c]} at row {i} ({_row_name(i)}), task {c + 1} is "
@@ -100,7 +101,7 @@ def _row_name(i: int) -> str:
     return "base" if i == 0 else f"stage{i}"
 
 
-def continual_metrics(R: Any) -> dict[str, Any]:
+def continual_metrics(R: Any, bounded: bool = True) -> dict[str, Any]:
     """Continual-learning summary of a (T+1)×T accuracy matrix R.
 
     R[i][j] is the accuracy on task j after stage i (row 0 = base model, tasks 1-indexed;
@@ -125,9 +126,13 @@ def continual_metrics(R: Any) -> dict[str, Any]:
       ``final_acc`` = R[T][j], ``base_acc`` = R[0][j], ``gain`` = R[j][j] − R[0][j] and
       ``forgetting`` = R[j][j] − R[T][j] (None for the last task, j = T).
 
-    Raises ForgetlabError unless R has shape (T+1)×T with T ≥ 1 and finite values in [0, 1].
+    The same formulas hold for any higher-is-better score (e.g. −NLL per token of a language
+    model's held-out responses): ``bounded=False`` lifts the [0, 1] check.
+
+    Raises ForgetlabError unless R has shape (T+1)×T with T ≥ 1 and finite values (in [0, 1]
+    when ``bounded``).
     """
-    M = _as_matrix(R)
+    M = _as_matrix(R, bounded)
     T = M.shape[1]
     diag = np.array([M[j, j - 1] for j in range(1, T + 1)])  # R[j][j]
     final = M[T, :]  # R[T][j]
@@ -215,20 +220,47 @@ def learned_test(acc: float, n: int, baseline: float, alpha: float = 0.05) -> di
     }
 
 
+def paired_learned_test(
+    base: Sequence[float], after: Sequence[float], alpha: float = 0.05
+) -> dict[str, Any]:
+    """For scores with no chance level (held-out NLL): did the per-example loss fall after
+    training? One-sided paired t-test of ``base`` − ``after`` > 0 over the same examples
+    (scipy.stats.ttest_rel, alternative="greater"); ``learned`` = p_value < alpha."""
+    from scipy.stats import ttest_rel
+
+    if len(base) != len(after) or len(base) < 2:
+        raise ForgetlabError("the paired learned test needs the same >= 2 examples in both rows")
+    diff = np.asarray(base, float) - np.asarray(after, float)
+    if np.allclose(diff, diff[0]):  # no spread: t is undefined; decide by the sign alone
+        p_value = 0.0 if diff[0] > 0 else 1.0
+    else:
+        p_value = float(ttest_rel(base, after, alternative="greater").pvalue)
+    return {
+        "learned": bool(p_value < alpha),
+        "p_value": p_value,
+        "test": PAIRED_TEST_NAME,
+        "alpha": float(alpha),
+        "n": len(diff),
+        "mean_improvement": float(diff.mean()),
+    }
+
+
 def learning_flags(
     R: Any,
-    majority: Sequence[float],
+    majority: Sequence[float | None],
     n_eval: Sequence[int],
     alpha: float = 0.05,
+    per_example: Sequence[tuple[Sequence[float], Sequence[float]] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """For each task j = 1..T, test whether it was learned at its own stage.
 
-    Entry j is ``learned_test(R[j][j], n_eval[j], majority[j], alpha)`` (the accuracy right
-    after training on task j vs that task's majority-class baseline on n_eval[j] evaluation
-    examples) plus ``task`` (j), ``majority_baseline`` (majority[j]) and ``above_majority``
-    = R[j][j] − majority[j].
+    With a baseline (majority class, chance): entry j is ``learned_test(R[j][j], n_eval[j],
+    majority[j], alpha)`` plus ``task`` (j), ``majority_baseline`` and ``above_majority``
+    = R[j][j] − majority[j]. Without one (``majority[j]`` None: a loss-based score), the
+    paired test of the per-example losses before training (row 0) and after stage j,
+    ``per_example[j] = (base, after)``.
     """
-    M = _as_matrix(R)
+    M = _as_matrix(R, bounded=all(m is not None for m in majority))
     T = M.shape[1]
     majority = list(majority)
     n_eval = list(n_eval)
@@ -241,9 +273,17 @@ def learning_flags(
     for j in range(1, T + 1):
         learned = float(M[j, j - 1])
         entry: dict[str, Any] = {"task": j}
-        entry.update(learned_test(learned, n_eval[j - 1], majority[j - 1], alpha=alpha))
-        entry["majority_baseline"] = float(majority[j - 1])
-        entry["above_majority"] = learned - float(majority[j - 1])
+        if majority[j - 1] is None:
+            pair = (per_example or [None] * T)[j - 1]
+            if pair is None:
+                raise ForgetlabError(f"task {j} has no baseline and no per-example scores")
+            entry.update(paired_learned_test(pair[0], pair[1], alpha=alpha))
+            entry["majority_baseline"] = None
+            entry["above_majority"] = None
+        else:
+            entry.update(learned_test(learned, n_eval[j - 1], majority[j - 1], alpha=alpha))
+            entry["majority_baseline"] = float(majority[j - 1])
+            entry["above_majority"] = learned - float(majority[j - 1])
         flags.append(entry)
     return flags
 
@@ -545,6 +585,7 @@ def matrix_csv_text(
     *,
     majority_baseline: Sequence[float] | None = None,
     n_eval: Sequence[int] | None = None,
+    bounded: bool = True,
 ) -> str:
     """The CSV text of an accuracy matrix, in the format `read_matrix_csv` reads.
 
@@ -552,9 +593,9 @@ def matrix_csv_text(
     ``row_labels`` (default: base, stage1, ..., stageT), then — if given — a
     ``majority_baseline`` row and an ``n_eval`` row. Floats are written with full precision
     (repr), so reading the text back gives the same numbers. Writing the file (atomically)
-    is left to the caller.
+    is left to the caller. ``bounded=False``: scores that are not fractions (−NLL).
     """
-    M = _as_matrix(R)
+    M = _as_matrix(R, bounded)
     T = M.shape[1]
     tasks = [str(t) for t in tasks]
     if len(tasks) != T:

@@ -13,6 +13,7 @@ Run directory layout (each file written atomically):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import forgetlab
 from forgetlab.config import Config, TaskConfig, config_to_yaml
 from forgetlab.errors import ConfigError, ForgetlabError, TrainingDiverged
 from forgetlab.evaluate import evaluate_task
-from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.kinds import KINDS, EvalContext
 from forgetlab.methods import Method, MethodConfig, get_method, method_config
 from forgetlab.methods.base import (
     Calibration,
@@ -39,10 +40,16 @@ from forgetlab.metrics import (
     aggregate_metrics,
     continual_metrics,
     learning_flags,
-    majority_baseline,
     matrix_csv_text,
 )
-from forgetlab.models import TaskModel, load_backbone, load_tokenizer
+from forgetlab.models import (
+    CausalTaskModel,
+    TaskModel,
+    load_backbone,
+    load_causal_backbone,
+    load_tokenizer,
+    model_type,
+)
 from forgetlab.probe import fit_probe_head
 from forgetlab.regularizers import Regularizer, build_regularizer
 from forgetlab.regularizers.base import STATE_FILE as REG_STATE_FILE
@@ -57,6 +64,7 @@ from forgetlab.store import (
 )
 from forgetlab.tasks.base import TaskData
 from forgetlab.tasks.files import load_file_task
+from forgetlab.tasks.lm_files import load_lm_file_task
 from forgetlab.tasks.registry import load_task, subsample
 from forgetlab.train import StageStats, make_accelerator, train_stage
 
@@ -71,9 +79,9 @@ class PreparedTask:
     name: str
     kind: str
     data: TaskData
-    train: EncodedSplit
-    eval: EncodedSplit
-    majority: float
+    train: object  # the kind's encoded split (EncodedSplit, LMSplit, MCSplit, ...)
+    eval: object
+    majority: float | None  # the floor of the learned test: majority class, chance, or None
 
 
 @dataclass
@@ -89,6 +97,14 @@ class RunResult:
 
 
 def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
+    if tc.type == "file" and tc.kind != "classification":
+        return load_lm_file_task(
+            tc.name,
+            tc.kind,
+            Path(tc.train) if tc.train else None,
+            Path(tc.eval),
+            **tc.columns,
+        )
     if tc.type == "file":
         return load_file_task(
             tc.name,
@@ -104,40 +120,56 @@ def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
 
 
 def prepare_tasks(
-    config: Config, tokenizer, task_configs: list[TaskConfig] | None = None, offset: int = 0
+    config: Config,
+    tokenizer,
+    task_configs: list[TaskConfig] | None = None,
+    offset: int = 0,
+    trained: bool = True,
 ) -> list[PreparedTask]:
     """Load, subsample (fixed seed, the same for every training seed) and tokenize
-    `task_configs` (default: the sequence's tasks)."""
+    `task_configs` (default: the sequence's tasks). Tasks that are `trained` need a training
+    split and a trainable kind; probes need only an eval split."""
     prepared = []
     task_configs = config.tasks if task_configs is None else task_configs
     for index, tc in enumerate(task_configs, start=offset):
         data = _load_task_data(tc, config)
+        ops = KINDS[data.kind]
+        if trained and not ops.trainable:
+            raise ConfigError(
+                f"task {tc.name!r} is of kind {data.kind}, which is scored, not trained: "
+                "list it under probes"
+            )
         n_train = tc.max_train_examples or config.data.max_train_examples
         n_eval = tc.max_eval_examples or config.data.max_eval_examples
         sub_seed = config.data.subsample_seed * 1000 + index
         train = subsample(data.train, n_train, sub_seed)
         evals = subsample(data.eval, n_eval, sub_seed + 500)
-        if not train or not evals:
+        if not evals or (trained and not train):
             raise ForgetlabError(f"task {tc.name!r} has an empty train or eval split")
-        ops = KINDS[data.kind]
+        options = {"long_prompts": config.data.long_prompts}
         enc = (tokenizer, config.model.max_length, config.data.pair_encoding)
+        eval_split = ops.encode(evals, *enc, **options)
         prepared.append(
             PreparedTask(
                 name=tc.name,
                 kind=data.kind,
                 data=data,
-                train=ops.encode(train, *enc),
-                eval=ops.encode(evals, *enc),
-                majority=majority_baseline([ex.label for ex in evals]),
+                train=ops.encode(train, *enc, **options) if train else None,
+                eval=eval_split,
+                majority=ops.baseline(eval_split),
             )
         )
+        floor = prepared[-1].majority
         log.info(
-            "task %s: %d train / %d eval examples (eval: %s; majority baseline %.3f)",
+            "task %s (%s): %d train / %d eval examples (eval: %s; %s)",
             tc.name,
+            data.kind,
             len(train),
             len(evals),
             data.eval_split,
-            prepared[-1].majority,
+            "no chance floor: learned = paired test vs base"
+            if floor is None
+            else f"baseline {floor:.3f}",
         )
     return prepared
 
@@ -166,6 +198,8 @@ def build_model(
     split of `method.calibration_task` (default: the first task), collated with `pad_id` on
     `device`, where the init is computed. Other methods are prepared as before.
     """
+    if model_type(config.model) == "causal":
+        return _build_causal(config, tasks, method, mcfg, seed, pad_id, device)
     backbone, hidden = load_backbone(config.model)
     torch.manual_seed(seed)  # heads and adapter init depend on the seed only
     model = TaskModel(
@@ -186,6 +220,39 @@ def build_model(
         method.prepare(model, mcfg)
     for t in sources:  # probes are the fixed pretrained read-out: never trained or counted
         model.heads[t.name].requires_grad_(False)
+    return model
+
+
+# Scores that are fractions in [0, 1] (a matrix of only these is range-checked).
+BOUNDED_METRICS = ("accuracy", "exact_match", "pass@1")
+ENCODER_TARGETS = ["query", "value"]  # the LoRA-family default: BERT's attention names
+
+
+def decoder_targets(mcfg: MethodConfig, backbone: torch.nn.Module) -> MethodConfig:
+    """On a decoder, the default `target_modules` (BERT's query, value) means every linear
+    layer of attention and MLP (q/k/v/o, gate/up/down for Llama): the studies' advice, and
+    what the LoRA-vs-full comparisons used. The output head is never adapted."""
+    if getattr(mcfg, "target_modules", None) != ENCODER_TARGETS:
+        return mcfg
+    linears = {n: m for n, m in backbone.named_modules() if isinstance(m, torch.nn.Linear)}
+    if any(n.endswith(".query") for n in linears):
+        return mcfg
+    head = backbone.get_output_embeddings()
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in linears.items() if m is not head})
+    log.info("target_modules on this decoder: %s", ", ".join(names))
+    return dataclasses.replace(mcfg, target_modules=names)
+
+
+def _build_causal(config, tasks, method, mcfg, seed, pad_id, device) -> CausalTaskModel:
+    """A decoder needs no heads: its next-token head scores every task (and probe)."""
+    backbone, hidden = load_causal_backbone(config.model)
+    torch.manual_seed(seed)  # adapter init depends on the seed only
+    model = CausalTaskModel(backbone, hidden)
+    mcfg = decoder_targets(mcfg, backbone)
+    if getattr(method, "needs_calibration", False):
+        method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
+    else:
+        method.prepare(model, mcfg)
     return model
 
 
@@ -250,26 +317,34 @@ def load_checkpoint(
 # one seed
 
 
-def _eval_row(model, tasks, config, accelerator, pad_id) -> list[dict]:
-    return [
-        evaluate_task(
-            model,
-            t.name,
-            t.kind,
-            t.eval,
-            t.data.extra_metrics,
-            config.eval.batch_size,
-            accelerator,
-            pad_id,
+def _eval_row(model, tasks, config, accelerator, pad_id, tokenizer=None) -> list[dict]:
+    """Every task's scores (the sequence's tasks, then the probes) with the model as it is."""
+    row = []
+    for t in tasks:
+        ctx = EvalContext(
+            batch_size=config.eval.batch_size,
+            accelerator=accelerator,
+            pad_id=pad_id,
+            tokenizer=tokenizer,
+            eval_cfg=config.eval,
+            extra_metrics=t.data.extra_metrics,
         )
-        for t in tasks
-    ]
+        row.append(evaluate_task(model, t.name, t.kind, t.eval, ctx))
+    return row
 
 
-def seed_metrics(config: Config, tasks: list[PreparedTask], state: dict) -> dict:
-    """metrics.json of one seed: the accuracy matrix, CL metrics and learning flags."""
+def _without_per_example(row: list[dict]) -> list[dict]:
+    return [{k: v for k, v in cell.items() if k != "per_example"} for cell in row]
+
+
+def seed_metrics(
+    config: Config, tasks: list[PreparedTask], state: dict, probes: list[PreparedTask] = ()
+) -> dict:
+    """metrics.json of one seed: the score matrix (accuracy for classification), CL metrics,
+    learning flags, and the probes' scores after every stage."""
+    T = len(tasks)
     rows = state["rows"]
-    R = [[cell["accuracy"] for cell in row] for row in rows]
+    R = [[cell["score"] for cell in row[:T]] for row in rows]
     majority = [t.majority for t in tasks]
     n_eval = [len(t.eval) for t in tasks]
     out = {
@@ -281,19 +356,53 @@ def seed_metrics(config: Config, tasks: list[PreparedTask], state: dict) -> dict
         "tasks": [t.name for t in tasks],
         "eval_splits": [t.data.eval_split for t in tasks],
         "row_labels": ["base"] + [f"after {t.name}" for t in tasks[: len(rows) - 1]],
+        # R[stage][task]: each task's score (higher is better): accuracy for classification
+        # and multiple choice, −NLL per token for instruction and text tasks (see `metrics`)
         "accuracy_matrix": R,
-        "scores": rows,
+        "metrics": [rows[0][j].get("metric", "accuracy") for j in range(T)],
+        "scores": [_without_per_example(row[:T]) for row in rows],
         "majority_baseline": majority,
         "n_eval": n_eval,
         "stages": state["stages"],
-        "complete": len(rows) == len(tasks) + 1,
+        "complete": len(rows) == T + 1,
         "trainable_parameters": state.get("trainable_parameters"),
         "total_parameters": state.get("total_parameters"),
     }
+    if probes:
+        out.update(probe_summary(probes, rows, T))
     if out["complete"]:
-        out.update(continual_metrics(np.array(R)))
-        out["learning"] = learning_flags(R, majority, n_eval, alpha=config.eval.alpha)
+        bounded = all(m in BOUNDED_METRICS for m in out["metrics"])
+        out.update(continual_metrics(np.array(R), bounded=bounded))
+        pairs = [
+            (rows[0][j]["per_example"], rows[j + 1][j]["per_example"])
+            if "per_example" in rows[0][j]
+            else None
+            for j in range(T)
+        ]
+        out["learning"] = learning_flags(
+            R, majority, n_eval, alpha=config.eval.alpha, per_example=pairs
+        )
     return out
+
+
+def probe_summary(probes: list[PreparedTask], rows: list[list[dict]], T: int) -> dict:
+    """The source side: each probe's score after every stage, its floor (chance), and whether
+    the base model was above it at all — only a probe the base model passes can show
+    forgetting."""
+    P = [[cell["score"] for cell in row[T:]] for row in rows]
+    base = rows[0][T:]
+    return {
+        "probes": [t.name for t in probes],
+        "probe_metrics": [c.get("metric") for c in base],
+        "probe_matrix": P,
+        "probe_baseline": [t.majority for t in probes],
+        "probe_scores": [_without_per_example(row[T:]) for row in rows],
+        # base above chance (one-sided exact binomial, MC probes); None: no chance level
+        "probe_base_above_chance": [
+            (c["p_value"] < 0.05) if "p_value" in c else None for c in base
+        ],
+        "probe_change": [P[-1][k] - P[0][k] for k in range(len(probes))],
+    }
 
 
 def run_seed(
@@ -307,8 +416,11 @@ def run_seed(
     accelerator,
     pad_id: int,
     sources: list[PreparedTask] = (),
+    probes: list[PreparedTask] = (),
+    tokenizer=None,
 ) -> dict:
     seed_dir = out / f"seed-{seed}"
+    scored = [*tasks, *probes]  # every row scores the sequence's tasks, then the probes
     state_path = seed_dir / "state.json"
     state = read_json(state_path) if resume and state_path.is_file() else None
     if state and len(state["rows"]) == len(tasks) + 1 and (seed_dir / "metrics.json").is_file():
@@ -323,7 +435,7 @@ def run_seed(
         seed,
         pad_id=pad_id,
         device=accelerator.device,
-        sources=sources,
+        sources=[*sources, *[p for p in probes if p.kind == "classification"]],
     )
     reg = build_regularizer(config.regularizer, model=model)  # fresh estimates per seed
     trainable, total = count_parameters(model)
@@ -347,9 +459,9 @@ def run_seed(
             "trainable_parameters": trainable,
             "total_parameters": total,
         }
-        state["rows"].append(_eval_row(model, tasks, config, accelerator, pad_id))
+        state["rows"].append(_eval_row(model, scored, config, accelerator, pad_id, tokenizer))
         atomic_write_json(state_path, state)
-        _log_row(seed, "base", tasks, state["rows"][-1])
+        _log_row(seed, "base", scored, state["rows"][-1])
 
     for stage in range(len(state["rows"]), len(tasks) + 1):
         task = tasks[stage - 1]
@@ -384,16 +496,17 @@ def run_seed(
             stats.examples_per_s,
             stats.tokens_per_s,
         )
-        row = _eval_row(model, tasks, config, accelerator, pad_id)
+        row = _eval_row(model, scored, config, accelerator, pad_id, tokenizer)
         if config.output.checkpoints != "none" or stage < len(tasks):
             save_checkpoint(model, method, stage_dir(seed_dir, stage, task.name), reg)
         state["rows"].append(row)
         state["stages"].append(stats.to_dict())
         atomic_write_json(state_path, state)  # the stage counts as done only from here
-        _log_row(seed, f"after {task.name}", tasks, row)
+        _log_row(seed, f"after {task.name}", scored, row)
         _prune_checkpoints(config, seed_dir, tasks, stage)
 
-    metrics = seed_metrics(config, tasks, state)
+    metrics = seed_metrics(config, tasks, state, probes)
+    majority = metrics["majority_baseline"]
     atomic_write_text(
         seed_dir / "accuracy_matrix.csv",
         # The baseline rows let `forgetlab metrics` recompute the learned flags from the CSV.
@@ -401,8 +514,10 @@ def run_seed(
             metrics["tasks"],
             metrics["accuracy_matrix"],
             metrics["row_labels"],
-            majority_baseline=metrics["majority_baseline"],
+            # loss-based scores have no floor: their learned test needs the per-example losses
+            majority_baseline=None if None in majority else majority,
             n_eval=metrics["n_eval"],
+            bounded=all(m in BOUNDED_METRICS for m in metrics["metrics"]),
         ),
     )
     atomic_write_json(seed_dir / "metrics.json", metrics)
@@ -433,8 +548,14 @@ def _prune_checkpoints(config: Config, seed_dir: Path, tasks, stage: int) -> Non
 
 
 def _log_row(seed: int, label: str, tasks: list[PreparedTask], row: list[dict]) -> None:
-    cells = "  ".join(f"{t.name}={c['accuracy']:.3f}" for t, c in zip(tasks, row))
+    cells = "  ".join(f"{t.name}={_cell_text(c)}" for t, c in zip(tasks, row))
     log.info("seed %d %-14s %s", seed, label, cells)
+
+
+def _cell_text(cell: dict) -> str:
+    if cell.get("metric") == "neg_nll":
+        return f"nll {cell['nll']:.3f}"
+    return f"{cell['score']:.3f}"
 
 
 # --------------------------------------------------------------------------------------
@@ -505,10 +626,28 @@ def summarize(config: Config, tasks: list[PreparedTask], per_seed: dict[int, dic
         "n_eval": [len(t.eval) for t in tasks],
         "accuracy_matrix": matrices.mean(0).tolist(),
         "accuracy_matrix_std": matrices.std(0, ddof=1).tolist() if len(complete) > 1 else None,
+        "metrics": complete[0].get("metrics") if complete else None,
         # per task: in how many seeds R[j][j] was significantly above the majority baseline
         "learned_seeds": learned.sum(0).astype(int).tolist(),
         "aggregate": aggregate_metrics(complete),
+        **_probe_means(complete),
         "per_seed": {str(s): m for s, m in per_seed.items()},
+    }
+
+
+def _probe_means(complete: list[dict]) -> dict:
+    """The probes' score matrix averaged over seeds (their per-seed detail stays per seed)."""
+    if not complete or "probes" not in complete[0]:
+        return {}
+    first = complete[0]
+    P = np.array([m["probe_matrix"] for m in complete])
+    return {
+        "probes": first["probes"],
+        "probe_metrics": first["probe_metrics"],
+        "probe_baseline": first["probe_baseline"],
+        "probe_base_above_chance": first["probe_base_above_chance"],
+        "probe_matrix": P.mean(0).tolist(),
+        "probe_change": (P[:, -1] - P[:, 0]).mean(0).tolist(),
     }
 
 
@@ -528,10 +667,22 @@ def run(config: Config, resume: bool = False) -> RunResult:
         tasks = prepare_tasks(config, tokenizer)
         # Source tasks subsample with their own seeds (offset past the sequence's indices).
         sources = prepare_tasks(config, tokenizer, config.source_tasks, offset=100)
+        probes = prepare_tasks(config, tokenizer, config.probes, offset=200, trained=False)
         per_seed = {}
         for seed in config.seeds:
             per_seed[seed] = run_seed(
-                config, tasks, method, mcfg, seed, out, resume, accelerator, pad_id, sources
+                config,
+                tasks,
+                method,
+                mcfg,
+                seed,
+                out,
+                resume,
+                accelerator,
+                pad_id,
+                sources,
+                probes,
+                tokenizer,
             )
         summary = summarize(config, tasks, per_seed)
         atomic_write_json(out / "metrics.json", summary)

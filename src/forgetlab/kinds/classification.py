@@ -28,7 +28,11 @@ class EncodedSplit:
 
 
 def encode(
-    examples: list[ClassificationExample], tokenizer, max_length: int, pair_encoding: str
+    examples: list[ClassificationExample],
+    tokenizer,
+    max_length: int,
+    pair_encoding: str,
+    **_options,  # other kinds' encoding options (e.g. long_prompts)
 ) -> EncodedSplit:
     first = [ex.text for ex in examples]
     second = [ex.text_pair for ex in examples]
@@ -99,10 +103,41 @@ def predict(model, task: str, batch: dict) -> torch.Tensor:
     return model(task, **batch["inputs"]).argmax(-1)
 
 
+@torch.no_grad()
+def evaluate(model, task: str, data: EncodedSplit, ctx) -> dict:
+    """Accuracy (the score) and the task's extra metrics (MCC, F1) on its eval split."""
+    from forgetlab.metrics import classification_scores
+
+    was_training = model.training
+    model.to(ctx.device).eval()
+    preds = [0] * len(data)
+    try:
+        for indices in eval_batches(data.lengths, ctx.batch_size):
+            batch = collate(data, indices, ctx.pad_id, ctx.device)
+            with ctx.accelerator.autocast():
+                out = predict(model, task, batch).tolist()
+            for i, p in zip(indices, out):
+                preds[i] = p
+    finally:
+        model.train(was_training)
+    scores = classification_scores(preds, data.labels, ctx.extra_metrics)
+    return {"score": scores["accuracy"], "metric": "accuracy", **scores, "n": len(data)}
+
+
+def majority(data: EncodedSplit) -> float:
+    from forgetlab.metrics import majority_baseline
+
+    return majority_baseline(data.labels)
+
+
 class _Classification:
     """Namespace object so that the registry holds one value per kind."""
 
+    name = "classification"
+    trainable = True
     encode = staticmethod(encode)
+    evaluate = staticmethod(evaluate)
+    baseline = staticmethod(majority)
     train_batches = staticmethod(length_grouped_batches)
     eval_batches = staticmethod(eval_batches)
     collate = staticmethod(collate)

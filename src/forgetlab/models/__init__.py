@@ -1,11 +1,24 @@
-"""Backbones (hub id, local path, packaged:*) and the task heads on top of them."""
+"""Backbones (hub id, local path, packaged:*), the task heads on top of encoders, and causal
+LMs that are their own task model."""
 
+from forgetlab.models.causal_model import CausalTaskModel
 from forgetlab.models.loading import (
     PACKAGED_MODELS,
     load_backbone,
+    load_causal_backbone,
     load_tokenizer,
+    model_type,
     resolve_model_path,
 )
 from forgetlab.models.task_model import TaskModel
 
-__all__ = ["PACKAGED_MODELS", "TaskModel", "load_backbone", "load_tokenizer", "resolve_model_path"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "CausalTaskModel",
+    "TaskModel",
+    "load_backbone",
+    "load_causal_backbone",
+    "load_tokenizer",
+    "model_type",
+    "resolve_model_path",
+]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from forgetlab.config import ModelConfig
 from forgetlab.errors import ForgetlabError
+from forgetlab.models.causal import PACKAGED_CAUSAL_MODELS, ensure_pad_token, resolve_causal_model
 
 # name -> (python package, folder inside it, install hint)
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -24,8 +25,10 @@ def resolve_model_path(name: str) -> str:
     if not name.startswith("packaged:"):
         return name
     key = name.split(":", 1)[1]
+    if key in PACKAGED_CAUSAL_MODELS:  # a GGUF in a wheel: converted once into a local cache
+        return resolve_causal_model(name)
     if key not in PACKAGED_MODELS:
-        known = ", ".join(f"packaged:{k}" for k in PACKAGED_MODELS)
+        known = ", ".join(f"packaged:{k}" for k in [*PACKAGED_MODELS, *PACKAGED_CAUSAL_MODELS])
         raise ForgetlabError(f"unknown packaged model {name!r} (known: {known})")
     package, folder, hint = PACKAGED_MODELS[key]
     spec = importlib.util.find_spec(package)
@@ -42,7 +45,8 @@ def _load_error(name: str, path: str, error: Exception) -> ForgetlabError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ForgetlabError(
         f"could not load model {name!r} as a {where}: {first}. "
-        "Offline, use model.name=packaged:minilm or a local folder."
+        "Offline, use model.name=packaged:minilm (encoder), packaged:smollm2 (causal LM) or a "
+        "local folder."
     )
 
 
@@ -51,11 +55,55 @@ def load_tokenizer(cfg: ModelConfig):
 
     path = resolve_model_path(cfg.name)
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name, path, e) from e
+    if model_type(cfg) == "causal":
+        ensure_pad_token(tokenizer)  # batches of LM data are padded; decoders often lack one
+    return tokenizer
+
+
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def model_type(cfg: ModelConfig) -> str:
+    """encoder | causal: `model.type`, or for `auto` what the checkpoint's config declares."""
+    if cfg.type != "auto":
+        return cfg.type
+    if cfg.name.startswith("packaged:"):
+        return "causal" if cfg.name.split(":", 1)[1] in PACKAGED_CAUSAL_MODELS else "encoder"
+    from transformers import AutoConfig
+
+    path = resolve_model_path(cfg.name)
+    try:
+        hf = AutoConfig.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name, path, e) from e
+    architectures = getattr(hf, "architectures", None) or []
+    return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures) else "encoder"
+
+
+def load_causal_backbone(cfg: ModelConfig):
+    """The whole causal LM (its next-token head is the task head): (model, hidden_size)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.name)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            path, attn_implementation=cfg.attn_implementation, **kwargs
+        )
+        # float32 master weights: bf16 autocast (training.mixed_precision) does the rest
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=hf_config, dtype="float32", **kwargs
+        )
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name, path, e) from e
+    return model, int(hf_config.hidden_size)
 
 
 def load_backbone(cfg: ModelConfig):

@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 LEARNED_TEST = "one-sided exact binomial test of R[j][j] against the majority baseline"
+PAIRED = "one-sided paired t-test of per-example held-out NLL, base vs after the task's stage"
+NEG_NLL_NOTE = (
+    "neg_nll = −(mean NLL per token, nats) of held-out text or responses: higher is better; "
+    "a forgetting of +0.1 is the NLL rising by 0.1"
+)
 
 
 def _pm(agg: dict | None, key: str) -> str:
@@ -26,15 +31,23 @@ def _pm(agg: dict | None, key: str) -> str:
     return text
 
 
+# Shown beside the score: classification's usual metrics, the LM kinds' readable ones.
+EXTRA_SCORES = ("mcc", "f1", "nll", "perplexity", "acc_norm", "exact_match", "pass@1")
+
+
 def _extras(summary: dict, task_index: int, row: int) -> str:
     """Mean of the task's extra metrics (MCC, F1) at `row` of the matrix, over seeds."""
     values: dict[str, list[float]] = {}
     for m in summary.get("per_seed", {}).values():
         scores = m["scores"][row][task_index]
         for key, v in scores.items():
-            if key not in ("accuracy", "n"):
+            if key in EXTRA_SCORES and isinstance(v, int | float):
                 values.setdefault(key, []).append(v)
     return " ".join(f"{k}={np.mean(v):.3f}" for k, v in values.items())
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def format_run(summary: dict) -> str:
@@ -42,21 +55,26 @@ def format_run(summary: dict) -> str:
     R = np.array(summary["accuracy_matrix"])
     T = len(tasks)
     seeds = summary["seeds"]
+    metrics = summary.get("metrics") or ["accuracy"] * T
+    majority = summary["majority_baseline"]
     width = max(8, *(len(t) + 2 for t in tasks))
+    all_accuracy = all(m == "accuracy" for m in metrics)
+    title = "Accuracy matrix" if all_accuracy else "Score matrix"
     lines = [
         f"run {summary['name']!r}: method={summary['method']} model={summary['model']} "
         f"heads={summary['heads']} lr={summary['lr']} seeds={seeds}"
         + (f" regularizer={summary['regularizer']}" if summary.get("regularizer") else ""),
         "",
-        f"Accuracy matrix R[stage, task] (mean over {len(seeds)} seed(s); row 0 = base model):",
+        f"{title} R[stage, task] (mean over {len(seeds)} seed(s); row 0 = base model):",
         " " * 16 + "".join(f"{t:>{width}}" for t in tasks),
     ]
     labels = ["base"] + [f"after {t}" for t in tasks]
     for label, row in zip(labels, R):
         lines.append(f"{label:<16}" + "".join(f"{v:>{width}.3f}" for v in row))
-    lines.append(
-        f"{'majority':<16}" + "".join(f"{v:>{width}.3f}" for v in summary["majority_baseline"])
-    )
+    lines.append(f"{'majority':<16}" + "".join(f"{_num(v):>{width}}" for v in majority))
+    if not all_accuracy:
+        lines.append(f"{'score':<16}" + "".join(f"{m:>{width}}" for m in metrics))
+        lines.append(f"  {NEG_NLL_NOTE}")
     lines += [
         "",
         "Per task: what was learned, against the majority baseline, and what was kept",
@@ -71,13 +89,14 @@ def format_run(summary: dict) -> str:
         flag = f"{verdict} {learned_seeds}/{len(seeds)}"
         forgot_text = "" if forgot is None else f"{forgot:+.3f}"
         lines.append(
-            f"{task:<10}{summary['n_eval'][j]:>7}{summary['majority_baseline'][j]:>10.3f}"
+            f"{task:<10}{summary['n_eval'][j]:>7}{_num(majority[j]):>10}"
             f"{R[0, j]:>8.3f}{R[j + 1, j]:>9.3f}{flag:>10}{R[T, j]:>8.3f}{forgot_text:>8}"
             + (f"  {extra_now} -> {extra_end}" if extra_now else "")
         )
     agg = summary.get("aggregate", {})
+    tests = [LEARNED_TEST] if all(m is not None for m in majority) else [LEARNED_TEST, PAIRED]
     lines += [
-        f"  learned? = {LEARNED_TEST}, alpha 0.05, per seed",
+        f"  learned? = {'; or, without a majority baseline, '.join(tests)}; alpha 0.05, per seed",
         "",
         f"Learning:   initial_acc (mean R[j][j]) {_pm(agg, 'initial_acc')}",
         f"            acc (mean R[T][j])         {_pm(agg, 'acc')}",
@@ -87,7 +106,37 @@ def format_run(summary: dict) -> str:
         f"            bwt                        {_pm(agg, 'bwt')}",
         f"Transfer:   fwt                        {_pm(agg, 'fwt')}",
     ]
+    if summary.get("probes"):
+        lines += ["", *format_probes(summary)]
     return "\n".join(lines)
+
+
+def format_probes(summary: dict) -> list[str]:
+    """The source side: what the model could do before, after every stage."""
+    probes = summary["probes"]
+    P = np.array(summary["probe_matrix"])
+    width = max(12, *(len(p) + 2 for p in probes))
+    lines = [
+        "Probes (never trained; what the base model could do, after every stage):",
+        f"{'probe':<{width}}{'metric':>12}{'chance':>8}{'base':>8}{'base>chance':>13}"
+        f"{'final':>8}{'change':>9}",
+    ]
+    for k, name in enumerate(probes):
+        above = summary["probe_base_above_chance"][k]
+        above_text = "-" if above is None else "yes" if above else "NO"
+        lines.append(
+            f"{name:<{width}}{summary['probe_metrics'][k]:>12}"
+            f"{_num(summary['probe_baseline'][k]):>8}{P[0, k]:>8.3f}{above_text:>13}"
+            f"{P[-1, k]:>8.3f}{P[-1, k] - P[0, k]:>+9.3f}"
+        )
+    lines.append(
+        "  base>chance: one-sided exact binomial test of the base model's accuracy against "
+        "chance; only a probe the base model passes can show forgetting (NO: read its change "
+        "as noise)"
+    )
+    if any(m == "neg_nll" for m in summary["probe_metrics"]):
+        lines.append(f"  {NEG_NLL_NOTE}")
+    return lines
 
 
 def _regularizer_text(summary: dict) -> str:

@@ -12,6 +12,7 @@ from typing import TypeVar
 from forgetlab.errors import DataError
 from forgetlab.tasks import shipped
 from forgetlab.tasks.base import TaskData
+from forgetlab.tasks.lm_shipped import LM_TASKS
 
 T = TypeVar("T")
 
@@ -25,6 +26,9 @@ TASK_REGISTRY: dict[str, Callable[[Path], TaskData]] = {
     "sst2": shipped.load_sst2,
     "agnews": shipped.load_agnews,
     "trec": shipped.load_trec,
+    # causal-LM tasks: gsm8k, gsm8k_gen, bb_* (BIG-bench multiple choice), tinyshakespeare,
+    # stdlib_code, agnews_text, humaneval
+    **LM_TASKS,
 }
 
 # Spellings people type for the same tasks (GLUE's folder names, the hub's dataset name).
