@@ -131,7 +131,9 @@ def test_unknown_source() -> None:
 
 
 def test_registry_names_and_aliases() -> None:
-    assert set(registry.TASK_REGISTRY) == {name for name, *_ in SHIPPED}
+    from forgetlab.tasks.lm_shipped import LM_TASKS
+
+    assert set(registry.TASK_REGISTRY) == {name for name, *_ in SHIPPED} | set(LM_TASKS)
     assert registry.canonical_name(" SST-2 ") == "sst2"
 
 
