@@ -157,3 +157,21 @@ def test_a_gguf_that_is_not_a_model_is_refused(tmp_path):
     raw = {"tasks": ["tinyshakespeare"], "model": {"name": str(bad), "type": "causal"}}
     with pytest.raises(ForgetlabError, match="notes.gguf"):
         forgetlab.run(forgetlab.load_config(raw={**raw, "output": {"dir": str(tmp_path / "o")}}))
+
+
+def test_eval_every_records_learning_and_forgetting_curves(llama, tmp_path):
+    from forgetlab.runner import eval_interval
+
+    assert eval_interval(None, 10) is None
+    assert eval_interval(3, 10) == 3 and eval_interval(0.25, 10) == 2  # round(2.5) = 2
+    raw = decoder_raw(llama, tmp_path / "curves", "lora", probes=["agnews_text"])
+    raw["tasks"] = ["tinyshakespeare"]
+    raw["eval"]["every"] = 0.5
+    m = forgetlab.run(forgetlab.load_config(raw=raw)).metrics["per_seed"]["1"]
+    total = m["stages"][0]["steps"]
+    assert [c["step"] for c in m["curves"]] == [total // 2]  # mid-stage; the end is the row
+    (point,) = m["curves"]
+    assert len(point["scores"]) == 2  # the task, then the probe
+    # learning is under way mid-stage: between the base and the final score
+    base, final = m["accuracy_matrix"][0][0], m["accuracy_matrix"][1][0]
+    assert base < point["scores"][0] < final + 1e-6

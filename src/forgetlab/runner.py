@@ -333,6 +333,36 @@ def _eval_row(model, tasks, config, accelerator, pad_id, tokenizer=None) -> list
     return row
 
 
+def eval_interval(every: float | None, total_steps: int) -> int | None:
+    """eval.every as a step interval: N steps, or a fraction of the stage's steps."""
+    if every is None:
+        return None
+    return int(every) if every >= 1 else max(1, round(every * total_steps))
+
+
+def _curve_hook(config, state, stage, model, scored, accelerator, pad_id, tokenizer):
+    """Evaluate every task and probe during training (eval.every): the learning and
+    forgetting curves over training duration. Points land in state["curves"]; the stage's
+    end is the matrix row itself, so it is not repeated here."""
+    if config.eval.every is None:
+        return None
+    state.setdefault("curves", [])
+    state["curves"] = [c for c in state["curves"] if c["stage"] != stage]  # a resumed stage
+
+    def hook(step: int, total_steps: int) -> None:
+        interval = eval_interval(config.eval.every, total_steps)
+        if step % interval or step == total_steps:
+            return
+        row = _eval_row(model, scored, config, accelerator, pad_id, tokenizer)
+        state["curves"].append(
+            {"stage": stage, "step": step, "total_steps": total_steps,
+             "scores": [cell["score"] for cell in row]}
+        )  # fmt: skip
+        _log_row(state["seed"], f"  step {step}/{total_steps}", scored, row)
+
+    return hook
+
+
 def _without_per_example(row: list[dict]) -> list[dict]:
     return [{k: v for k, v in cell.items() if k != "per_example"} for cell in row]
 
@@ -364,6 +394,8 @@ def seed_metrics(
         "majority_baseline": majority,
         "n_eval": n_eval,
         "stages": state["stages"],
+        # eval.every: {stage, step, total_steps, scores (tasks then probes)} during training
+        "curves": state.get("curves", []),
         "complete": len(rows) == T + 1,
         "trainable_parameters": state.get("trainable_parameters"),
         "total_parameters": state.get("total_parameters"),
@@ -480,6 +512,9 @@ def run_seed(
                 pad_id=pad_id,
                 regularizers=[reg] if reg else [],
                 source_data=source_data(config, tasks, stage, sources),
+                on_step=_curve_hook(
+                    config, state, stage, model, scored, accelerator, pad_id, tokenizer
+                ),  # fmt: skip
             )
         except TrainingDiverged as e:
             raise TrainingDiverged(

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -89,9 +89,11 @@ def train_stage(
     pad_id: int,
     regularizers: Sequence[Regularizer] = (),
     source_data: list[tuple[str, EncodedSplit]] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> StageStats:
     """Train `model` on one task's data; `source_data` (earlier tasks' training splits) is
-    what regularisers may estimate old-task curvature from."""
+    what regularisers may estimate old-task curvature from. `on_step(step, total_steps)` runs
+    after every optimizer step (evaluation during training); its time is not training time."""
     set_seed(stage_seed(seed, stage))  # dropout, heads' RNG state
     rng = random.Random(stage_seed(seed, stage))  # batch order
     ops = KINDS[kind]
@@ -185,6 +187,10 @@ def train_stage(
                 stats.tokens / elapsed,
             )
             accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
+        if on_step is not None:
+            paused = time.perf_counter()
+            on_step(step, total_steps)
+            start += time.perf_counter() - paused
     bar.close()
     for reg in regularizers:
         reg.on_stage_end(ctx)
