@@ -423,6 +423,9 @@ def probe_summary(probes: list[PreparedTask], rows: list[list[dict]], T: int) ->
     forgetting."""
     P = [[cell["score"] for cell in row[T:]] for row in rows]
     base = rows[0][T:]
+    source = [_is_source(c) for c in base]
+    changes = [P[-1][k] - P[0][k] for k in range(len(probes))]
+    used = [c for c, keep in zip(changes, source) if keep]
     return {
         "probes": [t.name for t in probes],
         "probe_metrics": [c.get("metric") for c in base],
@@ -433,8 +436,19 @@ def probe_summary(probes: list[PreparedTask], rows: list[list[dict]], T: int) ->
         "probe_base_above_chance": [
             (c["p_value"] < 0.05) if "p_value" in c else None for c in base
         ],
-        "probe_change": [P[-1][k] - P[0][k] for k in range(len(probes))],
+        "probe_change": changes,
+        # the probes that count as "what the model could do before": MC probes the base model
+        # passes above chance, every perplexity probe, generation probes it scores above 0
+        "probe_source": source,
+        # source loss = −mean change of those probes' scores (NLL rise, accuracy drop)
+        "source_loss": -float(np.mean(used)) if used else None,
     }
+
+
+def _is_source(cell: dict) -> bool:
+    if "p_value" in cell:
+        return bool(cell["p_value"] < 0.05)
+    return cell.get("metric") == "neg_nll" or cell["score"] > 0
 
 
 def run_seed(
@@ -683,6 +697,7 @@ def _probe_means(complete: list[dict]) -> dict:
         "probe_base_above_chance": first["probe_base_above_chance"],
         "probe_matrix": P.mean(0).tolist(),
         "probe_change": (P[:, -1] - P[:, 0]).mean(0).tolist(),
+        "probe_source": first["probe_source"],
     }
 
 

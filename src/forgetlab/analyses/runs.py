@@ -25,7 +25,13 @@ from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.kinds import KINDS
 from forgetlab.methods import get_method, method_config
-from forgetlab.models import TaskModel, load_backbone, load_tokenizer
+from forgetlab.models import (
+    TaskModel,
+    load_backbone,
+    load_causal_backbone,
+    load_tokenizer,
+    model_type,
+)
 from forgetlab.runner import PreparedTask, build_model, load_checkpoint, prepare_tasks, stage_dir
 from forgetlab.store import read_json
 
@@ -79,6 +85,10 @@ class OpenRun:
     sources: list[PreparedTask]
     pad_id: int
     device: torch.device
+
+    @property
+    def is_causal(self) -> bool:
+        return model_type(self.config.model) == "causal"
 
     @property
     def task_names(self) -> list[str]:
@@ -136,7 +146,8 @@ class OpenRun:
 
     def pretrained_backbone(self) -> torch.nn.Module:
         """The backbone exactly as published: what ΔW is measured from."""
-        backbone, _ = load_backbone(self.config.model)
+        load = load_causal_backbone if self.is_causal else load_backbone
+        backbone, _ = load(self.config.model)
         return backbone.to(self.device).eval()
 
     def probe_batches(

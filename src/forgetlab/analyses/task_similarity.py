@@ -7,7 +7,7 @@ and the model, not of the method that later trains):
   example-by-example form does not apply);
 - `gradient_cosine`: cosine between the tasks' loss gradients w.r.t. every backbone weight,
   each task read out by a linear probe fitted on the pretrained features (a random head would
-  make the gradient direction arbitrary).
+  make the gradient direction arbitrary); a decoder's tasks are read out by its own LM head.
 Beside them, `interference[j][i]` = R[j][i] − R[j−1][i]: how training task j moved task i.
 """
 
@@ -23,7 +23,7 @@ from forgetlab.analyses.features import layer_features
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds import KINDS, EncodedSplit
-from forgetlab.models.task_model import TaskModel
+from forgetlab.models import CausalTaskModel, TaskModel
 from forgetlab.probe import fit_probe_head
 
 NAME = "similarity"
@@ -49,8 +49,10 @@ def _subset(split: EncodedSplit, n: int, seed: int) -> EncodedSplit:
     )
 
 
-def _probe_model(run: OpenRun, seed: int, n_probe: int) -> TaskModel:
+def _probe_model(run: OpenRun, seed: int, n_probe: int) -> TaskModel | CausalTaskModel:
     backbone = run.pretrained_backbone()
+    if run.is_causal:  # a decoder scores every task with its own next-token head
+        return CausalTaskModel(backbone, backbone.config.hidden_size).to(run.device).eval()
     torch.manual_seed(seed)
     model = TaskModel(
         backbone,

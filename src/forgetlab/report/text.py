@@ -16,16 +16,23 @@ NEG_NLL_NOTE = (
 )
 
 
+SIGNED = ("avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt", "fwt", "source_loss")
+
+
+def target_gain(summary: dict) -> float:
+    """Mean over tasks of R[j][j] minus its floor: the majority baseline, or (a score with
+    none, e.g. −NLL) the base model's own score — what was learned."""
+    R = np.asarray(summary["accuracy_matrix"], float)
+    floors = [R[0, j] if m is None else m for j, m in enumerate(summary["majority_baseline"])]
+    return float(np.mean([R[j + 1, j] - floors[j] for j in range(R.shape[1])]))
+
+
 def _pm(agg: dict | None, key: str) -> str:
     item = (agg or {}).get(key) or {}
     mean = item.get("mean")
     if mean is None:
         return "n/a"
-    text = (
-        f"{mean:+.3f}"
-        if key in ("avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt", "fwt")
-        else f"{mean:.3f}"
-    )
+    text = f"{mean:+.3f}" if key in SIGNED else f"{mean:.3f}"
     if item.get("n", 1) > 1:
         text += f" ± {item['std']:.3f} (95% CI ±{item['ci95']:.3f}, n={item['n']})"
     return text
@@ -134,6 +141,11 @@ def format_probes(summary: dict) -> list[str]:
         "chance; only a probe the base model passes can show forgetting (NO: read its change "
         "as noise)"
     )
+    source = [p for p, keep in zip(probes, summary.get("probe_source") or []) if keep]
+    lines.append(
+        f"Source loss (−mean change over {', '.join(source) or 'no probe'}): "
+        f"{_pm(summary.get('aggregate'), 'source_loss')}"
+    )
     if any(m == "neg_nll" for m in summary["probe_metrics"]):
         lines.append(f"  {NEG_NLL_NOTE}")
     return lines
@@ -153,9 +165,11 @@ def format_comparison(summaries: list[dict]) -> str:
         return "no runs to compare"
     name_w = max(4, *(len(s["name"]) for s in summaries)) + 2
     reg_w = max(12, *(len(_regularizer_text(s)) for s in summaries)) + 2
+    probes = any(s.get("probes") for s in summaries)
     header = (
         f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'lr':>9}{'seeds':>6}"
         f"{'learned':>9}{'initial_acc':>13}{'acc':>8}{'avg_forget':>12}{'bwt':>9}{'fwt':>9}"
+        + (f"{'target_gain':>13}{'source_loss':>13}" if probes else "")
     )
     lines = [header, "-" * len(header)]
     for s in summaries:
@@ -172,6 +186,7 @@ def format_comparison(summaries: list[dict]) -> str:
             f"{s['name']:<{name_w}}{s['method']:<10}{_regularizer_text(s):<{reg_w}}"
             f"{s['lr']:>9.1e}{n_seeds:>6}{learned_text:>9}{mean('initial_acc'):>13}"
             f"{mean('acc'):>8}{mean('avg_forgetting'):>12}{mean('bwt'):>9}{mean('fwt'):>9}"
+            + (f"{target_gain(s):>+13.3f}{mean('source_loss'):>13}" if probes else "")
         )
     lines += [
         "",
@@ -180,4 +195,10 @@ def format_comparison(summaries: list[dict]) -> str:
         "avg_forget = mean over j<T of R[j][j] - R[T][j]; bwt = -avg_forget; "
         "fwt = mean over j>=2 of R[j-1][j] - R[0][j]",
     ]
+    if probes:
+        lines.append(
+            "target_gain = mean over tasks of R[j][j] minus the majority baseline (or, for "
+            "−NLL scores, minus the base model's score); source_loss = −mean change of the "
+            "probes the base model passed (see each run's probe table)"
+        )
     return "\n".join(lines)
