@@ -119,6 +119,18 @@ def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
     return load_task(tc.name, data_dir=data_dir, source=config.data.source)
 
 
+def subsample_split(split, n: int | None, seed: int):
+    """A fixed random subset of an encoded LM split's rows (packed blocks)."""
+    if n is None or n >= len(split):
+        return split
+    keep = subsample(list(range(len(split))), n, seed)
+    return dataclasses.replace(
+        split,
+        input_ids=[split.input_ids[i] for i in keep],
+        labels=[split.labels[i] for i in keep],
+    )
+
+
 def prepare_tasks(
     config: Config,
     tokenizer,
@@ -142,19 +154,32 @@ def prepare_tasks(
         n_train = tc.max_train_examples or config.data.max_train_examples
         n_eval = tc.max_eval_examples or config.data.max_eval_examples
         sub_seed = config.data.subsample_seed * 1000 + index
-        train = subsample(data.train, n_train, sub_seed)
-        evals = subsample(data.eval, n_eval, sub_seed + 500)
-        if not evals or (trained and not train):
-            raise ForgetlabError(f"task {tc.name!r} has an empty train or eval split")
         options = {"long_prompts": config.data.long_prompts}
         enc = (tokenizer, config.model.max_length, config.data.pair_encoding)
-        eval_split = ops.encode(evals, *enc, **options)
+        if getattr(ops, "packs", False):
+            # text is packed into blocks first: max_*_examples count blocks, not documents
+            # (a stdlib file holds from a few to hundreds of blocks)
+            train_split = ops.encode(data.train, *enc, **options) if data.train else None
+            eval_split = subsample_split(ops.encode(data.eval, *enc), n_eval, sub_seed + 500)
+            train_split = subsample_split(train_split, n_train, sub_seed) if train_split else None
+            n_train_seen = len(train_split) if train_split else 0
+            n_eval_seen = len(eval_split)
+        else:
+            train = subsample(data.train, n_train, sub_seed)
+            evals = subsample(data.eval, n_eval, sub_seed + 500)
+            if not evals or (trained and not train):
+                raise ForgetlabError(f"task {tc.name!r} has an empty train or eval split")
+            eval_split = ops.encode(evals, *enc, **options)
+            train_split = ops.encode(train, *enc, **options) if train else None
+            n_train_seen, n_eval_seen = len(train), len(evals)
+        if trained and not train_split:
+            raise ForgetlabError(f"task {tc.name!r} has an empty train split")
         prepared.append(
             PreparedTask(
                 name=tc.name,
                 kind=data.kind,
                 data=data,
-                train=ops.encode(train, *enc, **options) if train else None,
+                train=train_split,
                 eval=eval_split,
                 majority=ops.baseline(eval_split),
             )
@@ -164,8 +189,8 @@ def prepare_tasks(
             "task %s (%s): %d train / %d eval examples (eval: %s; %s)",
             tc.name,
             data.kind,
-            len(train),
-            len(evals),
+            n_train_seen,
+            n_eval_seen,
             data.eval_split,
             "no chance floor: learned = paired test vs base"
             if floor is None

@@ -272,9 +272,10 @@ def chance(split: MCSplit) -> float:
 class _Kind:
     """Namespace object: one value per kind in the registry."""
 
-    def __init__(self, name: str, trainable: bool, **ops) -> None:
+    def __init__(self, name: str, trainable: bool, packs: bool = False, **ops) -> None:
         self.name = name
         self.trainable = trainable
+        self.packs = packs  # documents become fixed-length blocks: subsample blocks
         self.train_batches = staticmethod(length_grouped_batches)
         self.eval_batches = staticmethod(eval_batches)
         self.baseline = lambda split: None  # no floor: the learned test is paired vs base
@@ -288,12 +289,12 @@ INSTRUCTION = _Kind(
     "instruction", True, encode=encode_instruction, collate=collate_lm, loss=lm_loss,
     evaluate=evaluate_nll,
 )  # fmt: skip
-TEXT = _Kind("text", True, encode=encode_text, collate=collate_lm, loss=lm_loss,
+TEXT = _Kind("text", True, packs=True, encode=encode_text, collate=collate_lm, loss=lm_loss,
              evaluate=evaluate_nll)  # fmt: skip
 # Eval-only by name (prose the model should keep), but its tokens have a loss: a regulariser
 # may estimate curvature on it.
-PERPLEXITY = _Kind("perplexity", False, encode=encode_text, collate=collate_lm, loss=lm_loss,
-                   evaluate=evaluate_nll)  # fmt: skip
+PERPLEXITY = _Kind("perplexity", False, packs=True, encode=encode_text, collate=collate_lm,
+                   loss=lm_loss, evaluate=evaluate_nll)  # fmt: skip
 MULTIPLE_CHOICE = _Kind(
     "multiple_choice", False, encode=encode_mc_kind, evaluate=evaluate_mc, baseline=chance
 )
