@@ -58,6 +58,7 @@ def runs(llama, tmp_path_factory) -> dict[str, dict]:
     for method in ("full", "lora"):
         config = forgetlab.load_config(raw=decoder_raw(llama, root / method, method))
         out[method] = forgetlab.run(config).metrics
+        out[method]["run_dir"] = str(root / method)
     return out
 
 
@@ -113,7 +114,7 @@ def test_a_probe_kind_cannot_be_trained(llama, tmp_path):
     [
         ([{"prompt": "2+2?", "response": ""}], "instruction", "empty"),
         ([{"question": "Sky?", "choices": ["blue"], "label": 0}], "multiple_choice", "choice"),
-        ([{"question": "Sky?", "choices": ["blue", "red"], "label": 5}], "multiple_choice", "label"),
+        ([{"question": "Sky?", "choices": ["a", "b"], "label": 5}], "multiple_choice", "label"),
     ],
     ids=["empty-response", "one-choice", "label-out-of-range"],
 )
@@ -175,3 +176,17 @@ def test_eval_every_records_learning_and_forgetting_curves(llama, tmp_path):
     # learning is under way mid-stage: between the base and the final score
     base, final = m["accuracy_matrix"][0][0], m["accuracy_matrix"][1][0]
     assert base < point["scores"][0] < final + 1e-6
+
+
+def test_cli_eval_scores_a_runs_model_with_lm_eval_offline(runs, capsys, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    run = runs["lora"]["run_dir"]
+    args = ["eval", run, "--lm-eval", "bb_strategyqa", "--limit", "6"]
+    assert main(args) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "bb_strategyqa" in x)
+    name, acc, acc_norm, n = line.split()
+    assert name == "forgetlab_bb_strategyqa" and n == "6" and 0 <= float(acc) <= 1
+    assert main(["eval", run, "--lm-eval", "no_such_task_anywhere"]) == 2
+    assert "unknown lm-eval task" in capsys.readouterr().err

@@ -106,8 +106,9 @@ def analyze(
     device: str | None = None,
     options: dict[str, dict] | None = None,
 ) -> dict[str, dict]:
-    """CKA drift, update spectrum and task similarity of a finished run (default: all three),
-    cached in <run_dir>/analyses/ and the results store. See `forgetlab.analyses`."""
+    """CKA drift, update spectrum, task similarity (and, for causal LMs, generation
+    diversity) of a finished run — default: every analysis that applies — cached in
+    <run_dir>/analyses/ and the results store. See `forgetlab.analyses`."""
     from forgetlab.analyses import analyze as _analyze
 
     return _analyze(
@@ -134,6 +135,36 @@ def hessian(
     return _hessian(target, **options)
 
 
+def lm_eval(
+    target: str | Path,
+    tasks: list[str],
+    *,
+    stage: int | None = None,
+    seed: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    include_path: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, dict]:
+    """lm-evaluation-harness on a model: a finished run directory (its model after `stage`,
+    default the last; base + adapter for LoRA-family runs), or a causal-LM name (hub id,
+    local folder, packaged:smollm2). `tasks`: lm-eval task names (hub tasks need the hub), or
+    forgetlab multiple-choice tasks (e.g. bb_date_understanding), which are written as local
+    lm-eval tasks first — offline, and scored exactly as forgetlab's own scorer does."""
+    from forgetlab.evaluation_bridge import evaluate_with_lm_eval
+
+    return evaluate_with_lm_eval(
+        target,
+        tasks,
+        stage=stage,
+        seed=seed,
+        limit=limit,
+        batch_size=batch_size,
+        include_path=include_path,
+        device=device,
+    )
+
+
 def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """One self-contained HTML page (figures inline, PNGs beside it) over finished runs."""
     from forgetlab.report.html import build_report
@@ -151,6 +182,7 @@ __all__ = [
     "format_run",
     "hessian",
     "list_methods",
+    "lm_eval",
     "load_config",
     "load_run",
     "metrics_from_csv",

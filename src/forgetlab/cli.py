@@ -42,14 +42,25 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
 
-    a = sub.add_parser("analyze", help="CKA drift, update spectrum, task similarity of runs")
+    a = sub.add_parser(
+        "analyze",
+        help="CKA drift, update spectrum, task similarity (and generation diversity) of runs",
+        description="No analysis flag: every analysis that applies to the run (diversity only "
+        "for causal LM runs).",
+    )
     a.add_argument("run_dirs", nargs="+", help="finished run directories")
     a.add_argument("--cka", action="store_true", help="representation drift per layer")
     a.add_argument("--spectrum", action="store_true", help="singular values / rank of ΔW")
     a.add_argument("--similarity", action="store_true", help="task × task similarity")
+    a.add_argument(
+        "--diversity", action="store_true", help="sampled-answer diversity (causal LM runs)"
+    )
     a.add_argument("--examples", type=int, help="probe examples per task (cka, similarity)")
     a.add_argument("--pooling", choices=["mean", "tokens"], help="cka: per example or token")
     a.add_argument("--energy", type=float, help="spectrum: share of ‖ΔW‖² (default 0.9)")
+    a.add_argument("--samples", type=int, metavar="K", help="diversity: samples per prompt (5)")
+    a.add_argument("--temperature", type=float, metavar="T", help="diversity: sampling (0.8)")
+    a.add_argument("--prompts", type=int, metavar="N", help="diversity: held-out prompts (16)")
     _analysis_common(a)
 
     h = sub.add_parser("hessian", help="largest Hessian eigenvalue (Lanczos / power iteration)")
@@ -67,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--tol", type=float, help="relative change that counts as converged")
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     _analysis_common(h)
+
+    e = sub.add_parser("eval", help="score a run's model (or any causal LM) with lm-eval")
+    e.add_argument("target", help="a finished run directory, or a causal-LM name / folder")
+    e.add_argument(
+        "--lm-eval",
+        required=True,
+        dest="lm_eval",
+        help="comma-separated tasks: lm-eval names (hellaswag, arc_challenge, winogrande: "
+        "need the hub) or forgetlab multiple-choice tasks (bb_*), run offline",
+    )
+    e.add_argument("--stage", type=int, help="the run's model after this stage (default: last)")
+    e.add_argument("--seed", type=int)
+    e.add_argument("--limit", type=int, help="examples per task")
+    e.add_argument("--batch-size", type=int, default=8, dest="batch_size")
+    e.add_argument("--include-path", dest="include_path", help="folder of local lm-eval tasks")
+    e.add_argument("--device")
 
     rp = sub.add_parser("report", help="one self-contained HTML page over finished runs")
     rp.add_argument("run_dirs", nargs="+", help="finished run directories")
@@ -158,24 +185,41 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_analyses(run_dir: str) -> list[str]:
+    """What `analyze` runs without a flag: every analysis that applies to the run; generation
+    diversity only to a causal LM's run (an encoder generates nothing)."""
+    from forgetlab.analyses import ANALYSES
+    from forgetlab.analyses.runs import check_run_dir, load_run_config
+    from forgetlab.models import model_type
+
+    check_run_dir(Path(run_dir))  # the errors `analyze` itself would raise first
+    causal = model_type(load_run_config(Path(run_dir)).model) == "causal"
+    return [name for name in ANALYSES if causal or name != "diversity"]
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from forgetlab import api
     from forgetlab.report.analyses_text import format_analysis
 
-    which = [w for w in ("cka", "spectrum", "similarity") if getattr(args, w)] or None
-    chosen = which or ["cka", "spectrum", "similarity"]
+    flags = [w for w in ("cka", "spectrum", "similarity", "diversity") if getattr(args, w)]
     given = {
         "cka": {"examples_per_task": args.examples, "pooling": args.pooling},
         "spectrum": {"energy": args.energy},
         "similarity": {"examples_per_task": args.examples},
+        "diversity": {
+            "samples": args.samples,
+            "temperature": args.temperature,
+            "prompts": args.prompts,
+        },
     }
-    options = {k: {o: v for o, v in given[k].items() if v is not None} for k in chosen}
     _quiet_libraries()
     _log_to_stderr(args.quiet)
     for run_dir in args.run_dirs:  # every run is checked by `analyze` before it computes
+        chosen = flags or _default_analyses(run_dir)
+        options = {k: {o: v for o, v in given[k].items() if v is not None} for k in chosen}
         results = api.analyze(
             run_dir,
-            which,
+            chosen,
             seed=args.seed,
             force=args.force,
             store=args.store,
@@ -207,6 +251,31 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
         **options,
     )
     print(json.dumps(result, indent=2) if args.json else format_analysis(result))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from forgetlab import api
+
+    _quiet_libraries()
+    tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+    results = api.lm_eval(
+        args.target,
+        tasks,
+        stage=args.stage,
+        seed=args.seed,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        include_path=args.include_path,
+        device=args.device,
+    )
+    print(f"{'task':<36}{'acc':>8}{'acc_norm':>10}{'n':>6}")
+    for name, r in results.items():
+        norm = r.get("acc_norm")
+        print(
+            f"{name:<36}{r['acc']:>8.3f}{'' if norm is None else format(norm, '.3f'):>10}"
+            f"{r['n']:>6}"
+        )
     return 0
 
 
@@ -248,6 +317,7 @@ COMMANDS = {
     "analyze": _cmd_analyze,
     "hessian": _cmd_hessian,
     "report": _cmd_report,
+    "eval": _cmd_eval,
     "methods": _cmd_methods,
     "tasks": _cmd_tasks,
 }

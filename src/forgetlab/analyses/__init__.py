@@ -7,11 +7,11 @@ registered below with one line. `run_analyses` caches every result in
 or when the options differ from the cached ones.
 """
 
-from forgetlab.analyses import curvature, drift, task_similarity, update_rank
+from forgetlab.analyses import curvature, diversity, drift, task_similarity, update_rank
 from forgetlab.analyses.cache import analyze
 
 # name -> module; `forgetlab analyze` runs these (the Hessian has its own command)
-ANALYSES = {m.NAME: m for m in (drift, update_rank, task_similarity)}
+ANALYSES = {m.NAME: m for m in (drift, update_rank, task_similarity, diversity)}
 HESSIAN = curvature
 
 __all__ = ["ANALYSES", "HESSIAN", "analyze"]

@@ -59,6 +59,10 @@ def _run_one(
     return result
 
 
+def _all(run: OpenRun) -> bool:
+    return True
+
+
 def analyze(
     run_dir: str | Path,
     which: list[str] | None = None,
@@ -73,17 +77,18 @@ def analyze(
     `options` maps an analysis name to its options (see each module's DEFAULTS)."""
     from forgetlab.analyses import ANALYSES
 
-    which = list(which or ANALYSES)
-    unknown = [w for w in which if w not in ANALYSES]
+    unknown = [w for w in which or [] if w not in ANALYSES]
     if unknown:
         raise ForgetlabError(
             f"unknown analysis {', '.join(unknown)} (known: {', '.join(ANALYSES)})"
         )
     options = options or {}
+    run = open_run(run_dir, device)
+    # default: every analysis that applies to this run (diversity needs a causal LM)
+    which = list(which or [n for n, m in ANALYSES.items() if getattr(m, "applies", _all)(run)])
     stray = set(options) - set(which)
     if stray:
         raise ForgetlabError(f"options given for analyses not run: {', '.join(sorted(stray))}")
-    run = open_run(run_dir, device)
     seed = run.seed(seed)
     plan = [(ANALYSES[w], _params(ANALYSES[w], options.get(w, {}))) for w in which]
     for module, params in plan:

@@ -67,7 +67,30 @@ def _hessian(r: dict) -> list[str]:
     return lines
 
 
-FORMATTERS = {"cka": _cka, "spectrum": _spectrum, "similarity": _similarity, "hessian": _hessian}
+def _diversity(r: dict) -> list[str]:
+    width = max(12, *(len(row["label"]) + 2 for row in r["rows"]))
+    lines = [
+        f"Generation diversity on {r['task']} ({r['n_prompts']} held-out prompts × {r['k']} "
+        f"samples, temperature {r['temperature']:g}, ≤ {r['max_new_tokens']} new tokens):",
+        f"{'':<{width}}{'distinct-1':>12}{'distinct-2':>12}{'self-BLEU':>11}{'answers':>9}",
+    ]
+    for row in r["rows"]:
+        bleu = "—" if row["self_bleu"] is None else f"{row['self_bleu']:.1f}"
+        lines.append(
+            f"{row['label']:<{width}}{row['distinct_1']:>12.3f}{row['distinct_2']:>12.3f}"
+            f"{bleu:>11}{row['distinct_answers']:>9.2f}"
+        )
+    lines.append("(self-BLEU 100: samples repeat each other; answers: distinct final numbers)")
+    return lines
+
+
+FORMATTERS = {
+    "cka": _cka,
+    "spectrum": _spectrum,
+    "similarity": _similarity,
+    "hessian": _hessian,
+    "diversity": _diversity,
+}
 
 
 def format_analysis(result: dict) -> str:
