@@ -281,3 +281,20 @@ def test_hub_labels_are_mapped_to_local_order(monkeypatch: pytest.MonkeyPatch) -
     assert [task.label_names[ex.label] for ex in task.train] == ["HUM", "DESC"]
     assert task.label_names == shipped.TREC_LABELS
     assert task.source == "hub:CogComp/trec"
+
+
+def test_hub_gsm8k_is_parsed_like_the_shipped_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [{"question": "2 + 3?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}]
+    calls = []
+
+    def load_dataset(hub_id, config, **kwargs):
+        calls.append((hub_id, config))
+        return {"train": rows, "test": rows}
+
+    _fake_datasets(monkeypatch, load_dataset)
+    task = load_task("gsm8k", source="hub")
+    assert calls == [("openai/gsm8k", "main")]
+    assert task.kind == "instruction" and task.source == "hub:openai/gsm8k/main"
+    (ex,) = task.eval
+    assert ex.answer == "5" and "<<" not in ex.response and ex.prompt == "2 + 3?"
+    assert load_task("gsm8k_gen", source="hub").kind == "generation"

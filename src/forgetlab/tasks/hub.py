@@ -44,14 +44,12 @@ HUB_TASKS: dict[str, HubSpec] = {
 }  # fmt: skip
 
 
-def load_hub_task(
-    name: str, cache_dir: str | Path | None = None, revision: str | None = None
-) -> TaskData:
-    """Download (or read from the datasets cache) one registry task's train and eval splits."""
-    spec = HUB_TASKS.get(name)
-    if spec is None:
-        raise DataError(f"no hub source for task {name!r}; hub tasks: {', '.join(HUB_TASKS)}")
-    where = f"{spec.hub_id}" + (f" ({spec.config})" if spec.config else "")
+# Language-model tasks on the hub: registry name -> (hub id, config, loader of the splits).
+LM_HUB_TASKS = {"gsm8k": ("openai/gsm8k", "main"), "gsm8k_gen": ("openai/gsm8k", "main")}
+
+
+def _load_dataset(name: str, hub_id: str, config: str | None, cache_dir, revision):
+    where = hub_id + (f" ({config})" if config else "")
     try:
         import datasets  # lazy: optional dependency, and slow to import
     except ImportError as exc:
@@ -61,13 +59,56 @@ def load_hub_task(
         ) from exc
     try:
         cache = str(cache_dir) if cache_dir else None
-        dsets = datasets.load_dataset(spec.hub_id, spec.config, cache_dir=cache, revision=revision)
+        return datasets.load_dataset(hub_id, config, cache_dir=cache, revision=revision)
     except Exception as exc:  # network, auth, missing config ...: all user-fixable
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
         raise DataError(
             f"task {name}: could not load {where} from the hub ({type(exc).__name__}: "
             f"{first_line}); check the connection or use data.source: local"
         ) from exc
+
+
+def _load_hub_gsm8k(name: str, cache_dir, revision) -> TaskData:
+    """GSM8K from the hub (openai/gsm8k, main), parsed as the shipped files are."""
+    from forgetlab.tasks.base import InstructionExample
+    from forgetlab.tasks.lm_shipped import _GSM8K_META, parse_gsm8k_answer
+
+    hub_id, config = LM_HUB_TASKS[name]
+    dsets = _load_dataset(name, hub_id, config, cache_dir, revision)
+
+    def examples(split: str) -> list[InstructionExample]:
+        out = []
+        for i, row in enumerate(dsets[split]):
+            response, final = parse_gsm8k_answer(row["answer"], f"{hub_id} {split} row {i}")
+            out.append(InstructionExample(row["question"], response, final))
+        return out
+
+    eval_ = examples("test")
+    generation = name == "gsm8k_gen"  # eval-only exact match of the final number
+    return TaskData(
+        name=name,
+        kind="generation" if generation else "instruction",
+        label_names=[],
+        train=[] if generation else examples("train"),
+        eval=eval_,
+        eval_split=f"{hub_id} test ({len(eval_):,} rows)",
+        source=f"hub:{hub_id}/{config}",
+        meta={"hub_id": hub_id, "config": config, "revision": revision, **_GSM8K_META},
+    )
+
+
+def load_hub_task(
+    name: str, cache_dir: str | Path | None = None, revision: str | None = None
+) -> TaskData:
+    """Download (or read from the datasets cache) one registry task's train and eval splits."""
+    if name in LM_HUB_TASKS:
+        return _load_hub_gsm8k(name, cache_dir, revision)
+    spec = HUB_TASKS.get(name)
+    if spec is None:
+        known = ", ".join([*HUB_TASKS, *LM_HUB_TASKS])
+        raise DataError(f"no hub source for task {name!r}; hub tasks: {known}")
+    where = f"{spec.hub_id}" + (f" ({spec.config})" if spec.config else "")
+    dsets = _load_dataset(name, spec.hub_id, spec.config, cache_dir, revision)
     train = _examples(name, spec, dsets, spec.train_split)
     eval_ = _examples(name, spec, dsets, spec.eval_split)
     return TaskData(
