@@ -291,3 +291,165 @@ def write_runs(root: Path) -> list[Path]:
         write_run(root / "freeze", "frozen", "freeze"),
         write_run(root / "xss", XSS_NAME, "lora", matrices="single"),
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# A causal-LM run: −NLL scores, probes (one at chance, one −NLL), curves, diversity.json
+# --------------------------------------------------------------------------------------------
+
+LM_TASKS = ["gsm8k", "tinyshakespeare"]
+LM_PROBES = ["bb_strategyqa", "arc_easy", "agnews_text"]
+LM_PROBE_METRICS = ["accuracy", "accuracy", "neg_nll"]
+LM_PROBE_CHANCE = [0.5, 0.25, None]
+LM_PROBE_ABOVE = [False, True, None]  # bb_strategyqa: the base model is at chance
+# Per seed: (task matrix (T+1)×T of −NLL, probe matrix (T+1)×P). Full FT gains more on the
+# tasks and loses more on the probes; LoRA gains less and keeps more.
+LM_MATRICES = {
+    "full": {
+        1: (
+            [[-2.0, -3.0], [-1.5, -2.9], [-1.8, -2.2]],
+            [[0.50, 0.40, -2.5], [0.52, 0.35, -2.7], [0.47, 0.30, -2.9]],
+        ),
+        2: (
+            [[-2.0, -3.0], [-1.4, -2.95], [-1.9, -2.1]],
+            [[0.50, 0.40, -2.5], [0.49, 0.36, -2.8], [0.50, 0.28, -3.0]],
+        ),
+    },
+    "lora": {
+        1: (
+            [[-2.0, -3.0], [-1.8, -2.95], [-1.85, -2.6]],
+            [[0.50, 0.40, -2.5], [0.50, 0.39, -2.55], [0.51, 0.38, -2.6]],
+        ),
+    },
+}
+LM_STEPS = [10, 20]  # optimizer steps per stage
+CURVE_EVERY = 5
+
+
+def _lm_curves(rows: list[list[float]], seed: int) -> list[dict]:
+    """eval.every = 5: points inside each stage (not at its end, which is the matrix row),
+    moving from row k−1 towards row k."""
+    curves = []
+    for k, total in enumerate(LM_STEPS, start=1):
+        for step in range(CURVE_EVERY, total, CURVE_EVERY):
+            f = step / total
+            scores = [
+                round(a + f * (b - a) + 0.01 * math.sin(step + seed + i), 4)
+                for i, (a, b) in enumerate(zip(rows[k - 1], rows[k]))
+            ]
+            curves.append({"stage": k, "step": step, "total_steps": total, "scores": scores})
+    return curves
+
+
+def _lm_seed(seed: int, method: str, R: list, P: list, curves: bool) -> dict:
+    cont = continual_metrics(R, bounded=False)
+    rows = [r + p for r, p in zip(R, P)]
+    return {
+        "version": forgetlab.__version__,
+        "seed": seed,
+        "method": method,
+        "model": "tiny-llama",
+        "heads": "per_task",
+        "tasks": LM_TASKS,
+        "row_labels": ["base"] + [f"after {t}" for t in LM_TASKS],
+        "accuracy_matrix": R,
+        "metrics": ["neg_nll"] * len(LM_TASKS),
+        "scores": [[{"score": v, "metric": "neg_nll", "nll": -v, "n": 8} for v in r] for r in R],
+        "majority_baseline": [None] * len(LM_TASKS),
+        "n_eval": [8, 57],
+        "stages": [
+            {
+                "task": t,
+                "steps": steps,
+                "examples": 8 * steps,
+                "tokens": 512 * steps,
+                "first_loss": 3.0,
+                "final_loss": 2.0,
+                "loss_curve": _loss_curve(steps, 3.0 - 0.3 * i, 0.0, seed),
+            }
+            for i, (t, steps) in enumerate(zip(LM_TASKS, LM_STEPS))
+        ],
+        "curves": _lm_curves(rows, seed) if curves else [],
+        "complete": True,
+        "probes": LM_PROBES,
+        "probe_metrics": LM_PROBE_METRICS,
+        "probe_matrix": P,
+        "probe_baseline": LM_PROBE_CHANCE,
+        "probe_base_above_chance": LM_PROBE_ABOVE,
+        "probe_change": [P[-1][k] - P[0][k] for k in range(len(LM_PROBES))],
+        **cont,
+        "learning": [
+            {"task": j + 1, "learned": True, "test": "one-sided paired t-test", "p_value": 0.001}
+            for j in range(len(LM_TASKS))
+        ],
+    }
+
+
+def _mean(matrices: list[list[list[float]]]) -> list[list[float]]:
+    return [[sum(col) / len(col) for col in zip(*rows)] for rows in zip(*matrices)]
+
+
+DIVERSITY = {
+    "analysis": "diversity",
+    "seed": 1,
+    "task": "gsm8k",
+    "n_prompts": 16,
+    "k": 8,
+    "temperature": 1.0,
+    "rows": [
+        {"stage": 0, "label": "base", "distinct_1": 0.62, "distinct_2": 0.85,
+         "self_bleu": 24.0, "distinct_answers": 6.5},
+        {"stage": 2, "label": "after tinyshakespeare", "distinct_1": 0.41, "distinct_2": 0.6,
+         "self_bleu": 48.0, "distinct_answers": 3.0},
+    ],
+}  # fmt: skip
+
+
+def write_lm_run(
+    run_dir: Path, name: str, method: str = "full", curves: bool = True, diversity: bool = True
+) -> Path:
+    """A synthetic causal-LM run directory (the metrics.json keys a decoder run writes).
+    The full run also writes `probe_source` (as the runner now does); LoRA leaves it out, as
+    older runs did, so the report's own rule is used."""
+    chosen = LM_MATRICES[method]
+    per_seed = {s: _lm_seed(s, method, R, P, curves) for s, (R, P) in chosen.items()}
+    seeds = sorted(per_seed)
+    R = _mean([per_seed[s]["accuracy_matrix"] for s in seeds])
+    P = _mean([per_seed[s]["probe_matrix"] for s in seeds])
+    summary = {
+        "version": forgetlab.__version__,
+        "name": name,
+        "method": method,
+        "method_config": {"name": method},
+        "regularizer": None,
+        "model": "tiny-llama",
+        "heads": "per_task",
+        "lr": 1e-3,
+        "tasks": LM_TASKS,
+        "eval_splits": ["gsm8k/test.jsonl", "tinyshakespeare/input.txt"],
+        "seeds": seeds,
+        "majority_baseline": [None] * len(LM_TASKS),
+        "n_eval": [8, 57],
+        "accuracy_matrix": R,
+        "accuracy_matrix_std": None,
+        "metrics": ["neg_nll"] * len(LM_TASKS),
+        "learned_seeds": [len(seeds)] * len(LM_TASKS),
+        "aggregate": aggregate_metrics([per_seed[s] for s in seeds]),
+        "probes": LM_PROBES,
+        "probe_metrics": LM_PROBE_METRICS,
+        "probe_baseline": LM_PROBE_CHANCE,
+        "probe_base_above_chance": LM_PROBE_ABOVE,
+        "probe_matrix": P,
+        "probe_change": [P[-1][k] - P[0][k] for k in range(len(LM_PROBES))],
+        "per_seed": {str(s): m for s, m in per_seed.items()},
+    }
+    if method == "full":
+        summary["probe_source"] = [False, True, True]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"name": name, "model": {"name": "tiny-llama", "type": "causal"}, "seeds": seeds}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    if diversity:
+        (run_dir / "analyses").mkdir(exist_ok=True)
+        (run_dir / "analyses" / "diversity.json").write_text(json.dumps(DIVERSITY))
+    return run_dir

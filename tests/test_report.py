@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report_fixtures import XSS_NAME, write_run, write_runs
+from report_fixtures import ALL_ANALYSES, LM_PROBES, XSS_NAME, write_lm_run, write_run, write_runs
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.report.figures import pareto_frontier
+from forgetlab.report.figures import pareto_frontier, source_target_point
 from forgetlab.report.html import build_report, figures_dir, report_figures
 
 EXPECTED_IDS = {
@@ -286,3 +286,148 @@ def test_runs_sharing_a_config_name_get_distinct_labels(tmp_path):
         "quickstart (lora) (c)",
     ]
     assert len({r.slug for r in runs}) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Language-model runs: probes, curves during training, diversity, source vs target
+# --------------------------------------------------------------------------------------------
+
+LM_IDS = {f"fig-lm-full-{k}" for k in ("accuracy", "curves", "probes", "loss", "diversity")}
+LM_IDS |= {"fig-lm-lora-accuracy", "fig-lm-lora-probes", "fig-lm-lora-loss"}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[Path, str]:
+    """An encoder run beside two decoder runs (full FT with curves and diversity.json, LoRA
+    without either) in one report."""
+    root = tmp_path_factory.mktemp("mixed")
+    runs = [
+        write_run(root / "enc", "enc-full", "full", ALL_ANALYSES),
+        write_lm_run(root / "lm-full", "lm-full", "full"),
+        write_lm_run(root / "lm-lora", "lm-lora", "lora", curves=False, diversity=False),
+    ]
+    out = build_report(runs, root / "report.html")
+    return out, out.read_text(encoding="utf-8")
+
+
+def _section(page: str, slug: str) -> str:
+    return page.split(f'id="run-{slug}"')[1].split("<section")[0]
+
+
+def test_lm_figures_are_valid_pngs(mixed):
+    out, page = mixed
+    images = {img["id"]: img for img in _tags(page, "img")}
+    enc = {f"fig-enc-full-{k}" for k in ("accuracy", "loss", "cka", "similarity", "spectrum")}
+    enc |= {"fig-enc-full-hessian-stage1-head", "fig-enc-full-hessian-stage3-encoder"}
+    overview = {"fig-learning-vs-forgetting", "fig-rank90", "fig-source-target"}
+    assert set(images) == overview | enc | LM_IDS
+    for fig_id in overview | LM_IDS:
+        png = base64.b64decode(images[fig_id]["src"].split(",", 1)[1], validate=True)
+        width, height = _png_size(png)
+        assert width > 100 and height > 100
+        assert (figures_dir(out) / (fig_id.removeprefix("fig-") + ".png")).read_bytes() == png
+    assert "fig-lm-lora-curves" not in images  # no curves (eval.every unset): no figure
+
+
+def test_probe_table_lists_every_probe_and_flags_the_one_at_chance(mixed):
+    _, page = mixed
+    for slug in ("lm-full", "lm-lora"):
+        section = _section(page, slug)
+        probes = section.split("Source side: probes")[1].split("</table>")[0]
+        for probe in LM_PROBES:
+            assert f"<td>{probe}</td>" in probes
+        # bb_strategyqa alone has a base at chance; agnews_text (neg_nll) has no chance level
+        assert probes.count("(base at chance: its change is noise)") == 1
+        assert "(no chance level)" in probes
+        assert "after gsm8k" in probes and "after tinyshakespeare" in probes
+        assert "Learning and forgetting during training" in section or slug == "lm-lora"
+        assert "ACC: mean final score R[T][j]" in section  # not "accuracy": the scores are −NLL
+        assert "none (vs base)" not in section  # that is drawn in the PNG
+    assert "Learning and forgetting during training" not in _section(page, "lm-lora")
+
+
+def test_mixed_runs_keep_the_encoder_section_as_it_was(mixed):
+    _, page = mixed
+    enc = _section(page, "enc-full")
+    assert "Source side" not in enc and "during training" not in enc
+    assert "Not present in analyses/" not in enc  # all four analyses, and no diversity asked
+    assert "ACC: mean final accuracy R[T][j]" in enc
+    assert "Not present in analyses/: cka, similarity, spectrum, hessian.<" in _section(
+        page, "lm-full"
+    )
+    assert "hessian, diversity." in _section(page, "lm-lora")
+    overview = page.split('id="overview"')[1].split("<section")[0]
+    assert "<th>source loss</th>" in overview and "learning above majority (or base)" in overview
+    assert "neg_nll" in page.split('id="definitions"')[1]
+
+
+def test_report_without_lm_runs_has_no_lm_additions(report):
+    _, page = report
+    assert "source loss" not in page and "fig-source-target" not in page
+    assert "diversity" not in page and "neg_nll" not in page
+
+
+def _lm_summary(**extra) -> dict:
+    """A hand-made summary: one accuracy task (majority 0.5) and one −NLL task (no floor)."""
+    return {
+        "majority_baseline": [0.5, None],
+        # R[1][0] = 0.8 (floor 0.5: +0.3); R[2][1] = −1.5 (floor = base −2.0: +0.5)
+        "accuracy_matrix": [[0.5, -2.0], [0.8, -1.9], [0.7, -1.5]],
+        **extra,
+    }
+
+
+PROBES = {
+    "probes": ["above", "at-chance", "nll", "gen-zero"],
+    "probe_metrics": ["accuracy", "accuracy", "neg_nll", "exact_match"],
+    "probe_base_above_chance": [True, False, None, None],
+    # changes: −0.1, +0.05, −0.2, +0.1; the base scores 0 on gen-zero: nothing to lose
+    "probe_matrix": [[0.7, 0.5, -3.0, 0.0], [0.65, 0.52, -3.1, 0.05], [0.6, 0.55, -3.2, 0.1]],
+}
+
+
+def test_source_target_point_by_hand():
+    # gain = mean(0.8 − 0.5, −1.5 − (−2.0)) = 0.4; no probes: no source loss
+    gain, loss = source_target_point(_lm_summary())
+    assert gain == pytest.approx(0.4) and loss is None
+    # source loss = −mean(−0.1 [above chance], −0.2 [neg_nll]) = 0.15; at-chance and a
+    # generation probe the base model scores 0 on are left out
+    gain, loss = source_target_point(_lm_summary(**PROBES))
+    assert gain == pytest.approx(0.4) and loss == pytest.approx(0.15)
+    # the run's own probe_source wins, and probe_change is used as written
+    given = {"probe_source": [False, True, False, True], "probe_change": [0, 0.04, 0, -0.3]}
+    assert source_target_point(_lm_summary(**PROBES, **given))[1] == pytest.approx(0.13)
+    # every probe at chance: nothing the base model could lose
+    none = {**PROBES, "probe_source": [False] * 4}
+    assert source_target_point(_lm_summary(**none))[1] is None
+
+
+def test_encoder_summary_point():
+    # two accuracy tasks, majority 0.5 and 0.6: gain = mean(0.9 − 0.5, 0.7 − 0.6) = 0.25
+    summary = {
+        "majority_baseline": [0.5, 0.6],
+        "accuracy_matrix": [[0.5, 0.6], [0.9, 0.6], [0.8, 0.7]],
+    }
+    assert source_target_point(summary) == (pytest.approx(0.25), None)
+
+
+def test_malformed_lm_keys_become_notes(tmp_path):
+    run = write_lm_run(tmp_path / "lm", "lm", "full", diversity=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["probe_matrix"] = [[0.5]]  # wrong shape for three probes
+    metrics["per_seed"]["1"]["curves"][0].pop("scores")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "analyses").mkdir()
+    (run / "analyses" / "diversity.json").write_text('{"analysis": "diversity", "rows": []}')
+    page = build_report([run], tmp_path / "r.html").read_text()
+    assert "The probes (probe_matrix) could not be shown (ValueError" in page
+    assert "The curves during training (curves) could not be shown (KeyError" in page
+    assert "analyses/diversity.json: nothing to draw, no rows." in page
+    ids = {img["id"] for img in _tags(page, "img")}
+    # probe_change and probe_source are intact: the run still has its source loss
+    assert ids == {
+        "fig-learning-vs-forgetting",
+        "fig-source-target",
+        "fig-lm-accuracy",
+        "fig-lm-loss",
+    }

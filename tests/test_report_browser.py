@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from report_fixtures import ALL_ANALYSES, XSS_NAME, write_run
+from report_fixtures import ALL_ANALYSES, XSS_NAME, write_lm_run, write_run
 
 from forgetlab.report.html import build_report
 from forgetlab.report.screenshot import CHROMIUM_ARGS, chromium_path
@@ -30,7 +30,9 @@ else:
 
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
-N_FIGURES = 11  # scatter + rank90, 7 for the full run, accuracy + loss for the XSS-named one
+# scatter + rank90 + source-target, 7 for the full run, accuracy + loss for the XSS-named one,
+# accuracy, curves, probes, loss and diversity for the decoder run
+N_FIGURES = 17
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,7 @@ def opened(tmp_path_factory):
     runs = [
         write_run(root / "full", "full-ft", "full", ALL_ANALYSES),
         write_run(root / "xss", XSS_NAME, "lora", matrices="single"),
+        write_lm_run(root / "lm", "lm-full", "full"),
     ]
     out = build_report(runs, root / "report.html")
     events: dict[str, list[str]] = {"console": [], "pageerror": [], "request": [], "dialog": []}

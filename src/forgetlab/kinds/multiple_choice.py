@@ -5,8 +5,9 @@ context; the prediction is the best-scoring choice (acc) or the best score per c
 the choice (acc_norm, lm-eval's length normalisation). Tokenisation follows lm-eval's
 `_encode_pair`: the continuation is `target_delimiter + choice`, trailing spaces of the
 context move onto the continuation, the continuation's tokens are those of the whole string
-past the context's tokens, and no special tokens are added (lm-eval's default for causal
-models); an empty context becomes bos (else eos), like lm-eval's prefix token.
+past the context's tokens, and the tokenizer's default special tokens are added as lm-eval
+0.4.13 adds them (bos for tokenizers that prepend one; none for SmolLM2's); an empty context
+becomes bos (else eos), like lm-eval's prefix token.
 
 Speed: a question's context is usually much longer than its choices and is shared by all of
 them, so `choice_loglikelihoods` runs each context once and continues every choice from its
@@ -89,7 +90,13 @@ def _check_example(i: int, ex: MCExample) -> None:
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    """With the tokenizer's default special tokens, as lm-eval 0.4.13 does (a Llama-3 or
+    Gemma tokenizer puts bos in front), except where the text already starts with bos."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return [
+        tokenizer(t, add_special_tokens=not (bos and t.startswith(bos)))["input_ids"]
+        for t in texts
+    ]
 
 
 def _prefix_token(tokenizer) -> int:

@@ -13,8 +13,6 @@ are optional; a missing one is listed as absent and a malformed one becomes a no
 from __future__ import annotations
 
 import base64
-import contextlib
-import html
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -24,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.report import figures
+from forgetlab.report import figures, tables
+from forgetlab.report.tables import e as _e
 from forgetlab.store import atomic_dir, atomic_write_bytes, atomic_write_text, now, read_json
 
 REQUIRED_KEYS = (
@@ -39,13 +38,9 @@ REQUIRED_KEYS = (
     "learned_seeds",
     "aggregate",
 )
-ANALYSES = ("cka", "similarity", "spectrum", "hessian")
+ANALYSES = ("cka", "similarity", "spectrum", "hessian", "diversity")
 # Errors a malformed analysis file raises while being drawn; they become a note on the page.
-_ANALYSIS_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+_ANALYSIS_ERRORS = tables.ANALYSIS_ERRORS
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +95,7 @@ def _load_analyses(run_dir: Path) -> tuple[dict[str, dict], list[str]]:
         if kind not in ANALYSES or not expected:
             notes.append(
                 f"analyses/{path.name} skipped: not one of {', '.join(ANALYSES)} "
-                "(cka.json, similarity.json, spectrum.json, hessian-*.json)"
+                "(cka.json, similarity.json, spectrum.json, hessian-*.json, diversity.json)"
             )
             continue
         analyses[path.stem] = data
@@ -183,16 +178,33 @@ def png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
+def is_lm(summary: dict) -> bool:
+    """A language-model run: probes, or scores other than accuracy (−NLL, exact match)."""
+    return bool(summary.get("probes")) or not figures.all_accuracy(summary)
+
+
 def _accuracy_plot(run: RunData) -> Plot:
     name = run.summary["name"]
+    if figures.all_accuracy(run.summary):
+        return Plot(
+            f"fig-{run.slug}-accuracy",
+            f"Accuracy matrix of run {name}: rows base model and after each stage, columns "
+            "tasks, with the majority baseline below",
+            "Accuracy on each task (columns) after each stage (rows; row 0 = the base model), "
+            "mean over seeds (± std when there are several). Colour = accuracy minus the "
+            "task's majority baseline (blue: above chance). Outlined cells are R[j][j], what "
+            "each task reached right after training on it.",
+            figures.accuracy_figure(run.summary),
+        )
+    metrics = ", ".join(f"{t}: {m}" for t, m in zip(run.summary["tasks"], run.summary["metrics"]))
     return Plot(
         f"fig-{run.slug}-accuracy",
-        f"Accuracy matrix of run {name}: rows base model and after each stage, columns tasks, "
-        "with the majority baseline below",
-        "Accuracy on each task (columns) after each stage (rows; row 0 = the base model), mean "
-        "over seeds (± std when there are several). Colour = accuracy minus the task's "
-        "majority baseline (blue: above chance). Outlined cells are R[j][j], what each task "
-        "reached right after training on it.",
+        f"Score matrix of run {name}: rows base model and after each stage, columns tasks, "
+        "with the majority baseline (where there is one) below",
+        f"Score on each task ({metrics}; higher is better) after each stage (rows; row 0 = the "
+        "base model), mean over seeds (± std when there are several). Colour = score minus "
+        "the task's majority baseline, or minus the base model's score for a task without one "
+        "(blue: better). Outlined cells are R[j][j], each task right after training on it.",
         figures.accuracy_figure(run.summary),
     )
 
@@ -206,6 +218,38 @@ def _loss_plot(run: RunData) -> Plot | None:
         f"Training loss curves of run {run.summary['name']}, one panel per stage",
         "Training loss per stage, one line per seed; the regularizer penalty (dashed, right "
         "axis) where it is non-zero.",
+        png,
+    )
+
+
+def _curves_plot(run: RunData) -> Plot | None:
+    png = figures.curves_figure(run.summary)
+    if png is None:
+        return None
+    return Plot(
+        f"fig-{run.slug}-curves",
+        f"Scores of run {run.summary['name']} during training, relative to the base model, "
+        "over the cumulative training step",
+        "Every task (solid) and probe (dashed) scored during training (eval.every) and at "
+        "each stage's end, minus its base-model score: learning is a line rising while its "
+        "task trains, forgetting one falling afterwards. Grey lines: stage ends. For −NLL "
+        "scores the change is −ΔNLL (up = the NLL fell).",
+        png,
+    )
+
+
+def _probes_plot(run: RunData) -> Plot | None:
+    png = figures.probes_figure(run.summary)
+    if png is None:
+        return None
+    return Plot(
+        f"fig-{run.slug}-probes",
+        f"Change of each probe's score from the base model after every stage of run "
+        f"{run.summary['name']}",
+        "Each probe (never trained) after every stage, minus its base-model score (mean over "
+        "seeds): below 0 = lost. Filled markers: probes the base model could do (above chance, "
+        "or −NLL); hollow and dotted: at chance or scoring 0, their change is noise. For −NLL "
+        "probes the change is −ΔNLL: up = the NLL fell, down = it rose.",
         png,
     )
 
@@ -229,11 +273,13 @@ def _similarity_plot(run: RunData, stem: str, data: dict) -> Plot:
         "of the representations (left) and cosine of the task gradients (middle; negative = "
         "conflicting updates)"
         + (
-            "; right: how each stage changed each task's accuracy, R[i][j] − R[i−1][j]."
+            "; right: how each stage changed each task's "
+            + ("accuracy" if figures.all_accuracy(run.summary) else "score")
+            + ", R[i][j] − R[i−1][j]."
             if data.get("interference") is not None
             else "."
         ),
-        figures.similarity_figure(data),
+        figures.similarity_figure(data, figures.all_accuracy(run.summary)),
     )
 
 
@@ -258,11 +304,26 @@ def _hessian_plot(run: RunData, stem: str, data: dict) -> Plot:
     )
 
 
+def _diversity_plot(run: RunData, stem: str, data: dict) -> Plot:
+    return Plot(
+        f"fig-{run.slug}-diversity",
+        f"Output diversity of run {run.summary['name']}: the base model and after training",
+        f"Sampled outputs on {data.get('task')} (seed {data.get('seed')}): distinct-1 and "
+        "distinct-2 (unique unigrams and bigrams / all), self-BLEU / 100 (higher = samples "
+        "more alike) and the mean number of distinct final answers among the k samples of a "
+        "prompt / k; for the base model and each analysed stage (legend: mean words per "
+        "sample, share of empty samples). Fine-tuning often narrows what a model says: lower "
+        "distinct, higher self-BLEU.",
+        figures.diversity_figure(data),
+    )
+
+
 _ANALYSIS_PLOTS: dict[str, Callable[[RunData, str, dict], Plot]] = {
     "cka": _cka_plot,
     "similarity": _similarity_plot,
     "spectrum": _spectrum_plot,
     "hessian": _hessian_plot,
+    "diversity": _diversity_plot,
 }
 
 
@@ -279,16 +340,35 @@ def analysis_plots(run: RunData) -> tuple[list[tuple[str, Plot]], list[str]]:
     return plots, notes
 
 
-def _rank_entries(runs: list[RunData]) -> list[tuple[RunData, figures.RankSummary]]:
-    entries = []
+FLOORLESS = " For a task without a majority baseline (−NLL), the floor is the base model's score."
+
+
+def _source_target_plot(runs: list[RunData]) -> Plot | None:
+    """Across runs with probes: what the run learned (target) against what it lost (source)."""
+    if not any(r.summary.get("probes") for r in runs):
+        return None
+    points = []
     for run in runs:
-        with contextlib.suppress(*_ANALYSIS_ERRORS):  # a broken spectrum is noted per run
-            entries.append((run, figures.rank90_summary(run.analyses["spectrum"])))
-    return entries
+        s = run.summary
+        gain = figures.source_target_point(s)[0]
+        points.append((f"{s['name']} ({s['method']})", gain, tables.source_loss(s)))
+    return Plot(
+        "fig-source-target",
+        "Scatter of target gain against source loss, one point per run, with the Pareto "
+        "frontier: learns less, forgets less",
+        "Each run: source loss (x) = −mean change, final − base, of the probes the base model "
+        "could do (above chance, −NLL, or a generation probe it scores above 0); target gain "
+        "(y) = mean over the trained tasks of R[j][j] − floor_j (majority baseline, or the "
+        "base model's score). Stars and the dashed line: the Pareto frontier (no other run "
+        "gains more while losing less). Changes of −NLL and of accuracy share the axis. Runs "
+        "without such probes are named under the plot.",
+        figures.source_target_figure(points),
+    )
 
 
 def overview_plots(runs: list[RunData]) -> list[Plot]:
     points = [figures.run_point(r.summary) for r in runs]
+    floorless = any(tables.has_floorless(r.summary) for r in runs)
     plots = [
         Plot(
             "fig-learning-vs-forgetting",
@@ -296,11 +376,14 @@ def overview_plots(runs: list[RunData]) -> list[Plot]:
             "run, with the Pareto frontier",
             "Each run: forgetting (avg_forgetting) against learning (initial_acc minus the mean "
             "majority baseline). Stars and the dashed line: the Pareto frontier (no other run "
-            "learns more while forgetting less). Error bars: 95% CI over seeds.",
-            figures.scatter_figure(points),
+            "learns more while forgetting less). Error bars: 95% CI over seeds."
+            + (FLOORLESS if floorless else ""),
+            figures.scatter_figure(points, floorless=floorless),
         )
     ]
-    entries = _rank_entries(runs)
+    source = _source_target_plot(runs)
+    plots += [source] if source else []
+    entries = tables.rank_entries(runs)
     if entries:
         labels = [(f"{r.summary['name']} ({r.summary['method']})", s) for r, s in entries]
         plots.append(
@@ -357,16 +440,6 @@ dl.defs dd{margin-left:1.2rem}
 # were to slip through unescaped; images only as data: URIs, styles only inline.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
-SIGNED = ("avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt", "fwt")
-METRIC_ROWS = (
-    ("acc", "ACC: mean final accuracy R[T][j]"),
-    ("initial_acc", "initial_acc: mean R[j][j], right after learning"),
-    ("avg_forgetting", "avg_forgetting: mean R[j][j] − R[T][j], j < T"),
-    ("max_forgetting", "max_forgetting"),
-    ("bwt", "BWT: mean R[T][j] − R[j][j], j < T"),
-    ("fwt", "FWT: mean R[j−1][j] − R[0][j], j ≥ 2"),
-)
-
 DEFINITIONS = (
     (
         "R[i][j]",
@@ -415,18 +488,34 @@ DEFINITIONS = (
 )
 
 
-def _num(value: object, signed: bool = False) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "n/a"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def _pm(agg: dict, key: str) -> str:
-    item = agg.get(key) or {}
-    text = _num(item.get("mean"), key in SIGNED)
-    if (item.get("n") or 0) > 1 and item.get("ci95") is not None:
-        text += f" ± {item['ci95']:.3f} <span class=note>(n={item['n']})</span>"
-    return text
+LM_DEFINITIONS = (
+    (
+        "scores",
+        "language-model tasks are scored by accuracy (classification, multiple choice), "
+        "neg_nll = −(mean NLL per token, nats) of held-out text or responses, exact_match or "
+        "pass@1; every score is higher-is-better. R holds these scores; 'accuracy' above reads "
+        "'score' for them. A forgetting of +0.1 on a neg_nll task is its NLL rising by 0.1.",
+    ),
+    (
+        "floor",
+        "what a task's learning is measured from: its majority baseline, or, for a score with "
+        "no chance level (neg_nll), the base model's score R[0][j]; such a task counts as "
+        "learned when a one-sided paired t-test of the per-example loss beats the base model.",
+    ),
+    (
+        "probes",
+        "tasks never trained on, scored after every stage: what the model could do before "
+        "(the source side). Only a probe the base model passes above chance (one-sided exact "
+        "binomial test) can show forgetting; neg_nll probes always can, exact-match and "
+        "pass@1 probes when the base model scores above 0.",
+    ),
+    (
+        "source loss / target gain",
+        "source loss = −(mean final − base change of the probes the base model could do); "
+        "target gain = mean over tasks of R[j][j] − floor_j. 'Learns less, forgets less': "
+        "methods trade one for the other.",
+    ),
+)
 
 
 def _img(plot: Plot) -> str:
@@ -439,32 +528,11 @@ def _img(plot: Plot) -> str:
     )
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Cells are HTML already (callers escape user strings); headers are escaped here."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
-
-
-def _regularizer(summary: dict) -> str:
-    reg = summary.get("regularizer")
-    if not isinstance(reg, dict) or reg.get("name") in (None, "none"):
-        return "none"
-    name = "-".join(str(x) for x in (reg["name"], reg.get("curvature")) if x)
-    lam = reg.get("lambda")
-    return name + (f" λ={lam:g}" if isinstance(lam, (int, float)) else "")
-
-
-def _learned_cell(k: int, n: int) -> str:
-    verdict = "yes" if k == n else "no" if k == 0 else "some"
-    return f"<span class={verdict}>learned in {k}/{n} seeds</span>"
-
-
 def _meta(run: RunData) -> str:
     s = run.summary
     items = [
         ("method", s["method"]),
-        ("regularizer", _regularizer(s)),
+        ("regularizer", tables.regularizer(s)),
         ("model", s["model"]),
         ("heads", s.get("heads", "n/a")),
         ("learning rate", s["lr"]),
@@ -478,75 +546,55 @@ def _meta(run: RunData) -> str:
     )
 
 
-def _metrics_table(run: RunData) -> str:
-    agg = run.summary.get("aggregate") or {}
-    point = figures.run_point(run.summary)
-    rows = [[_e(label), _pm(agg, key)] for key, label in METRIC_ROWS]
-    above = _num(point.learning, signed=True)
-    if point.learning_ci is not None:
-        above += f" ± {point.learning_ci:.3f}"
-    rows.insert(2, [_e("learning above majority: initial_acc − mean majority"), above])
-    note = ""
-    if point.forgetting is None:
-        note = "<p class=note>Forgetting, BWT and FWT are undefined for a single task.</p>"
-    return _table(["metric", "value"], rows) + note
-
-
-def _tasks_table(run: RunData) -> str:
-    s = run.summary
-    R = np.asarray(s["accuracy_matrix"], float)
-    std = figures.std_matrix(s, R.shape)
-    T, n_seeds = len(s["tasks"]), len(s["seeds"])
-    n_eval = s.get("n_eval")
-    n_eval = n_eval if isinstance(n_eval, list) and len(n_eval) == T else ["n/a"] * T
-    rows = []
-    for j, task in enumerate(s["tasks"]):
-        learned = f"{R[j + 1, j]:.3f}" + (f" ± {std[j + 1, j]:.3f}" if std is not None else "")
-        forgot = _num(R[j + 1, j] - R[T, j], signed=True) if j < T - 1 else "— (last task)"
-        rows.append(
-            [
-                _e(task),
-                _e(n_eval[j]),
-                f"{s['majority_baseline'][j]:.3f}",
-                f"{R[0, j]:.3f}",
-                learned,
-                _learned_cell(int(s["learned_seeds"][j]), n_seeds),
-                f"{R[T, j]:.3f}",
-                forgot,
-            ]
-        )
-    header = ["task", "n_eval", "majority", "base R[0][j]", "R[j][j]", "learned?", "final R[T][j]"]
-    note = (
-        "<p class=note>R[j][j] ± its std over seeds; learned? = the one-sided binomial test of "
-        "R[j][j] against the majority baseline per seed; forgetting = R[j][j] − R[T][j].</p>"
-    )
-    return _table([*header, "forgetting"], rows) + (note if std is not None else "")
-
-
-def _similarity_extra(data: dict) -> str:
-    forgetting = data.get("forgetting")
-    if not isinstance(forgetting, list) or len(forgetting) != len(data.get("tasks", [])):
-        return ""
-    rows = [[_e(t), _num(f, signed=True)] for t, f in zip(data["tasks"], forgetting)]
-    return _table(["task", "forgetting R[j][j] − R[T][j]"], rows)
-
-
 def _analyses_html(run: RunData, plots: list[tuple[str, Plot]], notes: list[str]) -> str:
     parts = ["<h3>Analyses</h3>"]
     for stem, plot in plots:
         parts.append(_img(plot))
         if stem == "similarity":
-            parts.append(_similarity_extra(run.analyses[stem]))
+            parts.append(tables.similarity_extra(run.analyses[stem]))
     present = {data.get("analysis") for data in run.analyses.values()}
-    absent = [a for a in ANALYSES if a not in present]
+    # diversity samples a language model's outputs: absent from an encoder run by design
+    wanted = [a for a in ANALYSES if a != "diversity" or is_lm(run.summary)]
+    absent = [a for a in wanted if a not in present]
     if absent:
         parts.append(f"<p class=note>Not present in analyses/: {_e(', '.join(absent))}.</p>")
     parts += [f"<p class=note>{_e(n)}</p>" for n in run.notes + notes]
     return "".join(parts)
 
 
+def _guarded(run: RunData, what: str, build: Callable[[], str]) -> str:
+    """A block drawn from optional metrics.json keys: a malformed one becomes a note."""
+    try:
+        return build()
+    except _ANALYSIS_ERRORS as e:
+        return f"<p class=note>{_e(what)} could not be shown ({_e(type(e).__name__)}: {_e(e)})</p>"
+
+
+def _lm_blocks(run: RunData) -> tuple[str, list[Plot]]:
+    """Curves during training and the probes (the source side), where the run has them."""
+    parts, plots = [], []
+
+    def curves() -> str:
+        plot = _curves_plot(run)
+        plots.extend([plot] if plot else [])
+        return "<h3>Learning and forgetting during training</h3>" + _img(plot) if plot else ""
+
+    def probes() -> str:
+        if not run.summary.get("probes"):
+            return ""
+        table, plot = tables.probes_table(run.summary), _probes_plot(run)
+        plots.extend([plot] if plot else [])
+        return "<h3>Source side: probes</h3>" + table + (_img(plot) if plot else "")
+
+    parts.append(_guarded(run, "The curves during training (curves)", curves))
+    parts.append(_guarded(run, "The probes (probe_matrix)", probes))
+    return "".join(parts), plots
+
+
 def _run_section(run: RunData) -> tuple[str, list[Plot]]:
+    s = run.summary
     accuracy, loss = _accuracy_plot(run), _loss_plot(run)
+    lm_html, lm_plots = _lm_blocks(run)
     analysis, notes = analysis_plots(run)
     config = (
         f"<pre>{_e(run.config_text)}</pre>"
@@ -557,8 +605,9 @@ def _run_section(run: RunData) -> tuple[str, list[Plot]]:
         f'<section id="run-{run.slug}"><h2>Run: {_e(run.label)}</h2>',
         _meta(run),
         "<h3>Learning and forgetting</h3>",
-        f"<div class=pair><div>{_img(accuracy)}</div><div>{_metrics_table(run)}</div></div>",
-        _tasks_table(run),
+        f"<div class=pair><div>{_img(accuracy)}</div><div>{tables.metrics_table(s)}</div></div>",
+        tables.tasks_table(s),
+        *([lm_html] if lm_html else []),
         "<h3>Training loss</h3>",
         _img(loss) if loss else "<p class=note>No loss curves in metrics.json.</p>",
         _analyses_html(run, analysis, notes),
@@ -566,49 +615,8 @@ def _run_section(run: RunData) -> tuple[str, list[Plot]]:
         config,
         "</section>",
     ]
-    plots = [accuracy, *([loss] if loss else []), *(p for _, p in analysis)]
+    plots = [accuracy, *lm_plots, *([loss] if loss else []), *(p for _, p in analysis)]
     return "\n".join(body), plots
-
-
-def _comparison(runs: list[RunData]) -> str:
-    ranks = {id(r): s for r, s in _rank_entries(runs)}
-    points = [figures.run_point(r.summary) for r in runs]
-    flags = figures.frontier_flags(points)  # the same stars as in the scatter
-    rows = []
-    for run, point, best in zip(runs, points, flags):
-        s, agg = run.summary, run.summary.get("aggregate") or {}
-        learned = sum(int(k) == len(s["seeds"]) for k in s["learned_seeds"])
-        rank = ranks.get(id(run))
-        rank_text = "n/a" if rank is None else f"{rank.median:g}"
-        if rank is not None and rank.n_matrices == 0:
-            rank_text += " (no weight changed)"
-        if rank is not None and rank.random_median is not None:
-            rank_text += f" (random {rank.random_median:g})"
-        name = f'<a href="#run-{run.slug}">{_e(run.label)}</a>'
-        rows.append(
-            [
-                f"<span class=frontier>{name} ★</span>" if best else name,
-                _e(s["method"]),
-                _e(_regularizer(s)),
-                _e(f"{s['lr']:g}" if isinstance(s["lr"], (int, float)) else s["lr"]),
-                str(len(s["seeds"])),
-                f"{learned}/{len(s['tasks'])}",
-                _pm(agg, "initial_acc"),
-                _num(point.learning, signed=True),
-                _pm(agg, "acc"),
-                _pm(agg, "avg_forgetting"),
-                _pm(agg, "bwt"),
-                _pm(agg, "fwt"),
-                _e(rank_text),
-            ]
-        )
-    header = ["run", "method", "regularizer", "lr", "seeds", "tasks learned", "initial_acc"]
-    header += ["learning above majority", "acc", "avg_forgetting", "bwt", "fwt", "rank90"]
-    note = (
-        "<p class=note>★ = on the Pareto frontier of learning vs forgetting. tasks learned = "
-        "tasks that beat the majority baseline in every seed.</p>"
-    )
-    return _table(header, rows) + note
 
 
 def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, list[Plot]]:
@@ -618,7 +626,9 @@ def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, lis
     sections = [_run_section(r) for r in runs]
     links = [("overview", "Across runs")] + [(f"run-{r.slug}", r.label) for r in runs]
     nav = "".join(f'<a href="#{a}">{_e(text)}</a>' for a, text in links)
-    defs = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in DEFINITIONS)
+    lm = any(is_lm(r.summary) for r in runs)
+    defined = DEFINITIONS + (LM_DEFINITIONS if lm else ())
+    defs = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in defined)
     page = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -629,7 +639,7 @@ def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, lis
         f"<p class=note>Generated {_e(now())} from {len(runs)} run(s).</p>",
         f'<nav>{nav}<a href="#definitions">Definitions</a></nav>',
         '<section id="overview"><h2>Across runs</h2>',
-        _comparison(runs),
+        tables.comparison(runs),
         *(_img(p) for p in overview),
         "</section>",
         *(html_text for html_text, _ in sections),
