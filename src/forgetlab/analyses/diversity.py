@@ -133,7 +133,7 @@ def compute(run: OpenRun, seed: int, params: dict) -> dict:
                 "stage": stage,
                 "label": label,
                 # rounded: sacrebleu gives 100.00000000000001 for identical samples
-                **{k: round(scores[k], 6) for k in keys},
+                **{k: None if scores[k] is None else round(scores[k], 6) for k in keys},
                 "mean_words": round(sum(words) / len(words), 3),
                 # texts without a word (eos or whitespace only): sacrebleu scores identical
                 # empty samples 0, so this shows when a low self-BLEU means empty answers
