@@ -181,42 +181,30 @@ def load_run_config(run_dir: Path) -> Config:
         ) from e
 
 
-def open_run(run_dir: str | Path, device: str | None = None) -> OpenRun:
-    """Check `run_dir` and load its config, tokenizer and tasks (same subsamples as the run)."""
-    run_dir = Path(run_dir)
-    metrics = check_run_dir(run_dir)
-    config = load_run_config(run_dir)
+def _open(run_dir: Path, config: Config, metrics: dict, device: str | None) -> OpenRun:
+    """Tokenizer and tasks (the same subsamples as the run) for `config`."""
     tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tasks = prepare_tasks(config, tokenizer)
-    sources = prepare_tasks(config, tokenizer, config.source_tasks, offset=100)
     return OpenRun(
         run_dir=run_dir,
         config=config,
         metrics=metrics,
         tokenizer=tokenizer,
-        tasks=tasks,
-        sources=sources,
-        pad_id=pad_id,
+        tasks=prepare_tasks(config, tokenizer),
+        sources=prepare_tasks(config, tokenizer, config.source_tasks, offset=100),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=_device(device or config.training.device),
     )
+
+
+def open_run(run_dir: str | Path, device: str | None = None) -> OpenRun:
+    """Check `run_dir` and load its config, tokenizer and tasks (same subsamples as the run)."""
+    run_dir = Path(run_dir)
+    metrics = check_run_dir(run_dir)
+    return _open(run_dir, load_run_config(run_dir), metrics, device)
 
 
 def open_config(config: Config, device: str | None = None) -> OpenRun:
     """A config that has not run: only stage 0 (the model at init) can be rebuilt. What the
     Hessian at init needs to compare methods before training any of them."""
-    tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tasks = prepare_tasks(config, tokenizer)
-    sources = prepare_tasks(config, tokenizer, config.source_tasks, offset=100)
     metrics = {"seeds": list(config.seeds), "version": forgetlab.__version__}
-    return OpenRun(
-        run_dir=Path(config.output.dir),
-        config=config,
-        metrics=metrics,
-        tokenizer=tokenizer,
-        tasks=tasks,
-        sources=sources,
-        pad_id=pad_id,
-        device=_device(device or config.training.device),
-    )
+    return _open(Path(config.output.dir), config, metrics, device)
