@@ -13,75 +13,52 @@ Run directory layout (each file written atomically):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 import forgetlab
-from forgetlab.config import Config, TaskConfig, config_to_yaml
-from forgetlab.errors import ConfigError, ForgetlabError, TrainingDiverged
-from forgetlab.evaluate import evaluate_task
-from forgetlab.kinds import KINDS, EvalContext
-from forgetlab.methods import Method, MethodConfig, get_method, method_config
-from forgetlab.methods.base import (
-    Calibration,
-    count_parameters,
-    load_heads,
-    sample_calibration,
-    save_heads,
+from forgetlab.build import (  # noqa: F401 - build_model & co. are also imported from here
+    ENCODER_TARGETS,
+    build_model,
+    calibration,
+    decoder_targets,
+    load_checkpoint,
+    save_checkpoint,
+    stage_dir,
 )
+from forgetlab.config import Config, config_to_yaml
+from forgetlab.errors import ForgetlabError, TrainingDiverged
+from forgetlab.evaluate import evaluate_task
+from forgetlab.kinds import EvalContext
+from forgetlab.methods import Method, MethodConfig, get_method, method_config
+from forgetlab.methods.base import count_parameters
 from forgetlab.metrics import (
     aggregate_metrics,
     continual_metrics,
     learning_flags,
     matrix_csv_text,
 )
-from forgetlab.models import (
-    CausalTaskModel,
-    TaskModel,
-    load_backbone,
-    load_causal_backbone,
-    load_tokenizer,
-    model_type,
-)
-from forgetlab.probe import fit_probe_head
-from forgetlab.regularizers import Regularizer, build_regularizer
-from forgetlab.regularizers.base import STATE_FILE as REG_STATE_FILE
-from forgetlab.regularizers.base import load_regularizer_state, save_regularizer_state
+from forgetlab.models import load_tokenizer
+from forgetlab.prepare import PreparedTask, prepare_tasks, subsample_split  # noqa: F401
+from forgetlab.regularizers import build_regularizer
 from forgetlab.store import (
     ResultsStore,
-    atomic_dir,
     atomic_write_json,
     atomic_write_text,
     check_writable,
     read_json,
 )
-from forgetlab.tasks.base import TaskData
-from forgetlab.tasks.files import load_file_task
-from forgetlab.tasks.lm_files import load_lm_file_task
-from forgetlab.tasks.registry import load_task, subsample
 from forgetlab.train import StageStats, make_accelerator, train_stage
 
 log = logging.getLogger("forgetlab")
 
 # Keys that may differ between a run and its resumption (they do not change any number).
 RESUME_IGNORED = {("output", "store"), ("training", "progress_bar"), ("training", "trackers")}
-
-
-@dataclass
-class PreparedTask:
-    name: str
-    kind: str
-    data: TaskData
-    train: object  # the kind's encoded split (EncodedSplit, LMSplit, MCSplit, ...)
-    eval: object
-    majority: float | None  # the floor of the learned test: majority class, chance, or None
 
 
 @dataclass
@@ -92,250 +69,7 @@ class RunResult:
     seed_metrics: dict[int, dict] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------------------
-# tasks
-
-
-def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
-    if tc.type == "file" and tc.kind != "classification":
-        return load_lm_file_task(
-            tc.name,
-            tc.kind,
-            Path(tc.train) if tc.train else None,
-            Path(tc.eval),
-            **tc.columns,
-        )
-    if tc.type == "file":
-        return load_file_task(
-            tc.name,
-            Path(tc.train),
-            Path(tc.eval),
-            text_column=tc.text_column,
-            label_column=tc.label_column,
-            text_pair_column=tc.text_pair_column,
-            label_names=tc.label_names,
-        )
-    data_dir = Path(config.data.dir) if config.data.dir else None
-    return load_task(tc.name, data_dir=data_dir, source=config.data.source)
-
-
-def subsample_split(split, n: int | None, seed: int):
-    """A fixed random subset of an encoded LM split's rows (packed blocks)."""
-    if n is None or n >= len(split):
-        return split
-    keep = subsample(list(range(len(split))), n, seed)
-    return dataclasses.replace(
-        split,
-        input_ids=[split.input_ids[i] for i in keep],
-        labels=[split.labels[i] for i in keep],
-    )
-
-
-def prepare_tasks(
-    config: Config,
-    tokenizer,
-    task_configs: list[TaskConfig] | None = None,
-    offset: int = 0,
-    trained: bool = True,
-) -> list[PreparedTask]:
-    """Load, subsample (fixed seed, the same for every training seed) and tokenize
-    `task_configs` (default: the sequence's tasks). Tasks that are `trained` need a training
-    split and a trainable kind; probes need only an eval split."""
-    prepared = []
-    task_configs = config.tasks if task_configs is None else task_configs
-    for index, tc in enumerate(task_configs, start=offset):
-        data = _load_task_data(tc, config)
-        ops = KINDS[data.kind]
-        if trained and not ops.trainable:
-            raise ConfigError(
-                f"task {tc.name!r} is of kind {data.kind}, which is scored, not trained: "
-                "list it under probes"
-            )
-        n_train = tc.max_train_examples or config.data.max_train_examples
-        n_eval = tc.max_eval_examples or config.data.max_eval_examples
-        sub_seed = config.data.subsample_seed * 1000 + index
-        options = {"long_prompts": config.data.long_prompts}
-        enc = (tokenizer, config.model.max_length, config.data.pair_encoding)
-        if getattr(ops, "packs", False):
-            # text is packed into blocks first: max_*_examples count blocks, not documents
-            # (a stdlib file holds from a few to hundreds of blocks)
-            train_split = ops.encode(data.train, *enc, **options) if data.train else None
-            eval_split = subsample_split(ops.encode(data.eval, *enc), n_eval, sub_seed + 500)
-            train_split = subsample_split(train_split, n_train, sub_seed) if train_split else None
-            n_train_seen = len(train_split) if train_split else 0
-            n_eval_seen = len(eval_split)
-        else:
-            train = subsample(data.train, n_train, sub_seed)
-            evals = subsample(data.eval, n_eval, sub_seed + 500)
-            if not evals or (trained and not train):
-                raise ForgetlabError(f"task {tc.name!r} has an empty train or eval split")
-            eval_split = ops.encode(evals, *enc, **options)
-            train_split = ops.encode(train, *enc, **options) if train else None
-            n_train_seen, n_eval_seen = len(train), len(evals)
-        if trained and not train_split:
-            raise ForgetlabError(f"task {tc.name!r} has an empty train split")
-        prepared.append(
-            PreparedTask(
-                name=tc.name,
-                kind=data.kind,
-                data=data,
-                train=train_split,
-                eval=eval_split,
-                majority=ops.baseline(eval_split),
-            )
-        )
-        floor = prepared[-1].majority
-        log.info(
-            "task %s (%s): %d train / %d eval examples (eval: %s; %s)",
-            tc.name,
-            data.kind,
-            n_train_seen,
-            n_eval_seen,
-            data.eval_split,
-            "no chance floor: learned = paired test vs base"
-            if floor is None
-            else f"baseline {floor:.3f}",
-        )
-    return prepared
-
-
-# --------------------------------------------------------------------------------------
-# model and checkpoints
-
-
-def build_model(
-    config: Config,
-    tasks: list[PreparedTask],
-    method: Method,
-    mcfg: MethodConfig,
-    seed: int,
-    *,
-    pad_id: int | None = None,
-    device: torch.device | str = "cpu",
-    sources: list[PreparedTask] = (),
-) -> TaskModel:
-    """The pretrained backbone with the task heads, prepared by `method`; deterministic given
-    the seed, since --resume builds it again and loads a checkpoint onto it.
-
-    A method with `needs_calibration` (an init computed from data: LoRA-GA, CorDA, EVA) also
-    gets a `Calibration`: `method.calibration_batches` batches of `calibration_batch_size`
-    (default: training.batch_size) examples drawn with random.Random(seed) from the training
-    split of `method.calibration_task` (default: the first task), collated with `pad_id` on
-    `device`, where the init is computed. Other methods are prepared as before.
-    """
-    if model_type(config.model) == "causal":
-        return _build_causal(config, tasks, method, mcfg, seed, pad_id, device)
-    backbone, hidden = load_backbone(config.model)
-    torch.manual_seed(seed)  # heads and adapter init depend on the seed only
-    model = TaskModel(
-        backbone,
-        hidden,
-        {t.name: t.data.num_labels for t in tasks},
-        pooling=config.model.pooling,
-        head_dropout=config.model.head_dropout,
-        shared_head=config.heads == "shared",
-        probe_heads={t.name: t.data.num_labels for t in sources},
-    )
-    for t in sources:  # before `prepare`: the probe reads the untouched pretrained features
-        loss = fit_probe_head(model, t.name, t.kind, t.train, pad_id or 0, device, seed)
-        log.info("source task %s: linear probe fitted, train loss %.4f", t.name, loss)
-    if getattr(method, "needs_calibration", False):
-        method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
-    else:
-        method.prepare(model, mcfg)
-    for t in sources:  # probes are the fixed pretrained read-out: never trained or counted
-        model.heads[t.name].requires_grad_(False)
-    return model
-
-
-# Scores that are fractions in [0, 1] (a matrix of only these is range-checked).
 BOUNDED_METRICS = ("accuracy", "exact_match", "pass@1")
-ENCODER_TARGETS = ["query", "value"]  # the LoRA-family default: BERT's attention names
-
-
-def decoder_targets(mcfg: MethodConfig, backbone: torch.nn.Module) -> MethodConfig:
-    """On a decoder, the default `target_modules` (BERT's query, value) means every linear
-    layer of attention and MLP (q/k/v/o, gate/up/down for Llama): the studies' advice, and
-    what the LoRA-vs-full comparisons used. The output head is never adapted."""
-    if getattr(mcfg, "target_modules", None) != ENCODER_TARGETS:
-        return mcfg
-    linears = {n: m for n, m in backbone.named_modules() if isinstance(m, torch.nn.Linear)}
-    if any(n.endswith(".query") for n in linears):
-        return mcfg
-    head = backbone.get_output_embeddings()
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in linears.items() if m is not head})
-    log.info("target_modules on this decoder: %s", ", ".join(names))
-    return dataclasses.replace(mcfg, target_modules=names)
-
-
-def _build_causal(config, tasks, method, mcfg, seed, pad_id, device) -> CausalTaskModel:
-    """A decoder needs no heads: its next-token head scores every task (and probe)."""
-    backbone, hidden = load_causal_backbone(config.model)
-    torch.manual_seed(seed)  # adapter init depends on the seed only
-    model = CausalTaskModel(backbone, hidden)
-    mcfg = decoder_targets(mcfg, backbone)
-    if getattr(method, "needs_calibration", False):
-        method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
-    else:
-        method.prepare(model, mcfg)
-    return model
-
-
-def calibration(
-    config: Config,
-    tasks: list[PreparedTask],
-    mcfg: MethodConfig,
-    seed: int,
-    pad_id: int | None,
-    device: torch.device | str,
-) -> Calibration:
-    """The batches a data-driven init (LoRA-GA, CorDA, EVA) is computed from, drawn with the
-    seed so that --resume rebuilds the same init."""
-    if pad_id is None:
-        raise TypeError(f"build_model: method {mcfg.name} needs calibration data: pass pad_id")
-    by_name = {t.name: t for t in tasks}
-    name = getattr(mcfg, "calibration_task", None) or tasks[0].name
-    if name not in by_name:
-        raise ConfigError(
-            f"method.calibration_task={name!r} is not a task of this run "
-            f"(tasks: {', '.join(by_name)})"
-        )
-    task = by_name[name]
-    return sample_calibration(
-        task.train,
-        task.kind,
-        task.name,
-        n_batches=getattr(mcfg, "calibration_batches", 8),
-        batch_size=getattr(mcfg, "calibration_batch_size", None) or config.training.batch_size,
-        seed=seed,
-        pad_id=pad_id,
-        device=device,
-    )
-
-
-def stage_dir(seed_dir: Path, stage: int, task: str) -> Path:
-    return seed_dir / "checkpoints" / f"stage-{stage}-{task}"
-
-
-def save_checkpoint(
-    model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
-) -> None:
-    with atomic_dir(folder) as tmp:
-        method.save_backbone(model, tmp / "backbone")
-        save_heads(model, tmp / "heads.safetensors")
-        if reg is not None:  # θ₀, Fishers, curvature: what a resumed run cannot recompute
-            save_regularizer_state(reg, tmp / REG_STATE_FILE)
-
-
-def load_checkpoint(
-    model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
-) -> None:
-    if not (folder / "heads.safetensors").is_file():
-        raise ForgetlabError(f"cannot resume: checkpoint {folder} is missing or incomplete")
-    method.load_backbone(model, folder / "backbone")
-    load_heads(model, folder / "heads.safetensors")
-    if reg is not None:
-        load_regularizer_state(reg, folder / REG_STATE_FILE)
 
 
 # --------------------------------------------------------------------------------------

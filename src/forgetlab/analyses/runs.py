@@ -21,6 +21,7 @@ import torch
 import yaml
 
 import forgetlab
+from forgetlab.build import build_model, load_checkpoint, stage_dir
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.kinds import KINDS
@@ -32,7 +33,7 @@ from forgetlab.models import (
     load_tokenizer,
     model_type,
 )
-from forgetlab.runner import PreparedTask, build_model, load_checkpoint, prepare_tasks, stage_dir
+from forgetlab.prepare import PreparedTask, prepare_tasks
 from forgetlab.store import read_json
 
 # A run written by another major.minor version may have another layout or other numbers.
