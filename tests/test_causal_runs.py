@@ -190,3 +190,14 @@ def test_cli_eval_scores_a_runs_model_with_lm_eval_offline(runs, capsys, monkeyp
     assert name == "forgetlab_bb_strategyqa" and n == "6" and 0 <= float(acc) <= 1
     assert main(["eval", run, "--lm-eval", "no_such_task_anywhere"]) == 2
     assert "unknown lm-eval task" in capsys.readouterr().err
+
+
+def test_every_analysis_runs_on_a_decoder_run(runs):
+    run = runs["lora"]["run_dir"]
+    results = forgetlab.analyze(run, ["cka", "spectrum", "similarity"])
+    assert len(results["cka"]["layers"]) == 3  # embeddings + 2 decoder layers
+    final = results["spectrum"]["stages"][-1]
+    assert final["matrices"] and all(m["numerical_rank"] <= 8 for m in final["matrices"])
+    assert results["similarity"]["tasks"] == ["gsm8k", "tinyshakespeare"]
+    h = forgetlab.hessian(run, stage=1, examples=4, batch_size=4, iters=3)
+    assert h["task"] == "tinyshakespeare" and h["results"][0]["n_params"] > 0
