@@ -94,8 +94,7 @@ def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
     Gemma tokenizer puts bos in front), except where the text already starts with bos."""
     bos = getattr(tokenizer, "bos_token", None)
     return [
-        tokenizer(t, add_special_tokens=not (bos and t.startswith(bos)))["input_ids"]
-        for t in texts
+        tokenizer(t, add_special_tokens=not (bos and t.startswith(bos)))["input_ids"] for t in texts
     ]
 
 
