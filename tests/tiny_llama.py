@@ -51,9 +51,10 @@ def _smollm2_tokenizer():
     return None if folder is None else AutoTokenizer.from_pretrained(folder)
 
 
-def tiny_llama(tmp_path: Path, *, tokenizer: str = "auto", seed: int = 0) -> Path:
+def tiny_llama(tmp_path: Path, *, tokenizer: str = "tiny", seed: int = 0) -> Path:
     """Save a tiny LlamaForCausalLM + tokenizer under tmp_path/"tiny-llama"; return the folder.
-    tokenizer: "auto" (SmolLM2's if cached, else the tiny BPE), "tiny" or "smollm2"."""
+    tokenizer: "tiny" (the default: the same on every machine), "smollm2" (needs the
+    converted cache) or "auto" (SmolLM2's if cached, else tiny)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _smollm2_tokenizer() if tokenizer in ("auto", "smollm2") else None
@@ -67,7 +68,7 @@ def tiny_llama(tmp_path: Path, *, tokenizer: str = "auto", seed: int = 0) -> Pat
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=128,
+        max_position_embeddings=512,  # the byte-level tiny BPE needs long windows
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )

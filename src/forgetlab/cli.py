@@ -147,11 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append("training.progress_bar=false")
     config = api.load_config(args.config, overrides)
     _quiet_libraries()
-    if not args.quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setLevel(logging.INFO)  # the run log file gets DEBUG (per-step) lines
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger("forgetlab").addHandler(handler)
+    _log_to_stderr(args.quiet)  # the run log file gets DEBUG (per-step) lines
     results = api.run_all(config, resume=args.resume)
     for result in results:
         print(api.format_run(result.metrics))
@@ -333,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(strays or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
+    logger = logging.getLogger("forgetlab")
+    handlers = list(logger.handlers)
     try:
         return COMMANDS[args.command](args)
     except ForgetlabError as e:
@@ -343,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("forgetlab: interrupted; finished stages are kept (use --resume)", file=sys.stderr)
         return 130
+    finally:  # progress lines went to this command's stderr; a later caller has its own
+        for handler in set(logger.handlers) - set(handlers):
+            logger.removeHandler(handler)
 
 
 if __name__ == "__main__":
