@@ -23,17 +23,13 @@ near-tie between two tokens can flip).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import platform
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
-import transformers
+from common import load_average, machine, quiet
 
 from forgetlab.config import ModelConfig
 from forgetlab.kinds.generation import encode_prompts, generate_with_stats
@@ -106,10 +102,6 @@ def first_difference(a: str, b: str) -> int:
 # measurement and report
 
 
-def load_average() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
 def bench(model, tokenizer, prompts, args, label: str) -> tuple[list[str], list[str], bool, list]:
     # untimed warm-up of both paths (oneDNN kernels, allocator)
     run_forgetlab(model, tokenizer, prompts[: args.batch_size], 4, args.batch_size)
@@ -169,27 +161,6 @@ def row(label: str, name: str, runs: list[Run]) -> str:
 HEADER = (
     f"{'':5s} {'setup':28s} {'new tokens':>10s} {'median s':>9s} {'new tokens/s [min-max]':>24s}"
 )
-
-
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"machine: {os.cpu_count()} CPUs ({model}), load avg {load_average():.2f}; "
-        f"torch {torch.__version__} threads {torch.get_num_threads()} "
-        f"(interop {torch.get_num_interop_threads()}); transformers {transformers.__version__}"
-    )
-
-
-def quiet() -> None:
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("forgetlab").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

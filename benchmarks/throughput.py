@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import logging
 import os
-import platform
 import random
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import accelerate
 import peft
 import torch
 import transformers
+from common import load_average, machine, quiet
 
 from forgetlab.api import load_config
 from forgetlab.config import Config
@@ -249,10 +246,6 @@ def run_trainer(setup: Setup, dataset, seed: int, out_dir: str, optim: str | Non
 # measurement and report
 
 
-def load_average() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
 def interleave(
     ours: Callable[[int], Run], theirs: Callable[[int], Run], repeats: int
 ) -> tuple[list[Run], list[Run]]:
@@ -306,30 +299,6 @@ HEADER = (
     f"{'':5s} {'setup':10s} {'examples/s med [min-max]':>22s} {'tokens/s med [min-max]':>25s} "
     f"{'median s':>8s} {'best s':>7s} {'pad %':>6s}"
 )
-
-
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"machine: {os.cpu_count()} CPUs ({model}), load avg {load_average():.2f}; "
-        f"torch {torch.__version__} threads {torch.get_num_threads()} "
-        f"(interop {torch.get_num_interop_threads()}); "
-        f"transformers {transformers.__version__}, peft {peft.__version__}, "
-        f"accelerate {accelerate.__version__}"
-    )
-
-
-def quiet() -> None:
-    """Library chatter would interleave with the table; warnings do not change timings."""
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
-    logging.getLogger("forgetlab").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
