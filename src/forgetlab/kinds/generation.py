@@ -54,40 +54,11 @@ class Generations:
 # --- generation ------------------------------------------------------------------------------
 
 
-def generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    device: str | torch.device,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_return_sequences: int = 1,
-    seed: int = 0,
-    chat_template: bool = True,
-    stop: Sequence[str] | None = None,
-) -> list[list[str]]:
+def generate(model, tokenizer, prompts: list[str], **options) -> list[list[str]]:
     """New text for each prompt: a list of `num_return_sequences` strings per prompt, in the
     order of `prompts`. `stop`: strings that end a text (cut before them; generation of a
-    batch stops once every row has produced one). See `generate_with_stats`."""
-    return generate_with_stats(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        device=device,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        num_return_sequences=num_return_sequences,
-        seed=seed,
-        chat_template=chat_template,
-        stop=stop,
-    ).texts
+    batch stops once every row has produced one). Options: those of `generate_with_stats`."""
+    return generate_with_stats(model, tokenizer, prompts, **options).texts
 
 
 def generate_with_stats(
