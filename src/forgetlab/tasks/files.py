@@ -134,7 +134,12 @@ def _jsonl_records(task: str, path: Path) -> Iterable[tuple[int, dict]]:
     text = _read_text(task, path)
     if not text.strip():
         raise DataError(f"task {task}: {path} is empty")
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    yield from jsonl_objects(task, path, text.split("\n"))
+
+
+def jsonl_objects(task: str, path: Path, lines: Iterable[str]) -> Iterable[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; bad JSON names its line."""
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

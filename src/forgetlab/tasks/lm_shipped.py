@@ -44,6 +44,7 @@ import numpy as np
 
 from forgetlab.errors import DataError, ForgetlabError
 from forgetlab.tasks.base import CodeProblem, InstructionExample, MCExample, TaskData, TextDocument
+from forgetlab.tasks.files import jsonl_objects
 from forgetlab.tasks.shipped import DATA_HINT, read_lines, unquote
 
 Loader = Callable[[Path], TaskData]
@@ -65,17 +66,7 @@ def _read_text(path: Path, task: str) -> str:
 
 def _read_jsonl(path: Path, task: str) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line."""
-    records = []
-    for lineno, line in enumerate(read_lines(path, task), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"task {task}: {path}:{lineno}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"task {task}: {path}:{lineno}: expected a JSON object per line")
-        records.append((lineno, record))
+    records = list(jsonl_objects(task, path, read_lines(path, task)))
     if not records:
         raise DataError(f"task {task}: {path} has no data rows")
     return records
