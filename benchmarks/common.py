@@ -5,15 +5,21 @@ folder on sys.path)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import platform
+import statistics
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import accelerate
 import peft
 import torch
 import transformers
+
+Run = TypeVar("Run")
 
 
 def load_average() -> float:
@@ -43,3 +49,31 @@ def quiet() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
     logging.getLogger("forgetlab").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+
+
+def interleave(
+    ours: Callable[[int], Run],
+    theirs: Callable[[int], Run],
+    repeats: int,
+    describe: Callable[[Run], str],
+) -> tuple[list[Run], list[Run]]:
+    """ours, trainer, ours, trainer, ...: drift on a shared machine hits both alike. Both
+    sides of a pair see the same seed, so padding luck averages out; `describe` gives a
+    run's time and rate for the progress line."""
+    a, b = [], []
+    for rep in range(repeats):
+        seed = rep + 1
+        for runs, fn, label in ((a, ours, "forgetlab"), (b, theirs, "trainer")):
+            gc.collect()
+            runs.append(fn(seed))
+            print(
+                f"  repeat {rep + 1}/{repeats} {label:9s} {describe(runs[-1])} "
+                f"(load avg {load_average():.1f})",
+                flush=True,
+            )
+    return a, b
+
+
+def spread(values: list[float]) -> str:
+    """median [min-max]"""
+    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import peft
 import torch
 import transformers
-from common import load_average, machine, quiet
+from common import interleave, load_average, machine, quiet, spread
 
 from forgetlab.api import load_config
 from forgetlab.config import Config
@@ -270,29 +268,6 @@ def check_same_job(setup: Setup) -> str:
 # measurement and report
 
 
-def interleave(
-    ours: Callable[[int], Run], theirs: Callable[[int], Run], repeats: int
-) -> tuple[list[Run], list[Run]]:
-    """ours, trainer, ours, trainer, ...: drift on a shared machine hits both alike."""
-    a, b = [], []
-    for rep in range(repeats):
-        seed = rep + 1
-        for runs, fn, label in ((a, ours, "forgetlab"), (b, theirs, "trainer")):
-            gc.collect()
-            runs.append(fn(seed))
-            r = runs[-1]
-            print(
-                f"  repeat {rep + 1}/{repeats} {label:9s} {r.seconds:7.2f} s "
-                f"{r.tokens_per_s:6.1f} tokens/s (load avg {load_average():.1f})",
-                flush=True,
-            )
-    return a, b
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
-
-
 def row(method: str, label: str, runs: list[Run]) -> str:
     tok = spread([r.tokens_per_s for r in runs])
     ex = spread([r.examples_per_s for r in runs])
@@ -358,6 +333,7 @@ def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
         lambda seed: run_ours(setup, split, seed),
         lambda seed: run_trainer(setup, dataset, seed, tmp),
         args.repeats,
+        lambda r: f"{r.seconds:7.2f} s {r.tokens_per_s:6.1f} tokens/s",
     )
     for r in ours + theirs:  # the same job: every real token trained once on both sides
         assert r.tokens == n_tokens, (r.tokens, n_tokens)

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import peft
 import torch
 import transformers
-from common import load_average, machine, quiet
+from common import interleave, machine, quiet, spread
 
 from forgetlab.api import load_config
 from forgetlab.config import Config
@@ -246,29 +244,6 @@ def run_trainer(setup: Setup, dataset, seed: int, out_dir: str, optim: str | Non
 # measurement and report
 
 
-def interleave(
-    ours: Callable[[int], Run], theirs: Callable[[int], Run], repeats: int
-) -> tuple[list[Run], list[Run]]:
-    """ours, trainer, ours, trainer, ...: drift on a shared machine hits both alike."""
-    a, b = [], []
-    for rep in range(repeats):
-        seed = rep + 1  # both sides see the same seed in a pair; padding luck averages out
-        for runs, fn, label in ((a, ours, "forgetlab"), (b, theirs, "trainer")):
-            gc.collect()
-            runs.append(fn(seed))
-            r = runs[-1]
-            print(
-                f"  repeat {rep + 1}/{repeats} {label:9s} {r.seconds:6.2f} s "
-                f"{r.examples_per_s:6.1f} ex/s (load avg {load_average():.1f})",
-                flush=True,
-            )
-    return a, b
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
-
-
 def row(method: str, label: str, runs: list[Run]) -> str:
     ex = spread([r.examples_per_s for r in runs])
     tok = spread([r.tokens_per_s for r in runs])
@@ -342,6 +317,7 @@ def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
         lambda seed: run_ours(setup, split, seed),
         lambda seed: run_trainer(setup, dataset, seed, tmp, args.trainer_optim),
         args.repeats,
+        lambda r: f"{r.seconds:6.2f} s {r.examples_per_s:6.1f} ex/s",
     )
     return [
         row(method, "forgetlab", ours),
