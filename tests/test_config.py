@@ -61,6 +61,11 @@ def test_switching_method_drops_the_old_methods_keys():
         (BASE, ["seeds=[]"], "seeds is empty"),
         ({"tasks": [{"name": "mine", "type": "file"}]}, [], "no 'train' and 'eval' paths"),
         (BASE, ["training"], "must look like key.path=value"),
+        (BASE, ["eval.every=-2"], "eval.every=-2.0 must be a whole number of steps"),
+        (BASE, ["eval.every=0"], "eval.every=0.0 must be a whole number of steps"),
+        (BASE, ["eval.every=2.5"], "eval.every=2.5 must be a whole number of steps"),
+        (BASE, ["model.type=gpt"], "model.type='gpt' is not one of"),
+        (BASE, ["data.long_prompts=cut"], "data.long_prompts='cut' is not one of"),
     ],
 )
 def test_bad_config_names_the_problem(raw, overrides, message):

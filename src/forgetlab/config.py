@@ -170,7 +170,8 @@ class EvalConfig:
         _check_positive("eval", "max_new_tokens", self.max_new_tokens)
         _check_positive("eval", "sandbox_timeout_s", self.sandbox_timeout_s)
         _check_positive("eval", "sandbox_memory_mb", self.sandbox_memory_mb)
-        if self.every is not None and not (0 < self.every < 1 or float(self.every).is_integer()):
+        every = self.every
+        if every is not None and not (0 < every < 1 or (every >= 1 and float(every).is_integer())):
             raise ConfigError(
                 f"eval.every={self.every} must be a whole number of steps (>= 1) or a fraction "
                 "of the stage in (0, 1)"
