@@ -7,6 +7,7 @@ hub access. The package is located with `importlib.util.find_spec`, which does n
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -74,15 +75,22 @@ def model_type(cfg: ModelConfig) -> str:
         return cfg.type
     if cfg.name.startswith("packaged:"):
         return "causal" if cfg.name.split(":", 1)[1] in PACKAGED_CAUSAL_MODELS else "encoder"
+    return _declared_type(cfg.name, cfg.revision, cfg.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=32)
+def _declared_type(name: str, revision: str | None, trust_remote_code: bool) -> str:
+    """Read the checkpoint's config once per process: tokenizer loading, every seed's model
+    build and the analyses all ask (for a hub id each read is a cache lookup or a request)."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(cfg.name)
+    path = resolve_model_path(name)
     try:
         hf = AutoConfig.from_pretrained(
-            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+            path, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as e:
-        raise _load_error(cfg.name, path, e) from e
+        raise _load_error(name, path, e) from e
     architectures = getattr(hf, "architectures", None) or []
     return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures) else "encoder"
 
