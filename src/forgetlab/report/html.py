@@ -209,48 +209,50 @@ def _accuracy_plot(run: RunData) -> Plot:
     )
 
 
+def _optional_plot(
+    run: RunData, suffix: str, draw: Callable[[dict], bytes | None], alt: str, caption: str
+) -> Plot | None:
+    """A per-run figure that only some runs have (`draw` returns None without its data)."""
+    png = draw(run.summary)
+    return None if png is None else Plot(f"fig-{run.slug}-{suffix}", alt, caption, png)
+
+
 def _loss_plot(run: RunData) -> Plot | None:
-    png = figures.loss_figure(run.summary)
-    if png is None:
-        return None
-    return Plot(
-        f"fig-{run.slug}-loss",
+    return _optional_plot(
+        run,
+        "loss",
+        figures.loss_figure,
         f"Training loss curves of run {run.summary['name']}, one panel per stage",
         "Training loss per stage, one line per seed; the regularizer penalty (dashed, right "
         "axis) where it is non-zero.",
-        png,
     )
 
 
 def _curves_plot(run: RunData) -> Plot | None:
-    png = figures.curves_figure(run.summary)
-    if png is None:
-        return None
-    return Plot(
-        f"fig-{run.slug}-curves",
+    return _optional_plot(
+        run,
+        "curves",
+        figures.curves_figure,
         f"Scores of run {run.summary['name']} during training, relative to the base model, "
         "over the cumulative training step",
         "Every task (solid) and probe (dashed) scored during training (eval.every) and at "
         "each stage's end, minus its base-model score: learning is a line rising while its "
         "task trains, forgetting one falling afterwards. Grey lines: stage ends. For −NLL "
         "scores the change is −ΔNLL (up = the NLL fell).",
-        png,
     )
 
 
 def _probes_plot(run: RunData) -> Plot | None:
-    png = figures.probes_figure(run.summary)
-    if png is None:
-        return None
-    return Plot(
-        f"fig-{run.slug}-probes",
+    return _optional_plot(
+        run,
+        "probes",
+        figures.probes_figure,
         f"Change of each probe's score from the base model after every stage of run "
         f"{run.summary['name']}",
         "Each probe (never trained) after every stage, minus its base-model score (mean over "
         "seeds): below 0 = lost. Filled markers: probes the base model could do (above chance, "
         "or −NLL); hollow and dotted: at chance or scoring 0, their change is noise. For −NLL "
         "probes the change is −ΔNLL: up = the NLL fell, down = it rose.",
-        png,
     )
 
 
