@@ -8,8 +8,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 from forgetlab.cli import main
 from tests.conftest import needs_data
 

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
+from forgetlab.atomic import atomic_dir, atomic_write_json
 from forgetlab.errors import ForgetlabError
-from forgetlab.store import ResultsStore, atomic_dir, atomic_write_json
+from forgetlab.store import ResultsStore
 
 
 def test_full_disk_keeps_the_old_file_and_names_the_problem(tmp_path, monkeypatch):

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from forgetlab import config as _config
+from forgetlab.atomic import read_json
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError
 from forgetlab.methods import METHODS, method_config
 from forgetlab.metrics import metrics_from_csv
 from forgetlab.regularizers import regularizer_config
 from forgetlab.report.text import format_comparison, format_run
-from forgetlab.store import ResultsStore, read_json
+from forgetlab.store import ResultsStore
 
 
 def load_config(

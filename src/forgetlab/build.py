@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from forgetlab.atomic import atomic_dir
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.methods import Method, MethodConfig
@@ -26,7 +27,6 @@ from forgetlab.probe import fit_probe_head
 from forgetlab.regularizers import Regularizer
 from forgetlab.regularizers.base import STATE_FILE as REG_STATE_FILE
 from forgetlab.regularizers.base import load_regularizer_state, save_regularizer_state
-from forgetlab.store import atomic_dir
 
 log = logging.getLogger("forgetlab")
 

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 import forgetlab
+from forgetlab.atomic import atomic_write_json, atomic_write_text, check_writable, read_json
 from forgetlab.build import (  # noqa: F401 - build_model & co. are also imported from here
     ENCODER_TARGETS,
     build_model,
@@ -46,13 +47,7 @@ from forgetlab.metrics import (
 from forgetlab.models import load_tokenizer
 from forgetlab.prepare import PreparedTask, prepare_tasks, subsample_split  # noqa: F401
 from forgetlab.regularizers import build_regularizer
-from forgetlab.store import (
-    ResultsStore,
-    atomic_write_json,
-    atomic_write_text,
-    check_writable,
-    read_json,
-)
+from forgetlab.store import ResultsStore
 from forgetlab.train import StageStats, make_accelerator, train_stage
 
 log = logging.getLogger("forgetlab")

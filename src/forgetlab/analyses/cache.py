@@ -13,9 +13,10 @@ from types import ModuleType
 
 import forgetlab
 from forgetlab.analyses.runs import OpenRun, open_config, open_run
+from forgetlab.atomic import atomic_write_json, read_json
 from forgetlab.config import Config
 from forgetlab.errors import ForgetlabError
-from forgetlab.store import ResultsStore, atomic_write_json, read_json
+from forgetlab.store import ResultsStore
 
 log = logging.getLogger("forgetlab")
 

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 import forgetlab
+from forgetlab.atomic import read_json
 from forgetlab.build import build_model, load_checkpoint, stage_dir
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
@@ -34,7 +35,6 @@ from forgetlab.models import (
     model_type,
 )
 from forgetlab.prepare import PreparedTask, prepare_tasks
-from forgetlab.store import read_json
 
 # A run written by another major.minor version may have another layout or other numbers.
 REQUIRED_METRICS = ("version", "tasks", "seeds", "accuracy_matrix", "per_seed")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from forgetlab.atomic import atomic_dir, atomic_write_bytes, atomic_write_text, now, read_json
 from forgetlab.errors import ForgetlabError
 from forgetlab.report import figures, tables
 from forgetlab.report.tables import e as _e
-from forgetlab.store import atomic_dir, atomic_write_bytes, atomic_write_text, now, read_json
 
 REQUIRED_KEYS = (
     "name",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from forgetlab.atomic import atomic_write_bytes
 from forgetlab.errors import ForgetlabError
-from forgetlab.store import atomic_write_bytes
 
 # Headless in a container as root: no sandbox, no GPU; nothing that phones home.
 CHROMIUM_ARGS = [
