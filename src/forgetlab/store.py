@@ -1,4 +1,10 @@
-"""The results store: an embedded SQLite index of runs across run directories.
+"""The results store: an index of runs across run directories, on SQLAlchemy.
+
+A path is an SQLite file (the default, `runs/forgetlab.sqlite`); any SQLAlchemy URL
+(`postgresql+psycopg://user@host/db`, `sqlite:///abs/path.sqlite`) puts the index on a server,
+so `forgetlab compare --store URL` works from every machine of a sweep. The tables
+(`runs`, `seed_runs`, `analyses`) and their columns are those of the earlier sqlite3 store,
+so older store files open unchanged.
 
 It indexes runs for `forgetlab compare` and reports; the run directory stays the source of
 truth (the store can be rebuilt from it). Run-directory files are written by
@@ -8,126 +14,173 @@ truth (the store can be rebuilt from it). Run-directory files are written by
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from forgetlab.atomic import now
 from forgetlab.errors import ForgetlabError
 
-STORE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_dir TEXT PRIMARY KEY,
-    name TEXT, method TEXT, model TEXT, tasks TEXT, seeds TEXT,
-    updated TEXT, version TEXT, config TEXT, metrics TEXT
-);
-CREATE TABLE IF NOT EXISTS seed_runs (
-    run_dir TEXT, seed INTEGER, metrics TEXT,
-    PRIMARY KEY (run_dir, seed)
-);
-CREATE TABLE IF NOT EXISTS analyses (
-    run_dir TEXT, name TEXT, params TEXT, updated TEXT, result TEXT,
-    PRIMARY KEY (run_dir, name)
-);
-"""
+_META = sa.MetaData()
+RUNS = sa.Table(
+    "runs",
+    _META,
+    sa.Column("run_dir", sa.Text, primary_key=True),
+    *(sa.Column(c, sa.Text) for c in ("name", "method", "model", "tasks", "seeds")),
+    *(sa.Column(c, sa.Text) for c in ("updated", "version", "config", "metrics")),
+)
+SEED_RUNS = sa.Table(
+    "seed_runs",
+    _META,
+    sa.Column("run_dir", sa.Text, primary_key=True),
+    sa.Column("seed", sa.Integer, primary_key=True),
+    sa.Column("metrics", sa.Text),
+)
+ANALYSES = sa.Table(
+    "analyses",
+    _META,
+    sa.Column("run_dir", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    *(sa.Column(c, sa.Text) for c in ("params", "updated", "result")),
+)
+
+
+def is_url(target: str | Path) -> bool:
+    """An SQLAlchemy URL (`dialect[+driver]://...`) rather than a file path."""
+    return "://" in str(target)
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 class ResultsStore:
-    """The SQLite index of runs. One file; safe to share between sequential processes."""
+    """The index of runs: an SQLite file (a path) or any SQLAlchemy URL. Safe to share
+    between processes; each method is one transaction."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, target: str | Path) -> None:
+        self.target = str(target)
+        # A file path stays a path (its parent is created on first write); a URL is used as is.
+        self.path: Path | None = None if is_url(target) else Path(target)
+        self.url = self.target if self.path is None else f"sqlite:///{self.path.resolve()}"
+        self._engine: Engine | None = None
 
-    def _connect(self) -> sqlite3.Connection:
+    def __repr__(self) -> str:
+        return f"ResultsStore({display_url(self.target)!r})"
+
+    def _connect(self) -> Engine:
+        if self._engine is not None:
+            return self._engine
+        where = display_url(self.target)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30)
-            conn.executescript(STORE_SCHEMA)
-        except (OSError, sqlite3.Error) as e:
-            raise ForgetlabError(f"cannot open results store {self.path}: {e}") from e
-        return conn
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # NullPool for SQLite: no file handle outlives a call (sequential processes share it).
+            kwargs = {"poolclass": NullPool} if self.url.startswith("sqlite") else {}
+            engine = sa.create_engine(self.url, **kwargs)
+            _META.create_all(engine)
+        except (OSError, ArgumentError, SQLAlchemyError, ImportError) as e:
+            raise ForgetlabError(f"cannot open results store {where}: {_first_line(e)}") from e
+        self._engine = engine
+        return engine
+
+    def _exists(self) -> bool:
+        """False for a store file not yet written: reading it must not create it."""
+        return self.path is None or self.path.exists()
 
     def record_run(self, run_dir: Path, summary: dict, config: dict, seeds: dict) -> None:
-        row = (
-            str(Path(run_dir).resolve()),
-            summary.get("name"),
-            summary.get("method"),
-            summary.get("model"),
-            json.dumps(summary.get("tasks")),
-            json.dumps(sorted(seeds)),
-            now(),
-            summary.get("version"),
-            json.dumps(config),
-            json.dumps(summary, default=str),
-        )
-        conn = self._connect()
+        key = str(Path(run_dir).resolve())
+        row = {
+            "run_dir": key,
+            "name": summary.get("name"),
+            "method": summary.get("method"),
+            "model": summary.get("model"),
+            "tasks": json.dumps(summary.get("tasks")),
+            "seeds": json.dumps(sorted(seeds)),
+            "updated": now(),
+            "version": summary.get("version"),
+            "config": json.dumps(config),
+            "metrics": json.dumps(summary, default=str),
+        }
+        seed_rows = [
+            {"run_dir": key, "seed": int(s), "metrics": json.dumps(m, default=str)}
+            for s, m in seeds.items()
+        ]
+        engine = self._connect()
         try:
-            with conn:  # one transaction: the run and its seeds land together or not at all
-                conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-                conn.execute("DELETE FROM seed_runs WHERE run_dir = ?", (row[0],))
-                conn.executemany(
-                    "INSERT INTO seed_runs VALUES (?,?,?)",
-                    [(row[0], int(s), json.dumps(m, default=str)) for s, m in seeds.items()],
-                )
-        except sqlite3.Error as e:
-            raise ForgetlabError(f"cannot record run in {self.path}: {e}") from e
-        finally:
-            conn.close()
+            with engine.begin() as conn:  # one transaction: the run and its seeds, or nothing
+                conn.execute(RUNS.delete().where(RUNS.c.run_dir == key))
+                conn.execute(RUNS.insert(), [row])
+                conn.execute(SEED_RUNS.delete().where(SEED_RUNS.c.run_dir == key))
+                if seed_rows:
+                    conn.execute(SEED_RUNS.insert(), seed_rows)
+        except SQLAlchemyError as e:
+            raise ForgetlabError(
+                f"cannot record run in {display_url(self.target)}: {_first_line(e)}"
+            ) from e
 
     def runs(self) -> list[dict]:
-        if not self.path.exists():
+        if not self._exists():
             return []
-        conn = self._connect()
-        try:
-            cur = conn.execute(
-                "SELECT run_dir, name, method, model, tasks, updated, metrics FROM runs "
-                "ORDER BY updated"
-            )
-            return [
-                {
-                    "run_dir": r[0],
-                    "name": r[1],
-                    "method": r[2],
-                    "model": r[3],
-                    "tasks": json.loads(r[4]),
-                    "updated": r[5],
-                    "metrics": json.loads(r[6]),
-                }
-                for r in cur.fetchall()
-            ]
-        finally:
-            conn.close()
+        cols = [RUNS.c[c] for c in ("run_dir", "name", "method", "model", "tasks", "updated")]
+        query = sa.select(*cols, RUNS.c.metrics).order_by(RUNS.c.updated)
+        return [
+            {**{c.name: r[i] for i, c in enumerate(cols)}, "tasks": json.loads(r[4]),
+             "metrics": json.loads(r[6])}
+            for r in self._read(query)
+        ]  # fmt: skip
 
     def record_analysis(self, run_dir: Path, name: str, params: dict, result: dict) -> None:
         """One analysis of one run (its newest result replaces the older one)."""
-        row = (str(Path(run_dir).resolve()), name, json.dumps(params), now(), json.dumps(result))
-        conn = self._connect()
+        key = str(Path(run_dir).resolve())
+        row = {
+            "run_dir": key,
+            "name": name,
+            "params": json.dumps(params),
+            "updated": now(),
+            "result": json.dumps(result),
+        }
+        engine = self._connect()
         try:
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO analyses VALUES (?,?,?,?,?)", row)
-        except sqlite3.Error as e:
-            raise ForgetlabError(f"cannot record analysis in {self.path}: {e}") from e
-        finally:
-            conn.close()
+            with engine.begin() as conn:
+                match = (ANALYSES.c.run_dir == key) & (ANALYSES.c.name == name)
+                conn.execute(ANALYSES.delete().where(match))
+                conn.execute(ANALYSES.insert(), [row])
+        except SQLAlchemyError as e:
+            raise ForgetlabError(
+                f"cannot record analysis in {display_url(self.target)}: {_first_line(e)}"
+            ) from e
 
     def analyses(self, run_dir: Path | None = None) -> list[dict]:
-        if not self.path.exists():
+        if not self._exists():
             return []
-        conn = self._connect()
+        query = sa.select(ANALYSES).order_by(ANALYSES.c.updated)
+        if run_dir is not None:
+            query = query.where(ANALYSES.c.run_dir == str(Path(run_dir).resolve()))
+        return [
+            {"run_dir": r.run_dir, "name": r.name, "params": json.loads(r.params),
+             "updated": r.updated, "result": json.loads(r.result)}
+            for r in self._read(query)
+        ]  # fmt: skip
+
+    def _read(self, query: sa.Select) -> list[sa.Row]:
+        engine = self._connect()
         try:
-            query = "SELECT run_dir, name, params, updated, result FROM analyses"
-            args: tuple = ()
-            if run_dir is not None:
-                query += " WHERE run_dir = ?"
-                args = (str(Path(run_dir).resolve()),)
-            return [
-                {
-                    "run_dir": r[0],
-                    "name": r[1],
-                    "params": json.loads(r[2]),
-                    "updated": r[3],
-                    "result": json.loads(r[4]),
-                }
-                for r in conn.execute(query + " ORDER BY updated", args).fetchall()
-            ]
-        finally:
-            conn.close()
+            with engine.connect() as conn:
+                return list(conn.execute(query))
+        except SQLAlchemyError as e:
+            raise ForgetlabError(
+                f"cannot read results store {display_url(self.target)}: {_first_line(e)}"
+            ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    """SQLAlchemy's messages run to SQL text and a help link; the first line says why."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
