@@ -20,6 +20,7 @@ from forgetlab.api import (  # noqa: E402
     report,
     run,
     run_all,
+    sweep,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "report",
     "run",
     "run_all",
+    "sweep",
 ]

@@ -90,11 +90,37 @@ def load_run(run_dir: str | Path) -> dict:
 
 
 def compare(run_dirs: list[str | Path] | None = None, store: str | Path | None = None) -> str:
-    """A side-by-side table of finished runs, from their directories or from a results store."""
-    summaries = [load_run(d) for d in run_dirs or []]
+    """A side-by-side table of finished runs, from their directories (a sweep directory: all
+    its trials) or from a results store (a path or an SQLAlchemy URL)."""
+    summaries = [load_run(d) for d in _run_dirs(run_dirs or [])]
     if store is not None:
         summaries += [r["metrics"] for r in ResultsStore(store).runs()]
     return format_comparison(summaries)
+
+
+def _run_dirs(dirs: list[str | Path]) -> list[Path]:
+    """Run directories as given, a sweep directory replaced by its finished trials."""
+    from forgetlab.sweeps.result import trial_run_dirs
+
+    return [run for d in dirs for run in trial_run_dirs(d)]
+
+
+def sweep(
+    config: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    store: str | None = None,
+    resume: bool = False,
+):
+    """Every trial of a sweep config (a run config plus `sweep:`) on Optuna; returns a
+    `SweepResult`. See `forgetlab.sweeps.launch.run_sweep` and docs/sweeps.md."""
+    from forgetlab.sweeps.launch import run_sweep
+
+    return run_sweep(
+        config, overrides, workers=workers, storage=storage, store=store, resume=resume
+    )
 
 
 def analyze(
@@ -167,10 +193,11 @@ def lm_eval(
 
 
 def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
-    """One self-contained HTML page (figures inline, PNGs beside it) over finished runs."""
+    """One self-contained HTML page (figures inline, PNGs beside it) over finished runs (a
+    sweep directory: all its trials)."""
     from forgetlab.report.html import build_report
 
-    return build_report([Path(d) for d in run_dirs], Path(out), title=title)
+    return build_report(_run_dirs(run_dirs), Path(out), title=title)
 
 
 def list_methods() -> dict[str, str]:
@@ -189,4 +216,5 @@ __all__ = [
     "metrics_from_csv",
     "report",
     "run",
+    "sweep",
 ]

@@ -31,8 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-stage lines")
 
     c = sub.add_parser("compare", help="side-by-side table of finished runs")
-    c.add_argument("run_dirs", nargs="*", help="run directories")
-    c.add_argument("--store", help="also list every run recorded in this SQLite store")
+    c.add_argument("run_dirs", nargs="*", help="run directories (a sweep directory: its trials)")
+    c.add_argument(
+        "--store", help="also list every run of this results store (a path or SQLAlchemy URL)"
+    )
+
+    _sweep_parser(sub)
 
     m = sub.add_parser("metrics", help="continual-learning metrics of an accuracy matrix CSV")
     m.add_argument("csv", help="CSV: header stage,<task...>; rows base, stage1..stageT")
@@ -105,6 +109,39 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the adaptation methods")
     sub.add_parser("tasks", help="list the registered tasks")
     return p
+
+
+def _sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="many trials of one study on Optuna (methods × space × seeds)")
+    s.add_argument("config", help="a run config with a sweep: section")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, sweep.* ones too")
+    s.add_argument("--out", help="the sweep directory (same as output.dir=...)")
+    s.add_argument("--workers", type=int, default=1, help="trial processes on this machine")
+    s.add_argument("--storage", help="study storage URL shared by machines (default: SQLite file)")
+    s.add_argument("--store", help="results store (default: the --storage URL, or output.store)")
+    s.add_argument("--resume", action="store_true", help="continue the study: missing trials run")
+    s.add_argument("--quiet", action="store_true", help="no per-trial lines")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from forgetlab import api
+
+    overrides = [*args.overrides, "training.progress_bar=false"]
+    if args.out:
+        overrides.append(f"output.dir={args.out}")
+    _quiet_libraries()
+    _log_to_stderr(args.quiet)
+    result = api.sweep(
+        args.config,
+        overrides,
+        workers=args.workers,
+        storage=args.storage,
+        store=args.store,
+        resume=args.resume,
+    )
+    print(result.format())
+    print(f"\nsweep directory: {result.sweep_dir}  (forgetlab compare {result.sweep_dir})")
+    return 0
 
 
 def _analysis_common(p: argparse.ArgumentParser) -> None:
@@ -308,6 +345,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": _cmd_run,
     "compare": _cmd_compare,
+    "sweep": _cmd_sweep,
     "metrics": _cmd_metrics,
     "validate": _cmd_validate,
     "analyze": _cmd_analyze,

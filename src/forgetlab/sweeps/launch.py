@@ -1,0 +1,94 @@
+"""`forgetlab sweep`: open (or resume) the study, run its trials with N workers, collect.
+
+A sweep directory (output.dir):
+
+    <out>/sweep.yaml          the resolved sweep config (run config + sweep:)
+    <out>/optuna.sqlite       the study, unless --storage names another database
+    <out>/trials/<point>/     one ordinary run directory per trial (config.yaml, metrics.json,
+                              seed-<s>/ ...): a trial is one point with every seed of the sweep
+    <out>/sweep.json          every trial: point, state, objectives, run directory
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+
+from forgetlab.atomic import atomic_write_json, atomic_write_text
+from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.store import display_url, is_url
+from forgetlab.sweeps import study as studies
+from forgetlab.sweeps.result import SUMMARY_FILE, SWEEP_FILE, SweepResult, collect
+from forgetlab.sweeps.trial import SweepConfig, load_sweep_config
+from forgetlab.sweeps.workers import run_workers, work
+
+log = logging.getLogger("forgetlab")
+
+
+def run_sweep(
+    config: SweepConfig | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    store: str | None = None,
+    resume: bool = False,
+) -> SweepResult:
+    """Run every trial of a sweep config; see the module docstring for what it writes.
+
+    workers: trial processes on this machine (1: in this process, with its torch threads;
+    N > 1: N fresh processes with cores / N threads each). storage: an SQLAlchemy URL
+    shared by every machine of the sweep (default: an SQLite file in the sweep directory).
+    store: the results store (default: the storage URL when one is given, else
+    output.store). resume: continue the study; only missing trials run.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be a whole number >= 1, got {workers!r}")
+    if not isinstance(config, SweepConfig):
+        config = load_sweep_config(config, overrides)
+    elif overrides:
+        raise ConfigError("overrides apply to a config file, not to a loaded SweepConfig")
+    spec, points = config.spec, config.spec.grid()
+    out = config.out
+    sweep_file = out / SWEEP_FILE
+    if sweep_file.is_file() and not resume:
+        raise ForgetlabError(f"{out} already holds a sweep: use --resume to continue it")
+    url = storage or studies.default_storage(out)
+    if storage is not None and not is_url(storage):
+        raise ConfigError(f"--storage must be an SQLAlchemy URL (sqlite:///x.db, "
+                          f"postgresql+psycopg://...), got {storage!r}")  # fmt: skip
+    store = store or (storage if storage is not None else config.base.output.store)
+    out.mkdir(parents=True, exist_ok=True)
+    rdb = studies.open_storage(url, spec)
+    name = spec.study or config.base.name
+    mark = studies.fingerprint(spec, points, config.raw)
+    study = studies.open_study(rdb, name, spec, points, mark, resume)
+    atomic_write_text(sweep_file, yaml.safe_dump(config.to_raw(), sort_keys=False))
+    if resume and spec.sampler == "grid":
+        queued = studies.queue_failed_points(study, points)
+        if queued:
+            log.info("resume: %d failed point(s) queued again: %s", len(queued), ", ".join(queued))
+    size = f"{len(points)} points" if spec.sampler == "grid" else f"{spec.trials} trials"
+    log.info("sweep %r: %s, %d worker(s), storage %s", name, size, workers, display_url(url))
+    exits: list[int] = []
+    if workers == 1:
+        work(config, url, name, store)
+    else:
+        exits = run_workers(workers, sweep_file, url, name, store)
+        killed = [i for i, code in enumerate(exits) if code != 0]
+        if killed:
+            log.warning("worker(s) %s exited with %s", killed, [exits[i] for i in killed])
+    study = studies.load(rdb, name, spec, points)
+    result = SweepResult(
+        sweep_dir=out,
+        study=name,
+        storage=display_url(url),
+        objectives=spec.metrics,
+        directions=spec.directions,
+        trials=collect(study, points),
+        worker_exits=exits,
+    )
+    atomic_write_json(out / SUMMARY_FILE, result.to_dict())
+    return result

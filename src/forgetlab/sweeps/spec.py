@@ -1,0 +1,285 @@
+"""The `sweep:` section of a sweep config: its schema (dataclasses checked in __post_init__)
+and the grid it expands to.
+
+    sweep:
+      methods: [full, lora]          # or variants: [{name, overrides}]: the arms
+      space:                         # every arm; a list is a grid axis
+        training.lr: {log: [1.0e-5, 1.0e-2], per_decade: 4}
+        method.r: [8, 64]
+      per_method: {full: {training.lr: {log: [1.0e-6, 1.0e-3], per_decade: 4}, method.r: null}}
+      seeds: [1, 2]                  # every point runs every seed
+      objectives: [learning, forgetting]
+      sampler: grid                  # grid | random | tpe | nsga2; trials: N for all but grid
+      pruner: none                   # median | hyperband (one objective, or prune_on)
+
+A grid point is one arm plus one value per axis; `per_method` replaces, adds or (null)
+removes axes of that arm only, so the grid is the union over arms of each arm's own product.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgetlab.config import VariantConfig, from_dict
+from forgetlab.errors import ConfigError
+from forgetlab.metrics import CONTINUAL_METRIC_KEYS
+
+SAMPLERS = ("grid", "random", "tpe", "nsga2")
+PRUNERS = ("none", "median", "hyperband")
+# Higher is better for these; lower for every other objective.
+MAXIMIZE = ("acc", "initial_acc", "bwt", "fwt", "target_gain")
+OBJECTIVES = (*CONTINUAL_METRIC_KEYS, "target_gain", "source_loss")
+ALIASES = {"learning": "initial_acc", "forgetting": "avg_forgetting"}
+# Keys a point may not set: they are the sweep's own (where trials go, which seeds run).
+RESERVED = ("output.dir", "output.store", "seeds", "variants", "name")
+
+
+@dataclass
+class Axis:
+    """One swept key: a list of values, or a log range (grid: `per_decade` points per decade,
+    from `low` up to at most `high`; other samplers: log-uniform on [low, high])."""
+
+    key: str
+    values: list[Any] = field(default_factory=list)
+    low: float | None = None
+    high: float | None = None
+    per_decade: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.low is None:
+            if not self.values:
+                raise ConfigError(f"sweep.space.{self.key} is an empty list: the grid is empty")
+            bad = [v for v in self.values if not isinstance(v, str | int | float | bool)]
+            if bad:
+                raise ConfigError(f"sweep.space.{self.key}: {bad[0]!r} is not a plain value")
+            return
+        if not (self.low > 0 and self.high is not None and self.high > 0):
+            raise ConfigError(f"sweep.space.{self.key}: a log range needs low > 0 and high > 0")
+        if self.low >= self.high:
+            raise ConfigError(
+                f"sweep.space.{self.key}: log range low={self.low:g} must be below "
+                f"high={self.high:g}"
+            )
+        if self.per_decade is None or self.per_decade < 1:
+            raise ConfigError(f"sweep.space.{self.key}: per_decade must be a whole number >= 1")
+        steps = math.floor(math.log10(self.high / self.low) * self.per_decade + 1e-9)
+        # Three significant digits: 1.78e-05, not 1.7782794100389227e-05, in configs and names.
+        self.values = [
+            float(f"{self.low * 10 ** (k / self.per_decade):.3g}") for k in range(steps + 1)
+        ]
+
+    @property
+    def is_log(self) -> bool:
+        return self.low is not None
+
+
+def parse_axis(key: str, raw: Any) -> Axis:
+    if isinstance(raw, list):
+        return Axis(key, values=list(raw))
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"log", "per_decade"})
+        if unknown or "log" not in raw:
+            raise ConfigError(
+                f"sweep.space.{key}: unknown key {(unknown or ['(no log)'])[0]!r} "
+                "(a value list, or {log: [low, high], per_decade: N})"
+            )
+        bounds = raw["log"]
+        if not (isinstance(bounds, list) and len(bounds) == 2):
+            raise ConfigError(f"sweep.space.{key}.log must be [low, high], got {bounds!r}")
+        try:
+            low, high = (float(b) for b in bounds)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"sweep.space.{key}.log must be two numbers, got {bounds}") from e
+        per_decade = raw.get("per_decade", 4)
+        if not isinstance(per_decade, int) or isinstance(per_decade, bool):
+            raise ConfigError(f"sweep.space.{key}.per_decade must be a whole number")
+        return Axis(key, low=low, high=high, per_decade=per_decade)
+    raise ConfigError(
+        f"sweep.space.{key}={raw!r}: give a list of values or {{log: [low, high], per_decade: N}}"
+    )
+
+
+def parse_space(raw: Any, where: str, allow_drop: bool = False) -> dict[str, Axis | None]:
+    """Dotted key -> Axis; with `allow_drop` (an arm's own space) `key: null` removes a common
+    axis from that arm (e.g. method.r for full fine-tuning)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of dotted keys to values, got {raw!r}")
+    out = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"{where}: {key!r} is not a dotted config key")
+        if key in RESERVED or key.split(".")[0] == "sweep":
+            raise ConfigError(f"{where}.{key}: the sweep sets this key itself")
+        out[key] = None if value is None and allow_drop else parse_axis(key, value)
+    return out
+
+
+@dataclass
+class Point:
+    """One grid point (or one sampled trial): an arm plus one value per axis."""
+
+    index: int
+    arm: str
+    params: dict[str, Any]  # dotted key -> value
+    arm_overrides: list[str]
+
+    @property
+    def overrides(self) -> list[str]:
+        return [*self.arm_overrides, *(f"{k}={_yaml_value(v)}" for k, v in self.params.items())]
+
+    @property
+    def name(self) -> str:
+        """The trial's folder: number, arm, then each axis by its last key part."""
+        shorts = [k.split(".")[-1] for k in self.params]
+        parts = [
+            f"{k if shorts.count(k.split('.')[-1]) > 1 else k.split('.')[-1]}={_short(v)}"
+            for k, v in self.params.items()
+        ]
+        return "-".join([f"{self.index:03d}", self.arm, *parts]).replace("/", "_")
+
+    @property
+    def key(self) -> str:
+        """What identifies the point across trials, studies and runs."""
+        return "|".join([self.arm, *(f"{k}={v!r}" for k, v in self.params.items())])
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _yaml_value(v: Any) -> str:
+    # repr of a float is exact and YAML reads it back as the same float (1e-05 included,
+    # which parse_override reads as YAML: a float there too).
+    return repr(v) if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+@dataclass
+class SweepSpec:
+    methods: list[str] = field(default_factory=list)
+    variants: list[VariantConfig] = field(default_factory=list)
+    space: dict[str, Any] = field(default_factory=dict)
+    per_method: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] | None = None  # default: the config's own seeds
+    objectives: list[str] = field(default_factory=lambda: ["learning", "forgetting"])
+    sampler: str = "grid"
+    trials: int | None = None
+    pruner: str = "none"
+    prune_on: str | None = None  # the objective a pruner watches when there are two
+    study: str | None = None  # Optuna study name; default: the config's name
+    sampler_seed: int = 0
+    heartbeat_s: int = 10  # a killed worker's trial is failed and retried after 2× this
+    max_retry: int = 3
+
+    def __post_init__(self) -> None:
+        if self.methods and self.variants:
+            raise ConfigError("sweep: give methods or variants, not both")
+        arms = self.arm_names
+        if len(set(arms)) != len(arms):
+            raise ConfigError(f"sweep: arm names must be unique, got {arms}")
+        self.space = parse_space(self.space, "sweep.space")
+        unknown = sorted(set(self.per_method) - set(arms))
+        if unknown:
+            raise ConfigError(
+                f"sweep.per_method.{unknown[0]} is not an arm of this sweep "
+                f"(arms: {', '.join(arms)})"
+            )
+        self.per_method = {
+            arm: parse_space(s, f"sweep.per_method.{arm}", allow_drop=True)
+            for arm, s in self.per_method.items()
+        }
+        if self.methods and any(
+            "method.name" in s for s in (self.space, *self.per_method.values())
+        ):
+            raise ConfigError("sweep.space may not set method.name: list them in sweep.methods")
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError("sweep.seeds is empty: give at least one seed")
+        self._check_objectives()
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sweep.sampler={self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if self.sampler == "grid" and self.trials is not None:
+            raise ConfigError("sweep.trials is for random, tpe and nsga2: a grid runs every point")
+        if self.sampler != "grid" and (self.trials is None or self.trials < 1):
+            raise ConfigError(f"sweep.sampler={self.sampler} needs sweep.trials: N (N >= 1)")
+        if self.sampler != "grid" and not self.space and not any(self.per_method.values()):
+            raise ConfigError(f"sweep.sampler={self.sampler} needs a sweep.space to sample")
+        self._check_pruner()
+        if self.heartbeat_s < 1 or self.max_retry < 0:
+            raise ConfigError("sweep.heartbeat_s must be >= 1 and sweep.max_retry >= 0")
+
+    def _check_objectives(self) -> None:
+        if not self.objectives or len(self.objectives) > 2:
+            raise ConfigError("sweep.objectives: one or two of learning, forgetting, or metrics")
+        for name in self.objectives:
+            if ALIASES.get(name, name) not in OBJECTIVES:
+                raise ConfigError(
+                    f"sweep.objectives: {name!r} is not a metric (one of learning, forgetting, "
+                    f"{', '.join(OBJECTIVES)})"
+                )
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ConfigError(f"sweep.objectives name one metric twice: {self.objectives}")
+
+    def _check_pruner(self) -> None:
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"sweep.pruner={self.pruner!r} is not one of {', '.join(PRUNERS)}")
+        if self.pruner == "none":
+            if self.prune_on is not None:
+                raise ConfigError("sweep.prune_on is set but sweep.pruner is none")
+            return
+        if len(self.objectives) > 1 and self.prune_on is None:
+            raise ConfigError(
+                f"sweep.pruner={self.pruner} with two objectives: Optuna cannot prune a "
+                "multi-objective study; set sweep.prune_on to the one objective to prune on "
+                f"(one of {', '.join(self.objectives)}), or pruner: none"
+            )
+        if self.prune_on is not None and self.prune_on not in self.objectives:
+            raise ConfigError(
+                f"sweep.prune_on={self.prune_on!r} is not one of sweep.objectives "
+                f"({', '.join(self.objectives)})"
+            )
+
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives as metric names (learning -> initial_acc, ...)."""
+        return [ALIASES.get(name, name) for name in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize" if m in MAXIMIZE else "minimize" for m in self.metrics]
+
+    @property
+    def arm_names(self) -> list[str]:
+        return list(self.methods) or [v.name for v in self.variants]
+
+    def arm_overrides(self, arm: str | None) -> list[str]:
+        if arm is None:
+            return []
+        if self.methods:
+            return [f"method.name={arm}"]
+        return next(v.overrides for v in self.variants if v.name == arm)
+
+    def arm_space(self, arm: str | None) -> dict[str, Axis]:
+        """The common space with this arm's own axes replacing, adding or (null) removing."""
+        merged = {**self.space, **(self.per_method.get(arm, {}) if arm else {})}
+        return {k: a for k, a in merged.items() if a is not None}
+
+    def grid(self) -> list[Point]:
+        """Every point: for each arm (or the config as it is), the product of its axes."""
+        points: list[Point] = []
+        for arm in self.arm_names or [None]:
+            axes = self.arm_space(arm)
+            for values in itertools.product(*(a.values for a in axes.values())):
+                points.append(
+                    Point(len(points), arm or "base", dict(zip(axes, values)),
+                          self.arm_overrides(arm))
+                )  # fmt: skip
+        return points
+
+
+def parse_sweep(raw: Any) -> SweepSpec:
+    """The `sweep:` mapping -> SweepSpec; unknown keys and bad values raise one line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep must be a mapping (methods, space, seeds, ...), got {raw!r}")
+    return from_dict(SweepSpec, raw, "sweep")

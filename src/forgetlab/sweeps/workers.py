@@ -1,0 +1,186 @@
+"""Sweep workers: each pulls trials from one Optuna study until none is left.
+
+`--workers N` starts N fresh `python -m forgetlab.sweeps.workers` processes, each with
+cores / N torch threads and OMP_WAIT_POLICY=PASSIVE in its environment before torch loads
+(spin-waiting OpenMP threads of oversubscribed processes stall each other by an order of
+magnitude). Workers on other machines join the same study through a shared storage URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from forgetlab.errors import ForgetlabError
+from forgetlab.sweeps import study as studies
+from forgetlab.sweeps.spec import Point
+from forgetlab.sweeps.trial import (
+    SweepConfig,
+    load_sweep_config,
+    objective_values,
+    run_trial,
+    set_torch_threads,
+)
+
+log = logging.getLogger("forgetlab")
+
+
+class Objective:
+    """One trial: its point (the grid's next, or sampled), run as an ordinary run directory
+    under <sweep>/trials/, its objectives the seeds' means."""
+
+    def __init__(self, sweep: SweepConfig, store: str, points: list[Point]) -> None:
+        self.sweep, self.store, self.points = sweep, store, points
+        self.by_name = {p.name: p for p in points}
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        spec = self.sweep.spec
+        if spec.sampler == "grid":
+            point = self.by_name[trial.suggest_categorical("point", list(self.by_name))]
+            if self._taken(trial, point.name):
+                trial.set_user_attr("surplus", True)
+                raise optuna.TrialPruned(f"{point.name} is run by an earlier trial")
+            run_dir = self.sweep.out / "trials" / point.name
+        else:
+            point = self._sample(trial)
+            run_dir = Path(
+                trial.user_attrs.get("run_dir") or self.sweep.out / "trials" / point.name
+            )
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("overrides", point.overrides)
+        log.info("trial %d: %s", trial.number, point.name)
+        try:
+            summary = run_trial(self.sweep.point_config(point, run_dir, self.store))
+            values = objective_values(summary, spec.metrics)
+            missing = [m for m, v in zip(spec.metrics, values) if v is None]
+            if missing:
+                raise ForgetlabError(f"objective {missing[0]} is undefined for {run_dir}")
+        except ForgetlabError as e:
+            trial.set_user_attr("error", str(e))
+            log.error("trial %d (%s) failed: %s", trial.number, point.name, e)
+            raise
+        log.info(
+            "trial %d: %s  %s", trial.number, point.name,
+            "  ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, values)),
+        )  # fmt: skip
+        return values[0] if len(values) == 1 else values
+
+    def _taken(self, trial: optuna.Trial, name: str) -> bool:
+        """Another worker's earlier trial already runs (or ran) this point: a race at the end
+        of the grid, or a point queued twice. The earliest trial keeps the point."""
+        for other in trial.study.get_trials(deepcopy=False):
+            if (
+                other.number < trial.number
+                and other.state in (TrialState.RUNNING, TrialState.COMPLETE)
+                and not other.user_attrs.get("surplus")
+                and studies.point_name(other, self.points) == name
+            ):
+                return True
+        return False
+
+    def _sample(self, trial: optuna.Trial) -> Point:
+        spec = self.sweep.spec
+        arms = spec.arm_names
+        arm = trial.suggest_categorical("arm", arms) if len(arms) > 1 else (arms or [None])[0]
+        params = {}
+        for key, axis in spec.arm_space(arm).items():
+            name = key if spec.space.get(key) is axis else f"{arm}:{key}"
+            if axis.is_log:
+                params[key] = trial.suggest_float(name, axis.low, axis.high, log=True)
+            else:
+                params[key] = trial.suggest_categorical(name, axis.values)
+        return Point(trial.number, arm or "base", params, spec.arm_overrides(arm))
+
+
+def work(sweep: SweepConfig, url: str, study_name: str, store: str) -> int:
+    """Run trials of the study until every one is done; returns how many this worker ran."""
+    spec, points = sweep.spec, sweep.spec.grid()
+    studies.quiet_optuna()
+    study = studies.load(studies.open_storage(url, spec), study_name, spec, points)
+    objective = Objective(sweep, store, points)
+    ran = 0
+    while True:
+        step = studies.next_step(study, spec, points)
+        if step == "done":
+            return ran
+        if step == "wait":  # trials run elsewhere; a killed worker's is failed and queued
+            fail_stale_trials(study)
+            time.sleep(min(2.0, spec.heartbeat_s / 2))
+            continue
+        study.optimize(objective, n_trials=1, catch=(ForgetlabError,), gc_after_trial=False)
+        ran += 1
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FORGETLAB_TORCH_THREADS": str(threads),
+    }
+
+
+def run_workers(n: int, sweep_file: Path, url: str, study_name: str, store: str) -> list[int]:
+    """Start N worker processes, wait for all; their exit codes (negative: killed by that
+    signal). Ctrl-C stops them all (their trials are then resumed by --resume)."""
+    threads = max(1, cores() // n)
+    cmd = [sys.executable, "-m", "forgetlab.sweeps.workers", str(sweep_file),
+           "--storage", url, "--study", study_name, "--store", store]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=worker_env(threads)) for _ in range(n)]
+    try:
+        return [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m forgetlab.sweeps.workers")
+    p.add_argument("sweep_file", help="the sweep's resolved sweep.yaml")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--store", required=True)
+    args = p.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    threads = os.environ.get("FORGETLAB_TORCH_THREADS")
+    if threads:
+        set_torch_threads(int(threads))
+    try:
+        from forgetlab.sweeps.trial import quiet_libraries
+
+        quiet_libraries()
+        work(load_sweep_config(args.sweep_file), args.storage, args.study, args.store)
+    except ForgetlabError as e:
+        print(f"forgetlab: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
