@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +77,14 @@ class Axis:
         return self.low is not None
 
 
+# YAML 1.1 reads `1e-3` (no dot) as a string; such a value in a list is the number it shows.
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_axis(key: str, raw: Any) -> Axis:
     if isinstance(raw, list):
-        return Axis(key, values=list(raw))
+        values = [float(v) if isinstance(v, str) and _EXPONENT.fullmatch(v) else v for v in raw]
+        return Axis(key, values=values)
     if isinstance(raw, dict):
         unknown = sorted(set(raw) - {"log", "per_decade"})
         if unknown or "log" not in raw:

@@ -12,9 +12,11 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -58,6 +60,7 @@ class Objective:
             )
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("overrides", point.overrides)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         log.info("trial %d: %s", trial.number, point.name)
         try:
             summary = run_trial(self.sweep.point_config(point, run_dir, self.store))
@@ -114,7 +117,9 @@ def work(sweep: SweepConfig, url: str, study_name: str, store: str) -> int:
         if step == "done":
             return ran
         if step == "wait":  # trials run elsewhere; a killed worker's is failed and queued
-            fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
             time.sleep(min(2.0, spec.heartbeat_s / 2))
             continue
         study.optimize(objective, n_trials=1, catch=(ForgetlabError,), gc_after_trial=False)
