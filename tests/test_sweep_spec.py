@@ -161,3 +161,11 @@ def test_a_study_reused_is_refused_without_resume_and_with_another_space(tmp_pat
 def test_resume_without_a_study_says_so(tmp_path):
     with pytest.raises(ForgetlabError, match=r"cannot resume: no study 's'"):
         run_sweep(load_sweep_config(raw=sweep_raw(tmp_path)), resume=True)
+
+
+def test_each_worker_process_gets_its_share_of_threads_and_a_passive_wait_policy():
+    from forgetlab.sweeps.workers import worker_env
+
+    env = worker_env(3)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["FORGETLAB_TORCH_THREADS"] == "3"

@@ -149,6 +149,12 @@ def set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def quiet_libraries() -> None:
     """Weight-loading bars and deprecation chatter of transformers hide the workers' lines."""
     import warnings

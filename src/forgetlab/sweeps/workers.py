@@ -32,6 +32,7 @@ from forgetlab.sweeps.trial import (
     objective_values,
     run_trial,
     set_torch_threads,
+    torch_threads,
 )
 
 log = logging.getLogger("forgetlab")
@@ -61,6 +62,7 @@ class Objective:
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("overrides", point.overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("torch_threads", torch_threads())
         log.info("trial %d: %s", trial.number, point.name)
         try:
             summary = run_trial(self.sweep.point_config(point, run_dir, self.store))
