@@ -88,6 +88,8 @@ def test_variants_are_arms_and_a_yaml11_exponent_is_a_number(tmp_path):
         ({"objectives": ["accuracy"]}, r"'accuracy' is not a metric"),
         ({"objectives": ["source_loss"]}, r"source_loss needs probes"),
         ({"pruner": "median"}, r"Optuna cannot prune a multi-objective study.*prune_on"),
+        ({"pruner": "median", "prune_on": "bwt"}, r"prune_on='bwt' is not one of"),
+        ({"pruner": "hyperband", "prune_on": "learning"}, r"pruning is not available yet"),
         ({"sampler": "tpe"}, r"needs sweep\.trials"),
         ({"per_method": {"dora": {}}}, r"per_method\.dora is not an arm"),
         ({"bogus": 1}, r"unknown key sweep\.bogus"),

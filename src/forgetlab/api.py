@@ -113,13 +113,20 @@ def sweep(
     storage: str | None = None,
     store: str | None = None,
     resume: bool = False,
+    quiet: bool = False,
 ):
     """Every trial of a sweep config (a run config plus `sweep:`) on Optuna; returns a
     `SweepResult`. See `forgetlab.sweeps.launch.run_sweep` and docs/sweeps.md."""
     from forgetlab.sweeps.launch import run_sweep
 
     return run_sweep(
-        config, overrides, workers=workers, storage=storage, store=store, resume=resume
+        config,
+        overrides,
+        workers=workers,
+        storage=storage,
+        store=store,
+        resume=resume,
+        quiet=quiet,
     )
 
 

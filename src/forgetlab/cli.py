@@ -138,6 +138,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         storage=args.storage,
         store=args.store,
         resume=args.resume,
+        quiet=args.quiet,
     )
     print(result.format())
     print(f"\nsweep directory: {result.sweep_dir}  (forgetlab compare {result.sweep_dir})")

@@ -35,6 +35,7 @@ def run_sweep(
     storage: str | None = None,
     store: str | None = None,
     resume: bool = False,
+    quiet: bool = False,
 ) -> SweepResult:
     """Run every trial of a sweep config; see the module docstring for what it writes.
 
@@ -42,7 +43,8 @@ def run_sweep(
     N > 1: N fresh processes with cores / N threads each). storage: an SQLAlchemy URL
     shared by every machine of the sweep (default: an SQLite file in the sweep directory).
     store: the results store (default: the storage URL when one is given, else
-    output.store). resume: continue the study; only missing trials run.
+    output.store). resume: continue the study; only missing trials run. quiet: worker
+    processes print errors only.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be a whole number >= 1, got {workers!r}")
@@ -76,7 +78,7 @@ def run_sweep(
     if workers == 1:
         work(config, url, name, store)
     else:
-        exits = run_workers(workers, sweep_file, url, name, store)
+        exits = run_workers(workers, sweep_file, url, name, store, quiet=quiet)
         killed = [i for i, code in enumerate(exits) if code != 0]
         if killed:
             log.warning("worker(s) %s exited with %s", killed, [exits[i] for i in killed])

@@ -1,4 +1,4 @@
-"""The Optuna side of a sweep: storage, sampler, pruner, the study and what its trials say.
+"""The Optuna side of a sweep: storage, sampler, the study and what its trials say.
 
 Grid sweeps are one study over (arm, point) combinations: the grid is an explicit search
 space of one categorical parameter, `point`, whose values are the points' names, given to
@@ -61,14 +61,6 @@ def make_sampler(spec: SweepSpec, points: list[Point]) -> optuna.samplers.BaseSa
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2)
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.NopPruner()
-
-
 def fingerprint(spec: SweepSpec, points: list[Point], base: dict) -> dict[str, Any]:
     """What makes two sweeps the same study: the points (or sampled space), the seeds, the
     objectives, and the run config they share (less where it is written)."""
@@ -120,7 +112,7 @@ def open_study(
         )
     if not exists and resume:
         raise ForgetlabError(f"cannot resume: no study {name!r} in {where}")
-    kwargs = {"sampler": make_sampler(spec, points), "pruner": make_pruner(spec)}
+    kwargs = {"sampler": make_sampler(spec, points)}
     if not exists:
         study = optuna.create_study(
             storage=storage, study_name=name, directions=spec.directions, load_if_exists=True,
@@ -143,10 +135,7 @@ def open_study(
 
 def load(storage: RDBStorage, name: str, spec: SweepSpec, points: list[Point]) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(
-        storage=storage, study_name=name, sampler=make_sampler(spec, points),
-        pruner=make_pruner(spec),
-    )  # fmt: skip
+    return optuna.load_study(storage=storage, study_name=name, sampler=make_sampler(spec, points))
 
 
 def point_name(trial: FrozenTrial, points: list[Point]) -> str | None:

@@ -35,7 +35,8 @@ from forgetlab.sweeps.trial import (
     torch_threads,
 )
 
-log = logging.getLogger("forgetlab")
+# A worker prints only its trials' lines; each trial's own progress goes to its run.log.
+log = logging.getLogger("forgetlab.sweep")
 
 
 class Objective:
@@ -146,12 +147,16 @@ def worker_env(threads: int) -> dict[str, str]:
     }
 
 
-def run_workers(n: int, sweep_file: Path, url: str, study_name: str, store: str) -> list[int]:
+def run_workers(
+    n: int, sweep_file: Path, url: str, study_name: str, store: str, quiet: bool = False
+) -> list[int]:
     """Start N worker processes, wait for all; their exit codes (negative: killed by that
     signal). Ctrl-C stops them all (their trials are then resumed by --resume)."""
     threads = max(1, cores() // n)
     cmd = [sys.executable, "-m", "forgetlab.sweeps.workers", str(sweep_file),
            "--storage", url, "--study", study_name, "--store", store]  # fmt: skip
+    if quiet:
+        cmd.append("--quiet")
     procs = [subprocess.Popen(cmd, env=worker_env(threads)) for _ in range(n)]
     try:
         return [p.wait() for p in procs]
@@ -170,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", required=True)
     p.add_argument("--study", required=True)
     p.add_argument("--store", required=True)
+    p.add_argument("--quiet", action="store_true", help="errors only")
     args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.ERROR if args.quiet else logging.INFO)
+    log.propagate = False
     threads = os.environ.get("FORGETLAB_TORCH_THREADS")
     if threads:
         set_torch_threads(int(threads))
