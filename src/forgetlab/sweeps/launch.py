@@ -22,7 +22,7 @@ from forgetlab.store import display_url, is_url
 from forgetlab.sweeps import study as studies
 from forgetlab.sweeps.result import SUMMARY_FILE, SWEEP_FILE, SweepResult, collect
 from forgetlab.sweeps.trial import SweepConfig, load_sweep_config
-from forgetlab.sweeps.workers import run_workers, work
+from forgetlab.sweeps.workers import run_workers
 
 log = logging.getLogger("forgetlab")
 
@@ -39,8 +39,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run every trial of a sweep config; see the module docstring for what it writes.
 
-    workers: trial processes on this machine (1: in this process, with its torch threads;
-    N > 1: N fresh processes with cores / N threads each). storage: an SQLAlchemy URL
+    workers: trial processes on this machine (fresh processes with cores / N torch threads
+    each and a passive OpenMP wait policy). storage: an SQLAlchemy URL
     shared by every machine of the sweep (default: an SQLite file in the sweep directory).
     store: the results store (default: the storage URL when one is given, else
     output.store). resume: continue the study; only missing trials run. quiet: worker
@@ -74,14 +74,12 @@ def run_sweep(
             log.info("resume: %d failed point(s) queued again: %s", len(queued), ", ".join(queued))
     size = f"{len(points)} points" if spec.sampler == "grid" else f"{spec.trials} trials"
     log.info("sweep %r: %s, %d worker(s), storage %s", name, size, workers, display_url(url))
-    exits: list[int] = []
-    if workers == 1:
-        work(config, url, name, store)
-    else:
-        exits = run_workers(workers, sweep_file, url, name, store, quiet=quiet)
-        killed = [i for i, code in enumerate(exits) if code != 0]
-        if killed:
-            log.warning("worker(s) %s exited with %s", killed, [exits[i] for i in killed])
+    # Always fresh processes, --workers 1 too: torch may already be loaded here with threads
+    # that spin-wait (on a busy machine a 1-worker sweep in this process ran 4x slower).
+    exits = run_workers(workers, sweep_file, url, name, store, quiet=quiet)
+    failed = [i for i, code in enumerate(exits) if code != 0]
+    if failed:
+        log.warning("worker(s) %s exited with %s", failed, [exits[i] for i in failed])
     study = studies.load(rdb, name, spec, points)
     result = SweepResult(
         sweep_dir=out,

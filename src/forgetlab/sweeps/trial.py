@@ -100,11 +100,16 @@ def load_sweep_config(
 
 def _override_space(sweep: dict[str, Any], text: str) -> None:
     """`sweep.space.training.lr=[1e-4]` sets the axis `training.lr` (its name has dots, which
-    the plain overrides would read as nesting); `sweep.per_method.<arm>.<key>=...` likewise."""
+    the plain overrides would read as nesting); `sweep.per_method.<arm>.<key>=...` likewise,
+    and `sweep.per_method.<arm>=null` drops an arm's own space."""
     (_, section, *rest), value = parse_override(text)
     if section == "per_method":
-        if len(rest) < 2:
+        if not rest:
             raise ConfigError(f"override {text!r} must look like sweep.per_method.ARM.key=value")
+        if len(rest) == 1:  # a whole arm's space; null removes it
+            arms = sweep.setdefault("per_method", {})
+            arms.pop(rest[0], None) if value is None else arms.__setitem__(rest[0], value)
+            return
         arm, rest = rest[0], rest[1:]
         target = sweep.setdefault("per_method", {}).setdefault(arm, {})
     else:
