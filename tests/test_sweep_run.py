@@ -130,3 +130,18 @@ def test_kill_9_then_resume_runs_only_the_missing_trials(finished, tmp_path):
         a = json.loads((run_dir / "metrics.json").read_text())["accuracy_matrix"]
         b = json.loads((finished.sweep_dir / "trials" / run_dir.name / "metrics.json").read_text())
         assert a == b["accuracy_matrix"]
+
+
+def test_a_random_sampler_draws_log_uniform_rates_into_run_directories(tmp_path):
+    out = tmp_path / "random"
+    raw = tiny_sweep(out)
+    raw["sweep"] = {"space": {"training.lr": {"log": [1.0e-4, 1.0e-2]}}, "sampler": "random",
+                    "trials": 2, "seeds": [1], "objectives": ["learning"]}  # fmt: skip
+    result = run_sweep(_write(out, raw))
+    assert len(result.complete) == 2 and len(result.trials) == 2
+    for trial in result.complete:
+        lr = trial.params["training.lr"]
+        assert 1e-4 <= lr <= 1e-2
+        config = yaml.safe_load((Path(trial.run_dir) / "config.yaml").read_text())
+        assert config["training"]["lr"] == lr and config["seeds"] == [1]
+    assert len({t.params["training.lr"] for t in result.complete}) == 2

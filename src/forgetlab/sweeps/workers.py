@@ -57,9 +57,9 @@ class Objective:
             run_dir = self.sweep.out / "trials" / point.name
         else:
             point = self._sample(trial)
-            run_dir = Path(
-                trial.user_attrs.get("run_dir") or self.sweep.out / "trials" / point.name
-            )
+            # A retry keeps its folder's name (on another machine: under that one's output.dir).
+            name = Path(trial.user_attrs.get("run_dir") or point.name).name
+            run_dir = self.sweep.out / "trials" / name
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("overrides", point.overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
