@@ -27,6 +27,7 @@ from forgetlab.sweeps.launch import run_sweep
 from forgetlab.sweeps.trial import load_sweep_config
 from forgetlab.sweeps.workers import cores
 from tests.conftest import needs_data
+from tests.test_sweep_run import tiny_sweep
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,18 +82,12 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _sweep_raw(out: Path, lrs: list[float], heartbeat: int = 1) -> dict:
-    return {
-        "name": out.name,
-        "tasks": ["rte", "sst2"],
-        "model": {"max_length": 32},
-        "data": {"max_train_examples": 16, "max_eval_examples": 16},
-        "method": {"name": "lora"},
-        "training": {"epochs": 1, "batch_size": 8, "max_steps": 2, "progress_bar": False},
-        "output": {"dir": str(out), "store": str(out.parent / "store.sqlite"),
-                   "checkpoints": "last"},
-        "sweep": {"space": {"training.lr": lrs}, "seeds": [1], "heartbeat_s": heartbeat},
-    }  # fmt: skip
+def _sweep_raw(out: Path, lrs: list[float]) -> dict:
+    """The tiny sweep of test_sweep_run, named after its folder, over these rates, 1 seed."""
+    raw = tiny_sweep(out)
+    raw["name"] = out.name
+    raw["sweep"].update(space={"training.lr": lrs}, seeds=[1])
+    return raw
 
 
 # --- a worker whose trials take 2 s and train nothing: the coordination under test is Optuna's
@@ -118,8 +113,7 @@ def _fake_worker(sweep_file: str, url: str, study_name: str) -> None:
 def test_four_workers_share_one_study_and_a_killed_workers_trial_is_retried(postgres_url, tmp_path):
     lrs = [round(1e-4 * (k + 1), 6) for k in range(10)]
     out = tmp_path / "shared"
-    sweep = load_sweep_config(raw={**_sweep_raw(out, lrs), "sweep": {
-        "space": {"training.lr": lrs}, "seeds": [1], "heartbeat_s": 1}})  # fmt: skip
+    sweep = load_sweep_config(raw=_sweep_raw(out, lrs))
     points = sweep.spec.grid()
     rdb = studies.open_storage(postgres_url, sweep.spec)
     mark = studies.fingerprint(sweep.spec, points, sweep.raw)
