@@ -145,3 +145,33 @@ def test_a_random_sampler_draws_log_uniform_rates_into_run_directories(tmp_path)
         config = yaml.safe_load((Path(trial.run_dir) / "config.yaml").read_text())
         assert config["training"]["lr"] == lr and config["seeds"] == [1]
     assert len({t.params["training.lr"] for t in result.complete}) == 2
+
+
+def test_cli_dry_run_lists_the_shipped_grid_without_running(capsys):
+    from forgetlab.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["sweep", str(root / "configs" / "lr_matters.yaml"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "35 points (grid), each with seeds [1, 2]"
+    assert lines[0] == "000-full-lr=1e-05  method.name=full training.lr=1e-05"
+
+
+def test_a_failing_trial_is_recorded_with_its_error_and_resume_queues_it_again(tmp_path, capsys):
+    from forgetlab.cli import main
+
+    out = tmp_path / "broken"
+    raw = tiny_sweep(out)
+    missing = str(tmp_path / "absent.csv")
+    raw["tasks"] = ["rte", {"name": "mine", "type": "file", "train": missing, "eval": missing}]
+    raw["sweep"]["space"] = {"training.lr": [1.0e-3]}
+    config = str(_write(out, raw))
+    assert main(["sweep", config, "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "1 trial(s) did not complete" in captured.err
+    (trial,) = json.loads((out / "sweep.json").read_text())["trials"]
+    assert trial["state"] == "FAIL" and "absent.csv" in trial["error"]
+    assert main(["sweep", config, "--quiet", "--resume"]) == 1  # queued again, fails again
+    trials = json.loads((out / "sweep.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
+    assert trials[0]["point"] == trials[1]["point"]

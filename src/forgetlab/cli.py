@@ -121,6 +121,7 @@ def _sweep_parser(sub) -> None:
     s.add_argument("--store", help="results store (default: the --storage URL, or output.store)")
     s.add_argument("--resume", action="store_true", help="continue the study: missing trials run")
     s.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    s.add_argument("--dry-run", action="store_true", help="list the points (grid), run nothing")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -129,6 +130,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, "training.progress_bar=false"]
     if args.out:
         overrides.append(f"output.dir={args.out}")
+    if args.dry_run:
+        from forgetlab.sweeps.trial import load_sweep_config
+
+        spec = load_sweep_config(args.config, overrides).spec  # every point checked
+        for point in spec.grid() if spec.sampler == "grid" else []:
+            print(f"{point.name}  {' '.join(point.overrides)}")
+        for arm in spec.arm_names if spec.sampler != "grid" else []:
+            print(f"{arm}: " + ", ".join(a.describe() for a in spec.arm_space(arm).values()))
+        seeds = "the config's seeds" if spec.seeds is None else f"seeds {spec.seeds}"
+        size = f"{len(spec.grid())} points" if spec.sampler == "grid" else f"{spec.trials} trials"
+        print(f"{size} ({spec.sampler}), each with {seeds}")
+        return 0
     _quiet_libraries()
     _log_to_stderr(args.quiet)
     result = api.sweep(
@@ -142,6 +155,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     print(result.format())
     print(f"\nsweep directory: {result.sweep_dir}  (forgetlab compare {result.sweep_dir})")
+    if result.missing:
+        print(
+            f"forgetlab: error: {result.missing} trial(s) did not complete (see the errors "
+            "above); --resume runs them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

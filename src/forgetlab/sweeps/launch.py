@@ -89,6 +89,7 @@ def run_sweep(
         directions=spec.directions,
         trials=collect(study, points),
         worker_exits=exits,
+        expected=len(points) if spec.sampler == "grid" else spec.trials,
     )
     atomic_write_json(out / SUMMARY_FILE, result.to_dict())
     return result

@@ -38,10 +38,16 @@ class SweepResult:
     directions: list[str]
     trials: list[TrialRecord] = field(default_factory=list)
     worker_exits: list[int] = field(default_factory=list)
+    expected: int = 0  # trials the sweep asks for: its grid points, or sweep.trials
 
     @property
     def complete(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.state == "COMPLETE"]
+
+    @property
+    def missing(self) -> int:
+        """Trials still to run (failed, or never started): what --resume would run."""
+        return max(0, self.expected - len(self.complete))
 
     @property
     def run_dirs(self) -> list[Path]:
@@ -57,7 +63,7 @@ class SweepResult:
         name_w = max([5, *(len(t.point or "") for t in self.trials)]) + 2
         heads = "".join(f"{m:>16}" for m in self.objectives)
         lines = [
-            f"sweep {self.study!r}: {len(self.complete)} of {len(self.trials)} trials complete "
+            f"sweep {self.study!r}: {len(self.complete)} of {self.expected} trials complete "
             f"(storage {self.storage})",
             "",
             f"{'trial':>6}  {'point':<{name_w}}{'state':<10}{heads}  front",

@@ -76,6 +76,12 @@ class Axis:
     def is_log(self) -> bool:
         return self.low is not None
 
+    def describe(self) -> str:
+        """As a sampler (not the grid) sees it."""
+        if self.is_log:
+            return f"{self.key} log-uniform in [{self.low:g}, {self.high:g}]"
+        return f"{self.key} one of {self.values}"
+
 
 # YAML 1.1 reads `1e-3` (no dot) as a string; such a value in a list is the number it shows.
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
