@@ -63,7 +63,7 @@ def display_url(url: str) -> str:
 
 class ResultsStore:
     """The index of runs: an SQLite file (a path) or any SQLAlchemy URL. Safe to share
-    between processes; each method is one transaction."""
+    between concurrent processes; each method is one transaction."""
 
     def __init__(self, target: str | Path) -> None:
         self.target = str(target)
@@ -82,8 +82,13 @@ class ResultsStore:
         try:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            # NullPool for SQLite: no file handle outlives a call (sequential processes share it).
-            kwargs = {"poolclass": NullPool} if self.url.startswith("sqlite") else {}
+            # SQLite: no file handle outlives a call (NullPool), and a writer waits up to 30 s
+            # for another one (sweep workers record their runs into one file).
+            kwargs = (
+                {"poolclass": NullPool, "connect_args": {"timeout": 30}}
+                if self.url.startswith("sqlite")
+                else {}
+            )
             engine = sa.create_engine(self.url, **kwargs)
             _META.create_all(engine)
         except (OSError, ArgumentError, SQLAlchemyError, ImportError) as e:
