@@ -29,7 +29,6 @@ import torch
 import transformers
 from common import interleave, load_average, machine, quiet, spread
 
-from forgetlab.api import load_config
 from forgetlab.config import Config
 from forgetlab.kinds import KINDS
 from forgetlab.kinds.lm import LMSplit
@@ -37,8 +36,10 @@ from forgetlab.kinds.lm_text import IGNORE
 from forgetlab.methods import get_method, method_config
 from forgetlab.methods.base import count_parameters
 from forgetlab.models.loading import load_tokenizer, resolve_model_path
-from forgetlab.runner import PreparedTask, build_model, prepare_tasks
-from forgetlab.train import make_accelerator, stage_seed, train_stage
+from forgetlab.recipe.build import build_model
+from forgetlab.recipe.prepare import PreparedTask, prepare_tasks
+from forgetlab.recipe.train import make_accelerator, stage_seed, train_stage
+from forgetlab.resolve import load_config
 
 MODEL = "packaged:smollm2"
 ATTN = "eager"  # forgetlab's default (model.attn_implementation); the Trainer side gets it too

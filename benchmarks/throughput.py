@@ -27,13 +27,14 @@ import torch
 import transformers
 from common import interleave, machine, quiet, spread
 
-from forgetlab.api import load_config
 from forgetlab.config import Config
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import get_method, method_config
 from forgetlab.models.loading import load_tokenizer, resolve_model_path
-from forgetlab.runner import PreparedTask, build_model, prepare_tasks
-from forgetlab.train import make_accelerator, stage_seed, train_stage
+from forgetlab.recipe.build import build_model
+from forgetlab.recipe.prepare import PreparedTask, prepare_tasks
+from forgetlab.recipe.train import make_accelerator, stage_seed, train_stage
+from forgetlab.resolve import load_config
 
 BATCH_SIZE = 16
 WEIGHT_DECAY = 0.01

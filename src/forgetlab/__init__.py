@@ -7,9 +7,7 @@ what it forgets.
     print(forgetlab.format_run(result.metrics))
 """
 
-__version__ = "0.1.0"
-
-from forgetlab.api import (  # noqa: E402
+from forgetlab.api import (
     analyze,
     compare,
     format_run,
@@ -21,6 +19,7 @@ from forgetlab.api import (  # noqa: E402
     run,
     run_all,
 )
+from forgetlab.version import __version__
 
 __all__ = [
     "__version__",

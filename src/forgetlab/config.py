@@ -403,7 +403,7 @@ def load_raw(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(raw: dict[str, Any]) -> Config:
-    """Validate the sections this module owns; `forgetlab.api.load_config` adds the
+    """Validate the sections this module owns; `forgetlab.resolve.load_config` adds the
     method's own keys (kept out of here so that config never imports the methods)."""
     return from_dict(Config, raw)
 

@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
-import forgetlab
 from forgetlab.analyses.runs import OpenRun, open_config, open_run
 from forgetlab.atomic import atomic_write_json, read_json
 from forgetlab.config import Config
 from forgetlab.errors import ForgetlabError
 from forgetlab.store import ResultsStore
+from forgetlab.version import __version__
 
 log = logging.getLogger("forgetlab")
 
@@ -36,7 +36,7 @@ def _cached(path: Path, params: dict, seed: int) -> dict | None:
         return None
     data = read_json(path)
     same = data.get("params") == params and data.get("seed") == seed
-    return data if same and data.get("version") == forgetlab.__version__ else None
+    return data if same and data.get("version") == __version__ else None
 
 
 def _run_one(
@@ -50,7 +50,7 @@ def _run_one(
     log.info("%s: computing for seed %d", name, seed)
     result = {
         "analysis": module.NAME,
-        "version": forgetlab.__version__,
+        "version": __version__,
         "params": params,
         **module.compute(run, seed, params),
     }
@@ -124,7 +124,7 @@ def hessian(
         curvature.check(run, seed, params)
         return {
             "analysis": "hessian",
-            "version": forgetlab.__version__,
+            "version": __version__,
             "params": params,
             **curvature.compute(run, seed, params),
         }

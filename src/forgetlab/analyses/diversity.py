@@ -18,7 +18,7 @@ import random
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds.generation import diversity, generate
-from forgetlab.prepare import PreparedTask
+from forgetlab.recipe.prepare import PreparedTask
 from forgetlab.tasks.base import InstructionExample
 
 NAME = "diversity"

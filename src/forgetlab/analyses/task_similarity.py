@@ -24,7 +24,7 @@ from forgetlab.analyses.runs import OpenRun
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.models import CausalTaskModel, TaskModel
-from forgetlab.probe import fit_probe_head
+from forgetlab.recipe.probe_head import fit_probe_head
 
 NAME = "similarity"
 # probe_examples: training examples each task's linear probe is fitted on (features of all

@@ -1,5 +1,7 @@
-"""Tasks, ready to train and score: loaded, subsampled with a fixed seed (the same for every
-training seed) and encoded by their kind."""
+"""Prepare: the run's tasks, ready to train and score — loaded, subsampled with a fixed seed
+(the same for every training seed) and encoded by their kind. The sequence's tasks, the
+source tasks and the probes of one run are prepared together by `prepare_run`, which both the
+run and the analyses of a finished run call, so both see the same examples."""
 
 from __future__ import annotations
 
@@ -27,6 +29,43 @@ class PreparedTask:
     train: object  # the kind's encoded split (EncodedSplit, LMSplit, MCSplit, ...)
     eval: object
     majority: float | None  # the floor of the learned test: majority class, chance, or None
+
+
+@dataclass
+class RunTasks:
+    """Every task a run touches: the sequence it trains on, the source tasks (never trained:
+    a linear-probe head on the pretrained features, for the regularisers) and the probes
+    (never trained: scored after every stage)."""
+
+    tasks: list[PreparedTask]
+    sources: list[PreparedTask]
+    probes: list[PreparedTask]
+
+    @property
+    def scored(self) -> list[PreparedTask]:
+        """What every row of the score matrix scores: the sequence's tasks, then the probes."""
+        return [*self.tasks, *self.probes]
+
+    @property
+    def probe_heads(self) -> list[PreparedTask]:
+        """The tasks that get a fixed linear-probe head (saved in every checkpoint): the
+        source tasks and the classification probes."""
+        return [*self.sources, *[p for p in self.probes if p.kind == "classification"]]
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def prepare_run(config: Config, tokenizer) -> RunTasks:
+    """The sequence's tasks, the source tasks and the probes of `config`. Each group
+    subsamples with its own seeds (offsets past the sequence's indices), so adding a probe
+    never changes the sequence's examples."""
+    return RunTasks(
+        tasks=prepare_tasks(config, tokenizer),
+        sources=prepare_tasks(config, tokenizer, config.source_tasks, offset=100),
+        probes=prepare_tasks(config, tokenizer, config.probes, offset=200, trained=False),
+    )
 
 
 def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:

@@ -1,6 +1,7 @@
-"""The model a run trains: the pretrained backbone (encoder + heads, or a causal LM), prepared
-by the method — deterministic given the seed, since --resume and the analyses build it again
-and load a stage checkpoint onto it — and those checkpoints."""
+"""Build: the model a run trains — the pretrained backbone (encoder + heads, or a causal LM),
+prepared by the method — and its stage checkpoints. Deterministic given the seed, since
+--resume and the analyses of a finished run build it again (through `build_run_model`, the
+one way to build a run's model) and load a stage checkpoint onto it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from forgetlab.atomic import atomic_dir
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
-from forgetlab.methods import Method, MethodConfig
+from forgetlab.methods import Method, MethodConfig, get_method, method_config
 from forgetlab.methods.base import Calibration, load_heads, sample_calibration, save_heads
 from forgetlab.models import (
     CausalTaskModel,
@@ -22,13 +23,32 @@ from forgetlab.models import (
     load_causal_backbone,
     model_type,
 )
-from forgetlab.prepare import PreparedTask
-from forgetlab.probe import fit_probe_head
+from forgetlab.recipe.prepare import PreparedTask, RunTasks
+from forgetlab.recipe.probe_head import fit_probe_head
 from forgetlab.regularizers import Regularizer
 from forgetlab.regularizers.base import STATE_FILE as REG_STATE_FILE
 from forgetlab.regularizers.base import load_regularizer_state, save_regularizer_state
 
 log = logging.getLogger("forgetlab")
+
+
+def build_run_model(
+    config: Config, run_tasks: RunTasks, seed: int, *, pad_id: int, device: torch.device | str
+) -> TaskModel:
+    """The model of `config`'s run for `seed`, before any training: what the run trains and
+    what a stage checkpoint of it loads onto (resume, analyses). Every task of the sequence
+    gets a head; the source tasks and classification probes get their fixed probe heads."""
+    method = get_method(config.method["name"])
+    return build_model(
+        config,
+        run_tasks.tasks,
+        method,
+        method_config(config.method),
+        seed,
+        pad_id=pad_id,
+        device=device,
+        sources=run_tasks.probe_heads,
+    )
 
 
 def build_model(
@@ -74,9 +94,6 @@ def build_model(
     for t in sources:  # probes are the fixed pretrained read-out: never trained or counted
         model.heads[t.name].requires_grad_(False)
     return model
-
-
-# Scores that are fractions in [0, 1] (a matrix of only these is range-checked).
 
 
 ENCODER_TARGETS = ["query", "value"]  # the LoRA-family default: BERT's attention names
@@ -140,10 +157,6 @@ def calibration(
         pad_id=pad_id,
         device=device,
     )
-
-
-def stage_dir(seed_dir: Path, stage: int, task: str) -> Path:
-    return seed_dir / "checkpoints" / f"stage-{stage}-{task}"
 
 
 def save_checkpoint(
