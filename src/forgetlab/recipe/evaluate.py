@@ -6,7 +6,7 @@ match, pass@1)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 
 from forgetlab.config import Config
 from forgetlab.kinds import KINDS, EvalContext
@@ -46,36 +46,37 @@ def eval_interval(every: float | None, total_steps: int) -> int | None:
     return int(every) if every >= 1 else max(1, round(every * total_steps))
 
 
-def curve_hook(
-    config: Config,
-    state: dict,
-    stage: int,
-    model,
-    scored: list[PreparedTask],
-    accelerator,
-    pad_id: int,
-    tokenizer,
-) -> Callable[[int, int], None] | None:
+class CurveHook:
     """Evaluate every task and probe during training (eval.every): the learning and
     forgetting curves over training duration. Points land in state["curves"]; the stage's
-    end is the matrix row itself, so it is not repeated here."""
-    if config.eval.every is None:
-        return None
-    state.setdefault("curves", [])
-    state["curves"] = [c for c in state["curves"] if c["stage"] != stage]  # a resumed stage
+    end is the matrix row itself, so it is not repeated here. `eval_s` counts the seconds
+    spent evaluating (train_stage leaves them out of its own clock)."""
 
-    def hook(step: int, total_steps: int) -> None:
-        interval = eval_interval(config.eval.every, total_steps)
-        if step % interval or step == total_steps:
+    def __init__(self, config: Config, state: dict, stage: int, model, scored, accelerator,
+                 pad_id: int, tokenizer) -> None:  # fmt: skip
+        self.config, self.state, self.stage, self.model = config, state, stage, model
+        self.scored, self.accelerator, self.pad_id = scored, accelerator, pad_id
+        self.tokenizer = tokenizer
+        self.eval_s = 0.0
+        if config.eval.every is not None:
+            state.setdefault("curves", [])
+            # a resumed stage starts its curve again
+            state["curves"] = [c for c in state["curves"] if c["stage"] != stage]
+
+    def __call__(self, step: int, total_steps: int) -> None:
+        interval = eval_interval(self.config.eval.every, total_steps)
+        if interval is None or step % interval or step == total_steps:
             return
-        row = eval_row(model, scored, config, accelerator, pad_id, tokenizer)
-        state["curves"].append(
-            {"stage": stage, "step": step, "total_steps": total_steps,
+        start = time.perf_counter()
+        row = eval_row(
+            self.model, self.scored, self.config, self.accelerator, self.pad_id, self.tokenizer
+        )
+        self.eval_s += time.perf_counter() - start
+        self.state["curves"].append(
+            {"stage": self.stage, "step": step, "total_steps": total_steps,
              "scores": [cell["score"] for cell in row]}
         )  # fmt: skip
-        log_row(state["seed"], f"  step {step}/{total_steps}", scored, row)
-
-    return hook
+        log_row(self.state["seed"], f"  step {step}/{total_steps}", self.scored, row)
 
 
 def log_row(seed: int, label: str, tasks: list[PreparedTask], row: list[dict]) -> None:

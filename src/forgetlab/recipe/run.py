@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from forgetlab.methods import get_method, method_config
 from forgetlab.methods.base import count_parameters
 from forgetlab.models import load_tokenizer
 from forgetlab.recipe.build import build_run_model, load_checkpoint, save_checkpoint
-from forgetlab.recipe.evaluate import curve_hook, eval_row, log_row
+from forgetlab.recipe.evaluate import CurveHook, eval_row, log_row
 from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
 from forgetlab.recipe.summary import seed_matrix_csv, seed_metrics, summarize
 from forgetlab.recipe.train import StageStats, make_accelerator, train_stage
@@ -114,13 +115,16 @@ def run_seed(
             "trainable_parameters": trainable,
             "total_parameters": total,
         }
+        start = time.perf_counter()
         state["rows"].append(eval_row(model, scored, config, accelerator, pad_id, tokenizer))
+        state["base_eval_s"] = time.perf_counter() - start
         atomic_write_json(out.state_path(seed), state)
         log_row(seed, "base", scored, state["rows"][-1])
 
     # 3. one stage per task: train, score every task and probe, checkpoint, record the row
     for stage in range(len(state["rows"]), len(tasks) + 1):
         task = tasks[stage - 1]
+        curves = CurveHook(config, state, stage, model, scored, accelerator, pad_id, tokenizer)
         try:
             stats: StageStats = train_stage(
                 model,
@@ -136,9 +140,7 @@ def run_seed(
                 pad_id=pad_id,
                 regularizers=[reg] if reg else [],
                 source_data=source_data(config, tasks, stage, run_tasks.sources),
-                on_step=curve_hook(
-                    config, state, stage, model, scored, accelerator, pad_id, tokenizer
-                ),  # fmt: skip
+                on_step=curves if config.eval.every is not None else None,
             )
         except TrainingDiverged as e:
             raise TrainingDiverged(
@@ -156,11 +158,22 @@ def run_seed(
             stats.examples_per_s,
             stats.tokens_per_s,
         )
+        start = time.perf_counter()
         row = eval_row(model, scored, config, accelerator, pad_id, tokenizer)
+        # train_s: the training loop alone; eval_s: every evaluation of this stage (the curve
+        # points during it and the row after it) — the cost a sweep pays for the matrix
+        timing = {"train_s": stats.wall_s, "eval_s": curves.eval_s + time.perf_counter() - start}
+        log.info(
+            "seed %d stage %d: evaluation %.1f s = %.0f%% of training time",
+            seed,
+            stage,
+            timing["eval_s"],
+            100 * timing["eval_s"] / max(timing["train_s"], 1e-9),
+        )
         if config.output.checkpoints != "none" or stage < len(tasks):
             save_checkpoint(model, method, out.checkpoint_dir(seed, stage, task.name), reg)
         state["rows"].append(row)
-        state["stages"].append(stats.to_dict())
+        state["stages"].append({**stats.to_dict(), **timing})
         atomic_write_json(out.state_path(seed), state)  # the stage counts as done only from here
         log_row(seed, f"after {task.name}", scored, row)
         _prune_checkpoints(config, out, seed, tasks, stage)

@@ -57,6 +57,7 @@ def seed_metrics(
         "complete": len(rows) == T + 1,
         "trainable_parameters": state.get("trainable_parameters"),
         "total_parameters": state.get("total_parameters"),
+        "timing": timing(state),
     }
     if probes:
         out.update(probe_summary(probes, rows, T))
@@ -73,6 +74,14 @@ def seed_metrics(
             R, majority, n_eval, alpha=config.eval.alpha, per_example=pairs
         )
     return out
+
+
+def timing(state: dict) -> dict:
+    """Seconds spent training and evaluating (base row, curve points, every stage's row), and
+    evaluation's share of training time."""
+    train_s = sum(s.get("train_s", s.get("wall_s", 0.0)) for s in state["stages"])
+    eval_s = state.get("base_eval_s", 0.0) + sum(s.get("eval_s", 0.0) for s in state["stages"])
+    return {"train_s": train_s, "eval_s": eval_s, "eval_share": eval_s / max(train_s, 1e-9)}
 
 
 def seed_matrix_csv(metrics: dict) -> str:
