@@ -83,7 +83,7 @@ class TaskConfig:
     label_column: str = "label"
     label_names: list[str] | None = None
     # file tasks for language models: kind instruction | multiple_choice | text, and the
-    # column names of their JSONL (e.g. {prompt: question, response: answer})
+    # column names of their JSONL (e.g. {prompt_column: question, response_column: answer})
     kind: str = "classification"
     columns: dict[str, str] = field(default_factory=dict)
     max_train_examples: int | None = None  # overrides data.max_train_examples
