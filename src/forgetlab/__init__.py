@@ -7,7 +7,13 @@ what it forgets.
     print(forgetlab.format_run(result.metrics))
 """
 
-from forgetlab.api import (
+# Before anything imports torch: OpenMP reads its wait policy once, when torch loads.
+# isort: off
+from forgetlab import threads
+
+threads.configure()
+
+from forgetlab.api import (  # noqa: E402
     analyze,
     compare,
     format_run,
@@ -19,7 +25,9 @@ from forgetlab.api import (
     run,
     run_all,
 )
-from forgetlab.version import __version__
+from forgetlab.version import __version__  # noqa: E402
+
+# isort: on
 
 __all__ = [
     "__version__",
