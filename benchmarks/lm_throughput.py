@@ -18,18 +18,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 
 import peft
 import torch
 import transformers
-from common import load_average, machine, quiet, spread
+from common import load_average, machine, spread
 from trainer_comparison import (
     Run,
     Setup,
+    bench_methods,
     make_setup,
     ours_model,
+    pad_percent,
     race,
+    ratio_line,
+    start,
     timed_trainer_train,
     trainer_arguments,
     training_section,
@@ -155,23 +158,9 @@ def row(method: str, label: str, runs: list[Run]) -> str:
     tok = spread([r.tokens_per_s for r in runs])
     ex = spread([r.examples_per_s for r in runs])
     cells = statistics.median(r.padded / r.seconds for r in runs)
-    pad = 100 * (1 - sum(r.tokens for r in runs) / sum(r.padded for r in runs))
+    pad = pad_percent(runs)
     secs = statistics.median(r.seconds for r in runs)
     return f"{method:5s} {label:10s} {tok:>24s} {ex:>18s} {cells:9.1f} {pad:6.1f} {secs:8.2f}"
-
-
-def ratio_line(method: str, ours: list[Run], theirs: list[Run]) -> str:
-    def med(runs: list[Run]) -> float:
-        return statistics.median(r.tokens_per_s for r in runs)
-
-    def best(runs: list[Run]) -> float:
-        return max(r.tokens_per_s for r in runs)
-
-    pairs = ", ".join(f"{o.tokens_per_s / t.tokens_per_s:.2f}" for o, t in zip(ours, theirs))
-    return (
-        f"{method:5s} ratio ours/trainer (tokens/s): {med(ours) / med(theirs):.2f} (medians), "
-        f"{best(ours) / best(theirs):.2f} (best runs); per pair {pairs}"
-    )
 
 
 HEADER = (
@@ -222,16 +211,13 @@ def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
     return [
         row(method, "forgetlab", ours),
         row(method, "HF Trainer", theirs),
-        ratio_line(method, ours, theirs),
+        ratio_line(method, ours, theirs, "tokens_per_s", " (tokens/s)"),
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    quiet()
-    methods = ["full", "lora"] if args.method == "both" else [args.method]
+    methods = start(args)
     print(machine())
     print(
         f"model: {MODEL} (SmolLM2-135M-Instruct), fp32 weights, {ATTN} attention; "
@@ -244,12 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         f"length grouping, LoRA r={LORA['r']} alpha={LORA['lora_alpha']} on all linear layers, "
         f"{args.repeats} repeats interleaved"
     )
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="forgetlab-lm-bench-") as tmp:
-        for method in methods:
-            rows += bench_method(method, args, tmp)
-    print("\n" + HEADER)
-    print("\n".join(rows))
+    bench_methods(methods, bench_method, args, "forgetlab-lm-bench-", HEADER)
     print(f"load avg at the end: {load_average():.2f}")
 
 

@@ -16,17 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 
 import peft
-import torch
 import transformers
-from common import machine, quiet, spread
+from common import machine, spread
 from trainer_comparison import (
     Run,
     Setup,
+    bench_methods,
     make_setup,
+    pad_percent,
     race,
+    ratio_line,
+    start,
     timed_trainer_train,
     trainer_arguments,
     training_section,
@@ -129,27 +131,10 @@ def run_trainer(setup: Setup, dataset, seed: int, out_dir: str, optim: str | Non
 def row(method: str, label: str, runs: list[Run]) -> str:
     ex = spread([r.examples_per_s for r in runs])
     tok = spread([r.tokens_per_s for r in runs])
-    pad = 100 * (1 - sum(r.tokens for r in runs) / sum(r.padded for r in runs))
+    pad = pad_percent(runs)
     secs = statistics.median(r.seconds for r in runs)
     best = min(r.seconds for r in runs)
     return f"{method:5s} {label:10s} {ex:>22s} {tok:>25s} {secs:8.2f} {best:7.2f} {pad:6.1f}"
-
-
-def ratio_line(method: str, ours: list[Run], theirs: list[Run]) -> str:
-    """Ratios of examples/s; contention only ever slows a run, so best-of is reported too."""
-
-    def med(runs: list[Run]) -> float:
-        return statistics.median(r.examples_per_s for r in runs)
-
-    def best(runs: list[Run]) -> float:
-        return max(r.examples_per_s for r in runs)
-
-    paired = [o.examples_per_s / t.examples_per_s for o, t in zip(ours, theirs)]
-    pairs = ", ".join(f"{p:.2f}" for p in paired)
-    return (
-        f"{method:5s} ratio ours/trainer: {med(ours) / med(theirs):.2f} (medians), "
-        f"{best(ours) / best(theirs):.2f} (best runs); per pair {pairs}"
-    )
 
 
 HEADER = (
@@ -203,16 +188,13 @@ def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
     return [
         row(method, "forgetlab", ours),
         row(method, "HF Trainer", theirs),
-        ratio_line(method, ours, theirs),
+        ratio_line(method, ours, theirs, "examples_per_s"),
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    quiet()
-    methods = ["full", "lora"] if args.method == "both" else [args.method]
+    methods = start(args)
     precision = "bf16 autocast" if args.bf16 else "fp32"
     optim = args.trainer_optim or transformers.TrainingArguments.optim
     print(machine())
@@ -222,12 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         f"clip {MAX_GRAD_NORM}, dynamic padding + length grouping, {args.repeats} repeats "
         "interleaved"
     )
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="forgetlab-bench-") as tmp:
-        for method in methods:
-            rows += bench_method(method, args, tmp)
-    print("\n" + HEADER)
-    print("\n".join(rows))
+    bench_methods(methods, bench_method, args, "forgetlab-bench-", HEADER)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import transformers
-from common import interleave
+from common import interleave, quiet
 
 from forgetlab.api import load_config
 from forgetlab.config import Config
@@ -187,3 +190,43 @@ def race(setup: Setup, split, dataset, run_trainer: Callable[[object, int], Run]
         repeats,
         describe,
     )
+
+
+def pad_percent(runs: list[Run]) -> float:
+    """Share of batch cells that were padding, over all runs."""
+    return 100 * (1 - sum(r.tokens for r in runs) / sum(r.padded for r in runs))
+
+
+def ratio_line(method: str, ours: list[Run], theirs: list[Run], rate: str, unit: str = "") -> str:
+    """Ratios of `rate` (a Run property); contention only ever slows a run, so best-of is
+    reported too."""
+
+    def med(runs: list[Run]) -> float:
+        return statistics.median(getattr(r, rate) for r in runs)
+
+    def best(runs: list[Run]) -> float:
+        return max(getattr(r, rate) for r in runs)
+
+    pairs = ", ".join(f"{getattr(o, rate) / getattr(t, rate):.2f}" for o, t in zip(ours, theirs))
+    return (
+        f"{method:5s} ratio ours/trainer{unit}: {med(ours) / med(theirs):.2f} (medians), "
+        f"{best(ours) / best(theirs):.2f} (best runs); per pair {pairs}"
+    )
+
+
+def start(args) -> list[str]:
+    """Threads and quiet libraries as asked; the methods to benchmark."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet()
+    return ["full", "lora"] if args.method == "both" else [args.method]
+
+
+def bench_methods(methods: list[str], bench_method: Callable, args, prefix: str, header: str):
+    """Run `bench_method(method, args, tmp)` for every method, then print the table."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for method in methods:
+            rows += bench_method(method, args, tmp)
+    print("\n" + header)
+    print("\n".join(rows))

@@ -1,9 +1,9 @@
 """forgetlab's multiple-choice scorer against lm-evaluation-harness, the reference it copies.
 
-The same BIG-bench questions go to both: to `encode_mc` + `score_mc`, and (as a local task
-written by `write_local_lm_eval_task`) to lm-eval's `simple_evaluate` on the same in-memory
-model. acc, acc_norm, the strings lm-eval scored and every choice's log-likelihood must agree.
-Fast tests use the tiny random Llama; `-m slow` repeats the check on the real SmolLM2.
+The same BIG-bench questions go to both: to `encode_mc` + `choice_loglikelihoods`, and (as a
+local task written by `write_local_lm_eval_task`) to lm-eval's `simple_evaluate` on the same
+in-memory model. acc, acc_norm, the strings lm-eval scored and every choice's log-likelihood
+must agree. Fast tests use the tiny random Llama; `-m slow` repeats the check on the real SmolLM2.
 Everything runs offline: local tasks read a JSONL file, the hub is never needed.
 """
 

@@ -77,13 +77,19 @@ class TaskKind(Protocol):
         ...
 
 
-def not_trainable(kind: str):
-    """collate/loss of a kind that is scored, not trained: calling it raises."""
+class ScoredOnly:
+    """collate and loss of a kind that is scored, not trained, and has no token loss to take
+    a Fisher from (multiple choice, generation): calling them raises."""
 
-    def fail(*_args, **_kwargs):
-        raise ForgetlabError(f"tasks of kind {kind!r} are scored, not trained: list them in probes")
+    name: str
+    trainable = False
 
-    return fail
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise ForgetlabError(
+            f"tasks of kind {self.name!r} are scored, not trained: list them in probes"
+        )
+
+    collate = loss = _refuse
 
 
 def no_baseline(split: Any) -> None:

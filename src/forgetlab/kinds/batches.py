@@ -29,3 +29,11 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Length-sorted batches: order does not matter for scores, padding does for speed."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class LengthBatches:
+    """The batching every kind uses: shuffled, length-grouped batches to train on and
+    length-sorted batches to score."""
+
+    train_batches = staticmethod(length_grouped_batches)
+    eval_batches = staticmethod(eval_batches)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetlab.kinds.base import EvalContext
-from forgetlab.kinds.batches import eval_batches, length_grouped_batches
+from forgetlab.kinds.batches import LengthBatches, eval_batches
 from forgetlab.metrics import classification_scores, majority_baseline
 from forgetlab.tasks.base import ClassificationExample
 
@@ -103,7 +103,7 @@ def majority(data: EncodedSplit) -> float:
     return majority_baseline(data.labels)
 
 
-class Classification:
+class Classification(LengthBatches):
     """The kind's functions as one object (`TaskKind`); `predict` is its own extra."""
 
     name = "classification"
@@ -113,8 +113,6 @@ class Classification:
     encode = staticmethod(encode)
     evaluate = staticmethod(evaluate)
     baseline = staticmethod(majority)
-    train_batches = staticmethod(length_grouped_batches)
-    eval_batches = staticmethod(eval_batches)
     collate = staticmethod(collate)
     loss = staticmethod(loss)
     predict = staticmethod(predict)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetlab.kinds.base import EvalContext, no_baseline, not_trainable
-from forgetlab.kinds.batches import eval_batches, length_grouped_batches
+from forgetlab.kinds.base import EvalContext, ScoredOnly, no_baseline
+from forgetlab.kinds.batches import LengthBatches
 from forgetlab.kinds.scorers.exact_match import score_generation
 from forgetlab.kinds.scorers.humaneval import score_humaneval
 from forgetlab.tasks.base import CodeProblem
 
 
 @dataclass
-class GenerationSplit:
+class GenerationSplit(ScoredOnly, LengthBatches):
     """Generation tasks keep their examples: prompts are rendered at scoring time."""
 
     examples: list
@@ -54,18 +54,13 @@ def evaluate_generation(model, task: str, split: GenerationSplit, ctx: EvalConte
         model.train(was_training)
 
 
-class Generation:
+class Generation(ScoredOnly, LengthBatches):
     """The generation kind (`TaskKind`): scored only; no token loss to train on."""
 
     name = "generation"
-    trainable = False
     packs = False
     from_files = False
     encode = staticmethod(encode_generation)
-    train_batches = staticmethod(length_grouped_batches)
-    eval_batches = staticmethod(eval_batches)
-    collate = staticmethod(not_trainable("generation"))
-    loss = staticmethod(not_trainable("generation"))
     evaluate = staticmethod(evaluate_generation)
     baseline = staticmethod(no_baseline)
 

@@ -8,9 +8,7 @@ its held-out response NLL (the `generation` kind scores exact match).
 from __future__ import annotations
 
 from forgetlab.errors import DataError
-from forgetlab.kinds.base import no_baseline
-from forgetlab.kinds.batches import eval_batches, length_grouped_batches
-from forgetlab.kinds.next_token import LMSplit, collate_lm, evaluate_nll, lm_loss
+from forgetlab.kinds.next_token import LMSplit, NextTokenKind
 from forgetlab.kinds.scorers.nll import IGNORE
 from forgetlab.models.tokenizer import render_prompt
 from forgetlab.tasks.base import InstructionExample
@@ -58,7 +56,7 @@ def encode_instruction(
     return split
 
 
-class Instruction:
+class Instruction(NextTokenKind):
     """The instruction kind (`TaskKind`)."""
 
     name = "instruction"
@@ -66,12 +64,6 @@ class Instruction:
     packs = False
     from_files = True
     encode = staticmethod(encode_instruction)
-    train_batches = staticmethod(length_grouped_batches)
-    eval_batches = staticmethod(eval_batches)
-    collate = staticmethod(collate_lm)
-    loss = staticmethod(lm_loss)
-    evaluate = staticmethod(evaluate_nll)
-    baseline = staticmethod(no_baseline)
 
 
 INSTRUCTION = Instruction()

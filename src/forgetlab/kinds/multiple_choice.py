@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds.base import EvalContext, not_trainable
-from forgetlab.kinds.batches import eval_batches, length_grouped_batches
+from forgetlab.kinds.base import EvalContext, ScoredOnly
+from forgetlab.kinds.batches import LengthBatches
 from forgetlab.kinds.scorers.loglikelihood import choice_loglikelihoods
 from forgetlab.tasks.base import MCExample
 
 
 @dataclass
-class MCSplit:
+class MCSplit(ScoredOnly, LengthBatches):
     """Token ids per question: one context, one continuation per choice."""
 
     context_ids: list[list[int]]
@@ -156,10 +156,12 @@ def _argmax(values: list[float]) -> int:
 
 
 def encode_mc_kind(examples, tokenizer, max_length: int, pair_encoding: str = "pair", **_):
+    """`encode_mc` with the kinds' encode signature (lm-eval's default " " delimiter)."""
     return encode_mc(examples, tokenizer, max_length)
 
 
 def evaluate_mc(model, task: str, split: MCSplit, ctx: EvalContext) -> dict:
+    """Accuracy by log-likelihood (the score) with `mc_metrics`' acc_norm, chance, p-values."""
     was_training = model.training
     try:
         with ctx.accelerator.autocast():
@@ -171,21 +173,17 @@ def evaluate_mc(model, task: str, split: MCSplit, ctx: EvalContext) -> dict:
 
 
 def chance(split: MCSplit) -> float:
+    """Accuracy of guessing: the mean of 1/len(choices) over the questions."""
     return sum(1 / len(c) for c in split.continuation_ids) / max(len(split), 1)
 
 
-class MultipleChoice:
+class MultipleChoice(ScoredOnly, LengthBatches):
     """The multiple_choice kind (`TaskKind`): scored only; no token loss to train on."""
 
     name = "multiple_choice"
-    trainable = False
     packs = False
     from_files = True
     encode = staticmethod(encode_mc_kind)
-    train_batches = staticmethod(length_grouped_batches)
-    eval_batches = staticmethod(eval_batches)
-    collate = staticmethod(not_trainable("multiple_choice"))
-    loss = staticmethod(not_trainable("multiple_choice"))
     evaluate = staticmethod(evaluate_mc)
     baseline = staticmethod(chance)
 

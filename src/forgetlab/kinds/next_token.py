@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds.base import EvalContext
-from forgetlab.kinds.batches import eval_batches
+from forgetlab.kinds.base import EvalContext, no_baseline
+from forgetlab.kinds.batches import LengthBatches, eval_batches
 from forgetlab.kinds.scorers.nll import IGNORE, right_pad
 
 
@@ -102,3 +102,15 @@ def evaluate_nll(model, task: str, split: LMSplit, ctx: EvalContext) -> dict:
         # per-example mean NLL: what the paired `learned` test compares between rows
         "per_example": [round(s / max(c, 1), 5) for s, c in zip(sums, counts)],
     }
+
+
+class NextTokenKind(LengthBatches):
+    """What instruction, text and perplexity share (`TaskKind` but for name, flags and
+    encode): padded batches, the next-token loss, −NLL scores and no floor."""
+
+    trainable = True
+    packs = False
+    collate = staticmethod(collate_lm)
+    loss = staticmethod(lm_loss)
+    evaluate = staticmethod(evaluate_nll)
+    baseline = staticmethod(no_baseline)

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 from forgetlab.errors import DataError, ForgetlabError
-from forgetlab.kinds.base import no_baseline
-from forgetlab.kinds.batches import eval_batches, length_grouped_batches
-from forgetlab.kinds.next_token import LMSplit, collate_lm, evaluate_nll, lm_loss
+from forgetlab.kinds.next_token import LMSplit, NextTokenKind
 from forgetlab.tasks.base import TextDocument
 
 
@@ -35,7 +33,7 @@ def encode_text(
     return LMSplit(blocks, [list(b) for b in blocks])
 
 
-class Text:
+class Text(NextTokenKind):
     """The text kind (`TaskKind`)."""
 
     name = "text"
@@ -43,12 +41,6 @@ class Text:
     packs = True
     from_files = True
     encode = staticmethod(encode_text)
-    train_batches = staticmethod(length_grouped_batches)
-    eval_batches = staticmethod(eval_batches)
-    collate = staticmethod(collate_lm)
-    loss = staticmethod(lm_loss)
-    evaluate = staticmethod(evaluate_nll)
-    baseline = staticmethod(no_baseline)
 
 
 TEXT = Text()

@@ -100,9 +100,10 @@ def _declared_type(name: str, revision: str | None, trust_remote_code: bool) -> 
     return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures) else "encoder"
 
 
-def load_causal_backbone(cfg: ModelConfig):
-    """The whole causal LM (its next-token head is the task head): (model, hidden_size)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _from_pretrained(cfg: ModelConfig, auto_class, **model_kwargs):
+    """(model, its transformers config) of `cfg.name` loaded by `auto_class`, with the
+    configured attention implementation."""
+    from transformers import AutoConfig
 
     path = resolve_model_path(cfg.name)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
@@ -110,28 +111,26 @@ def load_causal_backbone(cfg: ModelConfig):
         hf_config = AutoConfig.from_pretrained(
             path, attn_implementation=cfg.attn_implementation, **kwargs
         )
-        # float32 master weights: bf16 autocast (training.mixed_precision) does the rest
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=hf_config, dtype="float32", **kwargs
-        )
+        model = auto_class.from_pretrained(path, config=hf_config, **model_kwargs, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name, path, e) from e
+    return model, hf_config
+
+
+def load_causal_backbone(cfg: ModelConfig):
+    """The whole causal LM (its next-token head is the task head): (model, hidden_size)."""
+    from transformers import AutoModelForCausalLM
+
+    # float32 master weights: bf16 autocast (training.mixed_precision) does the rest
+    model, hf_config = _from_pretrained(cfg, AutoModelForCausalLM, dtype="float32")
     return model, int(hf_config.hidden_size)
 
 
 def load_backbone(cfg: ModelConfig):
     """Return (backbone, hidden_size) for an encoder; the heads are added separately."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    path = resolve_model_path(cfg.name)
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    try:
-        hf_config = AutoConfig.from_pretrained(
-            path, attn_implementation=cfg.attn_implementation, **kwargs
-        )
-        backbone = AutoModel.from_pretrained(path, config=hf_config, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _load_error(cfg.name, path, e) from e
+    backbone, hf_config = _from_pretrained(cfg, AutoModel)
     hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "d_model", None)
     if hidden is None:
         raise ForgetlabError(f"model {cfg.name!r}: its config has no hidden_size")
