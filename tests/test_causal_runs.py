@@ -13,7 +13,7 @@ from tiny_llama import tiny_llama
 import forgetlab
 from forgetlab.cli import main
 from forgetlab.errors import ConfigError, DataError, ForgetlabError
-from forgetlab.kinds.lm import encode_instruction
+from forgetlab.kinds.instruction import encode_instruction
 from forgetlab.tasks.base import InstructionExample
 
 pytestmark = needs_data

@@ -112,7 +112,7 @@ def lm_eval(
     local folder, packaged:smollm2). `tasks`: lm-eval task names (hub tasks need the hub), or
     forgetlab multiple-choice tasks (e.g. bb_date_understanding), which are written as local
     lm-eval tasks first — offline, and scored exactly as forgetlab's own scorer does."""
-    from forgetlab.evaluation_bridge import evaluate_with_lm_eval
+    from forgetlab.harness.evaluate import evaluate_with_lm_eval
 
     return evaluate_with_lm_eval(
         target,

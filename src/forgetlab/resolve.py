@@ -15,6 +15,7 @@ from typing import Any
 from forgetlab import config as _config
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError
+from forgetlab.kinds import file_kinds
 from forgetlab.methods import method_config
 from forgetlab.regularizers import regularizer_config
 
@@ -35,7 +36,14 @@ def load_config(
 
 
 def validate_plugins(config: Config) -> None:
-    """The method's and the regulariser's own keys, checked by their own config classes."""
+    """What the registries decide: a file task's kind, the method's and the regulariser's own
+    keys (checked by their own config classes)."""
+    kinds = file_kinds()
+    for task in [*config.tasks, *config.source_tasks, *config.probes]:
+        if task.kind not in kinds:
+            raise ConfigError(
+                f"tasks[{task.name}].kind={task.kind!r} is not one of {', '.join(kinds)}"
+            )
     method_config(config.method)
     if config.regularizer is not None and config.regularizer.get("name") != "none":
         reg = regularizer_config(config.regularizer)

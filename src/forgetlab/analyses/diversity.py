@@ -17,7 +17,8 @@ import random
 
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds.generation import diversity, generate
+from forgetlab.kinds.scorers.decoding import generate
+from forgetlab.kinds.scorers.diversity import diversity
 from forgetlab.recipe.prepare import PreparedTask
 from forgetlab.tasks.base import InstructionExample
 

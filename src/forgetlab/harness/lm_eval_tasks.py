@@ -1,9 +1,9 @@
-"""Bridge to lm-evaluation-harness: the same questions scored by lm-eval and by forgetlab.
+"""forgetlab tasks as local lm-eval tasks: the same questions scored by lm-eval and by forgetlab.
 
 forgetlab's multiple-choice scorer (`forgetlab.kinds.multiple_choice`) is written to give
 lm-eval's numbers. This module lets a user (and the cross-check tests) verify that on their own
-model: `bigbench_examples` reads a BIG-bench `task.json` into `MCExample`s,
-`write_local_lm_eval_task` writes those very examples as a local lm-eval task, and
+model: `write_local_lm_eval_task` writes `MCExample`s (e.g. a BIG-bench task read by
+`forgetlab.tasks.bigbench.load_bigbench`) as a local lm-eval task, and
 `run_lm_eval` runs lm-eval's `simple_evaluate` on an in-memory model (base, fine-tuned or
 PEFT-wrapped), with no hub access needed for local tasks.
 
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from forgetlab.errors import DataError, ForgetlabError
+from forgetlab.errors import ForgetlabError
 from forgetlab.tasks.base import MCExample
 
 log = logging.getLogger("forgetlab")
@@ -40,61 +40,6 @@ INSTALL_HINT = 'pip install "forgetlab[lmeval]" (or: pip install "lm-eval>=0.4.1
 # Field names of the local task's JSONL rows (doc_to_text/doc_to_choice/doc_to_target name them)
 _FIELDS = ("context", "choices", "label")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-# --- BIG-bench -------------------------------------------------------------------------------
-
-
-def bigbench_examples(
-    task_json: Path, limit: int | None = None, *, task_prefix: bool = False
-) -> list[MCExample]:
-    """Multiple-choice examples of a BIG-bench JSON task, in file order.
-
-    context = the example's `input` exactly as in the file (no `example_input_prefix` /
-    `example_output_prefix`, no choices appended: BIG-bench's "Q: ... A:" prompt layout is
-    not reproduced), choices = the `target_scores` keys in file order, label = the index of
-    the choice scored 1. With `task_prefix=True` the task's `task_prefix` (if any) is put in
-    front, followed by a newline unless it already ends in whitespace (navigate and
-    sports_understanding keep their question there). Examples without exactly one choice
-    scored 1 are skipped with a warning. `limit` keeps the first `limit` usable examples."""
-    path = Path(task_json)
-    try:
-        task = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(f"BIG-bench task file not found: {path}") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read BIG-bench task {path}: {e}") from e
-    rows = task.get("examples") if isinstance(task, dict) else None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: no 'examples' list (is this a BIG-bench task.json?)")
-    prefix = ""
-    if task_prefix and task.get("task_prefix"):
-        prefix = task["task_prefix"]
-        prefix += "" if prefix[-1].isspace() else "\n"
-    examples: list[MCExample] = []
-    skipped: list[int] = []
-    for i, row in enumerate(rows):
-        if limit is not None and len(examples) >= limit:
-            break
-        scores = row.get("target_scores") if isinstance(row, dict) else None
-        if not isinstance(scores, dict) or not isinstance(row.get("input"), str):
-            raise DataError(f"{path}: example {i} lacks 'input' or 'target_scores'")
-        choices = list(scores)
-        correct = [j for j, c in enumerate(choices) if scores[c] == 1]
-        if len(correct) != 1 or len(choices) < 2:
-            skipped.append(i)
-            continue
-        examples.append(MCExample(prefix + row["input"], choices, correct[0]))
-    if skipped:
-        log.warning(
-            "%s: skipped %d example(s) without exactly one correct choice (first: %s)",
-            path,
-            len(skipped),
-            skipped[:5],
-        )
-    if not examples:
-        raise DataError(f"{path}: no multiple-choice example with exactly one correct choice")
-    return examples
 
 
 # --- a local lm-eval task --------------------------------------------------------------------
@@ -117,10 +62,10 @@ def write_local_lm_eval_task(examples: list[MCExample], folder: Path, task_name:
         )
     if not examples:
         raise ForgetlabError(f"lm-eval task {task_name!r}: no examples to write")
-    from forgetlab.kinds.multiple_choice import _check_example
+    from forgetlab.kinds.multiple_choice import check_mc_example
 
     for i, ex in enumerate(examples):
-        _check_example(i, ex)
+        check_mc_example(i, ex)
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{task_name}.jsonl"

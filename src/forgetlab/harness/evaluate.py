@@ -24,7 +24,7 @@ def _model_and_tokenizer(target: str | Path, stage: int | None, seed: int | None
         seed = run.seed(seed)
         stage = len(run.tasks) if stage is None else stage
         return run.model_at(seed, stage).backbone, run.tokenizer, run.device
-    from forgetlab.models.causal import load_causal_lm
+    from forgetlab.models.loading import load_causal_lm
 
     model, tokenizer = load_causal_lm(str(target))
     return model, tokenizer, device or "cpu"
@@ -32,7 +32,7 @@ def _model_and_tokenizer(target: str | Path, stage: int | None, seed: int | None
 
 def _local_tasks(tasks: list[str], folder: Path, limit: int | None) -> list[str]:
     """Write every forgetlab multiple-choice task among `tasks` as a local lm-eval task."""
-    from forgetlab.lm_eval_bridge import write_local_lm_eval_task
+    from forgetlab.harness.lm_eval_tasks import write_local_lm_eval_task
     from forgetlab.tasks.registry import TASK_REGISTRY, load_task, subsample
 
     names = []
@@ -63,7 +63,7 @@ def evaluate_with_lm_eval(
     include_path: str | Path | None = None,
     device: str | None = None,
 ) -> dict[str, dict]:
-    from forgetlab.lm_eval_bridge import run_lm_eval
+    from forgetlab.harness.lm_eval_tasks import run_lm_eval
 
     if not tasks:
         raise ForgetlabError("--lm-eval needs at least one task name")
