@@ -13,12 +13,12 @@ from tiny_llama import tiny_llama, tiny_tokenizer
 
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds.multiple_choice import MCSplit, encode_mc, mc_metrics, score_mc
+from forgetlab.kinds.next_token import pack_blocks
 from forgetlab.kinds.scorers.loglikelihood import (
     choice_loglikelihoods,
     naive_choice_loglikelihoods,
 )
 from forgetlab.kinds.scorers.nll import IGNORE, masked_nll, perplexity, response_nll
-from forgetlab.kinds.text import pack_blocks
 from forgetlab.models.loading import load_causal_lm
 from forgetlab.tasks.base import MCExample
 from forgetlab.tasks.text_files import read_text_files, stdlib_code_split

@@ -6,15 +6,18 @@ Eval-only by name, yet its tokens have a loss: a regulariser may estimate curvat
 
 from __future__ import annotations
 
-from forgetlab.kinds.text import Text
+from forgetlab.kinds.next_token import NextTokenKind, encode_text
 
 
-class Perplexity(Text):
-    """The perplexity kind (`TaskKind`): `text`, scored only and not read from user files."""
+class Perplexity(NextTokenKind):
+    """The perplexity kind (`TaskKind`): packed like `text`, scored only and not read from
+    user files."""
 
     name = "perplexity"
     trainable = False
+    packs = True
     from_files = False
+    encode = staticmethod(encode_text)
 
 
 PERPLEXITY = Perplexity()

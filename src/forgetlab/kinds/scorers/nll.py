@@ -71,7 +71,7 @@ def right_pad(
 
 def perplexity(model, blocks: list[list[int]], batch_size: int, device: str | torch.device) -> dict:
     """Mean token NLL (nats), perplexity = exp(NLL) and n_tokens over `blocks` (e.g. from
-    `forgetlab.kinds.text.pack_blocks`). A block's first token has no context: not scored."""
+    `forgetlab.kinds.next_token.pack_blocks`). A block's first token has no context: not scored."""
     return masked_nll(model, blocks, blocks, batch_size, device)
 
 
