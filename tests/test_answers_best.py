@@ -43,6 +43,10 @@ def test_best_point_ci_gap_and_window(points):
     assert lora["value"]["n"] == 3
     # within 0.01 of LoRA's 0.70: 3e-4 (0.70) and 1e-3 (0.695), not 3e-3 (0.65)
     assert lora["window"] == {"key": "training.lr", "values": [3e-4, 1e-3], "lo": 3e-4, "hi": 1e-3}
+    # the metric against the rate, for the report's curve with CI bands
+    assert [c["value"] for c in lora["curve"]] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert [c["mean"] for c in lora["curve"]] == pytest.approx([0.6, 0.7, 0.695, 0.65])
+    assert [c["n"] for c in lora["curve"]] == [3, 3, 3, 3]
     assert lora["gap"] == pytest.approx(0.0)
     assert pissa["gap"] == pytest.approx(0.72 - 0.70)
     assert pissa["value"]["ci95"] == pytest.approx(0.0)  # three equal seeds
@@ -84,6 +88,6 @@ def test_a_method_without_a_rate_sweep_has_no_window(tmp_path):
         write_run(tmp_path, "b", "lora", same_seeds(0.6, 0.1), method_config={"r": 64}),
     ]
     (row,) = best_table(load_points(runs))["rows"]
-    assert row["window"] is None
+    assert row["window"] is None and row["curve"] is None
     assert row["settings"] == {"method.r": 8}
     assert "best method.r = 8 is the lowest of the 2 values" in row["edge"][0]

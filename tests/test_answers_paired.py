@@ -70,6 +70,16 @@ def test_no_test_without_two_seeds_or_without_differences(tmp_path):
     assert row["notes"] == ["0 common seed(s): no test"]
 
 
+def test_equal_differences_have_no_t_but_a_wilcoxon(tmp_path):
+    # 0.81 − 0.71 and 0.82 − 0.72 differ from 0.1 in the last bits only
+    a = write_run(tmp_path, "a", "lora", {1: (0.8, 0.1), 2: (0.81, 0.1), 3: (0.82, 0.1)})
+    b = write_run(tmp_path, "b", "lora", {1: (0.7, 0.1), 2: (0.71, 0.1), 3: (0.72, 0.1)}, lr=0.1)
+    row = paired_test(*load_points([a, b]), "learning")
+    assert row["t"] is None and row["t_p"] is None
+    assert "the same for every seed: t is undefined" in row["notes"][-1]
+    assert row["wilcoxon_p"] == pytest.approx(0.25)
+
+
 def test_paired_at_each_methods_best_point_against_the_reference(tmp_path):
     runs = [
         write_run(tmp_path, "lora-lo", "lora", same_seeds(0.6, 0.1, 5), lr=1e-4),

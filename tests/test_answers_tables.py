@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forgetlab.answers import answers, compare_answers, format_answers
+from forgetlab.answers import answers, compare_answers, format_answers, save_answers
 from forgetlab.errors import ForgetlabError
 from tests.answers_fixtures import same_seeds, write_run
 from tests.conftest import needs_data
@@ -84,8 +84,11 @@ def test_sections_and_formats_are_checked(result):
         format_answers(result, "table", ["plots"])
 
 
-def test_answers_json_is_plain_json(result):
+def test_answers_json_is_plain_json(result, tmp_path):
     assert json.loads(json.dumps(result, allow_nan=False)) == result
+    path = save_answers(result, tmp_path)
+    assert path == tmp_path / "answers.json"
+    assert json.loads(path.read_text()) == result
 
 
 def test_compare_prints_matched_learning_only_when_the_runs_span_it(runs, tmp_path):

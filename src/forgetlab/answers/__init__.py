@@ -5,9 +5,16 @@ matched learning, and paired tests between methods — with their tables.
     answers(run_dirs, ...) -> dict        everything, JSON-able (a sweep's answers.json)
     format_answers(result, fmt) -> str    its tables: table | markdown | csv | json
     compare_answers(run_dirs, fmt) -> str what `forgetlab compare` prints after its table
+    save_answers(result, out_dir) -> Path <out_dir>/answers.json
 """
 
-from forgetlab.answers.assemble import answer_tables, answers, compare_answers, format_answers
+from forgetlab.answers.assemble import (
+    answer_tables,
+    answers,
+    compare_answers,
+    format_answers,
+    save_answers,
+)
 from forgetlab.answers.best import best_table
 from forgetlab.answers.frontier import frontier, hypervolume, non_dominated
 from forgetlab.answers.matched import matched_learning, spans_enough
@@ -29,5 +36,6 @@ __all__ = [
     "non_dominated",
     "paired_at_best",
     "paired_test",
+    "save_answers",
     "spans_enough",
 ]

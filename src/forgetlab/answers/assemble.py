@@ -13,8 +13,10 @@ from forgetlab.answers.frontier import frontier
 from forgetlab.answers.matched import N_LEVELS, RESAMPLES, matched_learning
 from forgetlab.answers.paired import find_point, paired_at_best, paired_test
 from forgetlab.answers.points import NotComparable, Point, load_points
+from forgetlab.atomic import atomic_write_json
 from forgetlab.errors import ForgetlabError
 
+ANSWERS_FILE = "answers.json"
 SECTIONS = ("best", "frontier", "hypervolume", "matched", "paired", "pairs")
 
 
@@ -92,6 +94,13 @@ def answers(
             for which in ("learning", "forgetting")
         ],
     }
+
+
+def save_answers(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write `answers()`'s result to <out_dir>/answers.json (atomically); returns the path."""
+    path = Path(out_dir) / ANSWERS_FILE
+    atomic_write_json(path, result)
+    return path
 
 
 def answer_tables(result: dict[str, Any], sections: Sequence[str] = SECTIONS) -> list:

@@ -58,20 +58,32 @@ def _edges(method: str, group: list[Point], best: Point, keys: list[str]) -> lis
     return warnings
 
 
-def _window(group: list[Point], key: str, metric: str, tolerance: float) -> dict | None:
-    """The values of `key` whose best metric (over the other keys) is within `tolerance` of
-    the peak."""
+def _profile(group: list[Point], key: str, metric: str) -> dict[Any, Point] | None:
+    """For each value of `key` (sorted), the point with the best metric there (over the other
+    swept keys); None when `key` was not swept for this method."""
     values = [p.config.get(key) for p in group]
     if None in values or len(set(values)) < 2:
         return None
     sign = better(metric)
-    profile: dict[Any, float] = {}
+    best: dict[Any, Point] = {}
     for v, p in zip(values, group):
-        m = sign * p.mean(metric)
-        profile[v] = max(profile.get(v, m), m)
-    peak = max(profile.values())
-    inside = sorted(v for v, m in profile.items() if m >= peak - tolerance - EPS)
+        if v not in best or sign * p.mean(metric) > sign * best[v].mean(metric):
+            best[v] = p
+    return {v: best[v] for v in sorted(best)}
+
+
+def _window(profile: dict[Any, Point], key: str, metric: str, tolerance: float) -> dict:
+    """The values of `key` whose best metric is within `tolerance` of the peak."""
+    sign = better(metric)
+    peak = max(sign * p.mean(metric) for p in profile.values())
+    inside = [v for v, p in profile.items() if sign * p.mean(metric) >= peak - tolerance - EPS]
     return {"key": key, "values": inside, "lo": inside[0], "hi": inside[-1]}
+
+
+def _curve(profile: dict[Any, Point], metric: str) -> list[dict[str, Any]]:
+    """The metric against the rate (its best point at each value), mean ± CI: what the
+    report draws with CI bands."""
+    return [{"value": v, "run": p.run, **_stat(p, metric)} for v, p in profile.items()]
 
 
 def _stat(p: Point, metric: str) -> dict[str, Any]:
@@ -90,14 +102,16 @@ def best_table(
 
     A row's `settings` are the best point's (see points.point_settings); `gap` is its
     metric minus the reference method's (None when no method is labelled `reference`);
-    `window` is the `rate_key` values within `tolerance` of the peak (None when the rate was
-    not swept for that method); `edge` lists a warning per swept numeric key whose best value
+    `window` is the `rate_key` values within `tolerance` of the peak and `curve` the metric
+    (mean, ci95, n) at each `rate_key` value (both None when the rate was not swept for that
+    method); `edge` lists a warning per swept numeric key whose best value
     is the smallest or largest tried.
     """
     rows = []
     for method, group in by_method(points).items():
         best = best_point(group, metric)
         keys = swept_keys(group)
+        profile = _profile(group, rate_key, metric)
         rows.append(
             {
                 "method": method,
@@ -109,7 +123,10 @@ def best_table(
                 "value": _stat(best, metric),
                 "learning": _stat(best, "learning"),
                 "forgetting": _stat(best, "forgetting"),
-                "window": _window(group, rate_key, metric, tolerance),
+                "window": None
+                if profile is None
+                else _window(profile, rate_key, metric, tolerance),
+                "curve": None if profile is None else _curve(profile, metric),
                 "edge": _edges(method, group, best, keys),
             }
         )

@@ -18,6 +18,8 @@ from forgetlab.errors import ForgetlabError
 # Below this many common seeds the tests are weak: with n seeds the smallest two-sided
 # Wilcoxon p is 2 / 2**n (0.0625 at n = 5).
 WEAK_BELOW = 5
+# Per-seed differences this close (relative) are the same difference.
+SAME = 1e-9
 
 
 def _finite(value: float) -> float | None:
@@ -63,10 +65,13 @@ def paired_test(a: Point, b: Point, metric: str) -> dict[str, Any]:
         warnings.simplefilter("ignore", RuntimeWarning)
         t = ttest_rel(x, y)
         w = wilcoxon(x, y)
-    row["t"], row["t_p"] = _finite(t.statistic), _finite(t.pvalue)
     row["wilcoxon"], row["wilcoxon_p"] = _finite(w.statistic), _finite(w.pvalue)
-    if row["t"] is None:
+    # equal differences (up to float rounding: 0.8 − 0.7 vs 0.81 − 0.71) leave no spread
+    # to divide by: t would be infinite or a rounding artefact of 1e15
+    if np.ptp(d) <= SAME * max(1.0, float(np.max(np.abs(d)))):
         row["notes"].append("the differences are the same for every seed: t is undefined")
+    else:
+        row["t"], row["t_p"] = _finite(t.statistic), _finite(t.pvalue)
     return row
 
 

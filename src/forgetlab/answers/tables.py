@@ -158,16 +158,23 @@ def matched_rows(matched: dict) -> Table:
         Column("forgetting", _signed, missing="not reached"),
         Column("95% CI from", _signed, missing=""),
         Column("95% CI to", _signed, missing=""),
+        Column("resamples reaching it"),
     ]
     rows = [
-        [r["level"], r["method"], r["forgetting"], *(r["ci95"] or [None, None])]
+        [
+            r["level"],
+            r["method"],
+            r["forgetting"],
+            *(r["ci95"] or [None, None]),
+            r["replicates_reaching"],
+        ]
         for r in matched["rows"]
     ]
     notes = [
         *matched_sentences(matched),
         f"isotonic fit per method; bootstrap over seeds: {matched['resamples']} resamples, "
-        f"seed {matched['seed']}; a level outside a method's learning range is not reached "
-        "(never extrapolated)",
+        f"seed {matched['seed']}, the CI over the resamples that reach the level; a level "
+        "outside a method's learning range is not reached (never extrapolated)",
         *matched["notes"],
     ]
     title = "Forgetting at matched learning"
@@ -198,7 +205,7 @@ def paired_rows(paired: list[dict], key: str = "paired", title: str | None = Non
         Column("metric"),
         Column("seeds"),
         Column("mean a − b", _signed),
-        Column("t", lambda v: f"{v:.3f}"),
+        Column("t", _p),
         Column("p (t)", _p),
         Column("W", _p),
         Column("p (Wilcoxon)", _p),
