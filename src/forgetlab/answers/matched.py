@@ -67,16 +67,15 @@ def bootstrap_predictions(
     """(resamples, len(levels)) forgetting predictions, one row per replicate (NaN where that
     replicate's fit does not reach the level)."""
     rng = np.random.default_rng(seed)
-    data = _arrays(group)
-    out = np.full((resamples, len(levels)), np.nan)
-    for b in range(resamples):
-        xs, ys = [], []
-        for learn, forget in data:
-            idx = rng.integers(0, len(learn), len(learn))
-            xs.append(learn[idx].mean())
-            ys.append(forget[idx].mean())
-        out[b] = isotonic_fit(xs, ys)(levels)
-    return out
+    # (resamples, points) resampled means; a seed's learning and forgetting drawn together
+    xs = np.empty((resamples, len(group)))
+    ys = np.empty((resamples, len(group)))
+    for i, (learn, forget) in enumerate(_arrays(group)):
+        idx = rng.integers(0, len(learn), (resamples, len(learn)))
+        xs[:, i], ys[:, i] = learn[idx].mean(axis=1), forget[idx].mean(axis=1)
+    return np.array([isotonic_fit(x, y)(levels) for x, y in zip(xs, ys)]).reshape(
+        resamples, len(levels)
+    )
 
 
 def _interval(replicates: np.ndarray) -> list[float] | None:
