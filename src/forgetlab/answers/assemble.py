@@ -118,14 +118,10 @@ def answer_tables(result: dict[str, Any], sections: Sequence[str] = SECTIONS) ->
             tables.matched_rows(result["matched"]),
             tables.difference_rows(result["matched"]),
         ],
-        "paired": [tables.paired_rows(result["paired"])] if result["paired"] else [],
-        "pairs": (
-            [tables.paired_rows(result["pairs"], "pairs", "Paired tests between named runs")]
-            if result["pairs"]
-            else []
-        ),
+        "paired": [tables.paired_rows(result["paired"])],
+        "pairs": [tables.paired_rows(result["pairs"], "pairs", "Paired tests between named runs")],
     }
-    # a table with no rows (no level both methods reach) says nothing: left out
+    # a table with no rows (no level both methods reach, one method, no named pair): left out
     return [t for s in SECTIONS if s in sections for t in built[s] if t.rows]
 
 
