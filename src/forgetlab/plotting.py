@@ -9,10 +9,12 @@ to call from several threads. This module imports nothing of forgetlab: it is th
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 
@@ -21,8 +23,18 @@ class NothingToDraw(ValueError):
     """The input is well formed but has nothing to plot (e.g. no weight changed)."""
 
 
+def new_figure(**kwargs) -> Figure:
+    """A new `matplotlib.figure.Figure`. Matplotlib is imported here, on the first drawing, not
+    with the analyses: every command line start imports them (for the `analyze` flags)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def png(fig: Figure) -> bytes:
     """The figure as PNG bytes; the same inputs give the same bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # attach the Agg canvas explicitly: PNG output without any backend
     buf = io.BytesIO()
     # No "Software" metadata: the same inputs give the same bytes.

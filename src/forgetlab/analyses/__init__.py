@@ -23,10 +23,9 @@ results store, and recomputed only when asked (`force`) or when the options diff
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 from forgetlab.analyses import cka, diversity, hessian, run_analyses, similarity, spectrum
-from forgetlab.config import Config
 
 REGISTRY = (cka, spectrum, similarity, diversity, hessian)  # one line per analysis
 
@@ -36,37 +35,9 @@ HESSIAN = hessian
 BY_NAME = {m.NAME: m for m in REGISTRY}
 
 
-def analyze(
-    run_dir: str | Path,
-    which: list[str] | None = None,
-    *,
-    seed: int | None = None,
-    force: bool = False,
-    store: str | Path | None = None,
-    device: str | None = None,
-    options: dict[str, dict] | None = None,
-) -> dict[str, dict]:
-    """Run the analyses named in `which` (default: every one of `ANALYSES` that applies) on
-    one finished run; `options` maps an analysis name to its options (see its DEFAULTS)."""
-    return run_analyses.analyze(
-        ANALYSES, run_dir, which, seed=seed, force=force, store=store, device=device,
-        options=options,
-    )  # fmt: skip
-
-
-def hessian_eigenvalue(
-    target: str | Path | Config,
-    *,
-    seed: int | None = None,
-    force: bool = False,
-    store: str | Path | None = None,
-    device: str | None = None,
-    **options,
-) -> dict:
-    """λ_max of the loss Hessian of a finished run or a config (see `run_analyses.hessian`)."""
-    return run_analyses.hessian(
-        HESSIAN, target, seed=seed, force=force, store=store, device=device, **options
-    )
+# The orchestration (options, checks, caching) with this registry passed down to it.
+analyze = partial(run_analyses.analyze, ANALYSES)  # analyze(run_dir, which=None, *, seed, ...)
+hessian_eigenvalue = partial(run_analyses.hessian, HESSIAN)  # (target, *, seed, ..., **options)
 
 
 def format_analysis(result: dict) -> str:

@@ -9,14 +9,13 @@ study saw full fine-tuning destabilise the last layers most, which the layer × 
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from forgetlab.analyses.features import POOLINGS, layer_features, layer_names
 from forgetlab.analyses.maths.cka import linear_cka
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.errors import ForgetlabError
-from forgetlab.plotting import annotate, literal, png
+from forgetlab.plotting import annotate, literal, new_figure, png
 
 NAME = "cka"
 FLAG = "representation drift per layer"  # help of `forgetlab analyze --cka`
@@ -100,7 +99,9 @@ def draw(cka: dict) -> bytes:
     if M.shape != (len(stages), len(layers)):
         raise ValueError(f"cka is {M.shape}, expected {len(stages)} stages × {len(layers)} layers")
     debiased = cka.get("cka_debiased")
-    fig = Figure(figsize=(5 + 0.9 * len(stages) + 0.35 * len(layers), 4.8), layout="constrained")
+    fig = new_figure(
+        figsize=(5 + 0.9 * len(stages) + 0.35 * len(layers), 4.8), layout="constrained"
+    )
     ax_heat, ax_line = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(stages) + 1.5, 4]})
     im = ax_heat.imshow(M.T, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     annotate(ax_heat, M.T, ".3f", M.T < 0.5)  # 3 digits: small drifts (0.998) still show

@@ -17,13 +17,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds.generation import diversity, generate
-from forgetlab.plotting import NothingToDraw, literal, png
+from forgetlab.plotting import NothingToDraw, literal, new_figure, png
 from forgetlab.prepare import PreparedTask
 from forgetlab.tasks.base import InstructionExample
 
@@ -219,7 +218,7 @@ def draw(data: dict) -> bytes:
     if not rows:
         raise NothingToDraw("no rows")
     k = float(data["k"])
-    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    fig = new_figure(figsize=(7, 3.8), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(BARS))
     width = 0.8 / len(rows)

@@ -11,14 +11,13 @@ task), dropout off; attention runs eagerly because fused kernels have no double 
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from forgetlab.analyses.model_hessian import largest_eigenvalue, parameter_groups
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds import KINDS
-from forgetlab.plotting import literal, png
+from forgetlab.plotting import literal, new_figure, png
 
 NAME = "hessian"
 FLAG = None  # not a `forgetlab analyze` flag: the Hessian has its own command
@@ -153,7 +152,7 @@ def draw(hessian: dict) -> bytes:
     if not results:
         raise ValueError("no results")
     names = [literal(r["name"]) for r in results]
-    fig = Figure(figsize=(10, 1.6 + 0.32 * len(results)), layout="constrained")
+    fig = new_figure(figsize=(10, 1.6 + 0.32 * len(results)), layout="constrained")
     ax_bar, ax_conv = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     y = np.arange(len(results))
     lmax = np.array([float(r["lambda_max"]) for r in results])

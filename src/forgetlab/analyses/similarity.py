@@ -15,20 +15,24 @@ Beside them, `interference[j][i]` = R[j][i] − R[j−1][i]: how training task j
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from forgetlab.analyses.features import layer_features
 from forgetlab.analyses.maths.cka import covariance_alignment
+from forgetlab.analyses.maths.similarity import cosine_matrix, interference
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.errors import ForgetlabError
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.models import CausalTaskModel, TaskModel
-from forgetlab.plotting import annotate, literal, png
+from forgetlab.plotting import annotate, literal, new_figure, png
 from forgetlab.probe import fit_probe_head
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NAME = "similarity"
 FLAG = "task × task similarity"  # help of `forgetlab analyze --similarity`
@@ -86,16 +90,6 @@ def _gradient(model: TaskModel, task, batches: list[dict]) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1).float().cpu() for p in params if p.grad is not None])
 
 
-def _cosine_matrix(vectors: list[torch.Tensor]) -> list[list[float]]:
-    unit = [v.double() / v.double().norm().clamp(min=1e-30) for v in vectors]  # 22M terms
-    return [[float(a @ b) for b in unit] for a in unit]
-
-
-def _interference(R: list[list[float]]) -> list[list[float]]:
-    R = np.asarray(R)
-    return (R[1:] - R[:-1]).tolist()
-
-
 def compute(run: OpenRun, seed: int, params: dict) -> dict:
     model = _probe_model(run, seed, params["probe_examples"])
     feats, grads = [], []
@@ -110,8 +104,8 @@ def compute(run: OpenRun, seed: int, params: dict) -> dict:
         "tasks": run.task_names,
         "layer": "last",
         "representation": [[covariance_alignment(a, b) for b in feats] for a in feats],
-        "gradient_cosine": _cosine_matrix(grads),
-        "interference": _interference(run.metrics["accuracy_matrix"]),
+        "gradient_cosine": cosine_matrix(grads),
+        "interference": interference(run.metrics["accuracy_matrix"]),
         # forgetting_j = R[j][j] − R[T][j] (mean matrix over seeds); none for the last task
         "forgetting": [float(R[j + 1, j] - R[T, j]) if j < T - 1 else None for j in range(T)],
     }
@@ -186,7 +180,7 @@ def draw(sim: dict, accuracy: bool = True) -> bytes:
     if inter is not None and inter.shape != (T, T):
         raise ValueError(f"interference must be {T}×{T} (stage × task)")
     panels = 2 if inter is None else 3
-    fig = Figure(figsize=(1 + (1.6 + 0.75 * T) * panels, 2.6 + 0.45 * T), layout="constrained")
+    fig = new_figure(figsize=(1 + (1.6 + 0.75 * T) * panels, 2.6 + 0.45 * T), layout="constrained")
     axes = fig.subplots(1, panels)
     _task_heatmap(fig, axes[0], rep, tasks, "Representation similarity", signed=False)
     _task_heatmap(fig, axes[1], grad, tasks, "Gradient cosine", signed=True)

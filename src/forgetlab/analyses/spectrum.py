@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from forgetlab.analyses.maths.spectrum import matrix_spectrum
 from forgetlab.analyses.runs import OpenRun
 from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.analyses.weights import effective_linear_weights, weight_deltas
 from forgetlab.errors import ForgetlabError
-from forgetlab.plotting import NothingToDraw, literal, png
+from forgetlab.plotting import NothingToDraw, literal, new_figure, png
 
 NAME = "spectrum"
 FLAG = "singular values / rank of ΔW"  # help of `forgetlab analyze --spectrum`
@@ -119,7 +118,7 @@ def draw(spectrum: dict) -> bytes:
     final = spectrum["stages"][-1]
     if summary.n_matrices == 0:
         raise NothingToDraw(f"no weight matrix changed by stage {final['stage']}")
-    fig = Figure(figsize=(7, 4.3), layout="constrained")
+    fig = new_figure(figsize=(7, 4.3), layout="constrained")
     ax = fig.subplots()
     for m in final["matrices"]:
         s = np.asarray(m["singular_values"], float)

@@ -1,5 +1,6 @@
 """The report's data model: each run directory read and checked into a `RunData` (its summary,
-config text and analysis results), with a label and an id-safe slug unique in the report.
+config text and analysis results), with a label and an id-safe slug unique in the report, and
+what the report reads from a run beyond its summary's own numbers (source loss, update ranks).
 
 All inputs are read and checked before any figure is drawn: a bad run directory raises
 ForgetlabError. Analyses (analyses/*.json) are optional; a file that is not one of the

@@ -27,6 +27,16 @@ from forgetlab.report.summary import (
 )
 
 
+def _frontier(ax, front: list[tuple[float, float]]) -> None:
+    """The Pareto frontier through the starred points, and the axes through 0."""
+    if front:
+        xs, ys = zip(*sorted(front))
+        ax.plot(xs, ys, "--", color="0.3", lw=1.2, label="Pareto frontier (★)", zorder=0)
+        ax.legend(loc="lower right")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(0, color="0.6", lw=0.8)
+
+
 def scatter_figure(points: list[RunPoint], floorless: bool = False) -> bytes:
     """Forgetting against learning; `floorless`: some task's floor is its base score."""
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
@@ -48,13 +58,7 @@ def scatter_figure(points: list[RunPoint], floorless: bool = False) -> bytes:
         ax.annotate(
             literal(p.label), (p.forgetting, p.learning), xytext=(6, 6), textcoords="offset points"
         )
-    front = sorted((p.forgetting, p.learning) for p, best in zip(shown, frontier) if best)
-    if front:
-        xs, ys = zip(*front)
-        ax.plot(xs, ys, "--", color="0.3", lw=1.2, label="Pareto frontier (★)", zorder=0)
-        ax.legend(loc="lower right")
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.axvline(0, color="0.6", lw=0.8)
+    _frontier(ax, [(p.forgetting, p.learning) for p, best in zip(shown, frontier) if best])
     ax.set_xlabel("forgetting: avg_forgetting (mean over seeds; lower is better)")
     floor = "mean floor (majority or base)" if floorless else "mean majority baseline"
     ax.set_ylabel(f"learning: initial_acc − {floor} (higher is better)")
@@ -155,13 +159,7 @@ def source_target_figure(points: list[tuple[str, float, float | None]]) -> bytes
     for k, ((label, gain, loss), best) in enumerate(zip(shown, flags)):
         ax.plot(loss, gain, "*" if best else "o", markersize=14 if best else 8, color=f"C{k % 10}")
         ax.annotate(literal(label), (loss, gain), xytext=(6, 6), textcoords="offset points")
-    front = sorted((loss, gain) for (_, gain, loss), best in zip(shown, flags) if best)
-    if front:
-        xs, ys = zip(*front)
-        ax.plot(xs, ys, "--", color="0.3", lw=1.2, label="Pareto frontier (★)", zorder=0)
-        ax.legend(loc="lower right")
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.axvline(0, color="0.6", lw=0.8)
+    _frontier(ax, [(loss, gain) for (_, gain, loss), best in zip(shown, flags) if best])
     ax.margins(0.2)  # room for the labels right of the points
     ax.set_xlabel("source loss: −mean probe change, final − base (lower is better)")
     ax.set_ylabel("target gain: mean R[j][j] − floor_j (higher is better)")

@@ -282,15 +282,15 @@ def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, lis
     return "\n".join(page) + "\n", plots
 
 
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-
 def report_figures(run_dirs: Sequence[str | Path]) -> dict[str, bytes]:
     """Every figure of the report as {figure id: PNG bytes}; nothing is written."""
     _, plots = render_page(load_runs(run_dirs))
     return {p.fig_id: p.png for p in plots}
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
 
 
 def figures_dir(out: Path) -> Path:
