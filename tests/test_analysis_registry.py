@@ -121,3 +121,24 @@ def test_layers_plotting_below_analyses_below_report():
     for path in (SRC / "analyses" / "maths").rglob("*.py"):
         imports = {m for m in _imports(path) if m.startswith("forgetlab")}
         assert imports <= {"forgetlab.errors", "forgetlab.errors.ForgetlabError"}, path
+
+
+@pytest.mark.parametrize("package", ["analyses", "report"])
+def test_no_import_cycle_inside_the_package(package):
+    modules = {
+        f"forgetlab.{package}." + ".".join(p.relative_to(SRC / package).with_suffix("").parts): p
+        for p in (SRC / package).rglob("*.py")
+        if p.name != "__init__.py"
+    }
+    graph = {m: {i for i in _imports(p) if i in modules} for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, " -> ".join((*path, module))
+        if module not in done:
+            for other in graph[module]:
+                visit(other, (*path, module))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
