@@ -36,8 +36,8 @@ REQUIRED_KEYS = (
     "learned_seeds",
     "aggregate",
 )
-# The analyses in page order.
-ANALYSES = sorted(REGISTRY, key=lambda m: m.REPORT_ORDER)
+# Every registered analysis, in the order the page shows them.
+PAGE_ORDER = sorted(REGISTRY, key=lambda m: m.REPORT_ORDER)
 # Errors a malformed analysis file (or optional metrics.json key) raises while being read or
 # drawn; they become a note on the page.
 ANALYSIS_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
@@ -91,7 +91,7 @@ def _owns(module: ModuleType, stem: str) -> bool:
 
 
 def _load_analyses(run_dir: Path) -> tuple[dict[str, dict], list[str]]:
-    by_name = {m.NAME: m for m in ANALYSES}
+    by_name = {m.NAME: m for m in PAGE_ORDER}
     analyses: dict[str, dict] = {}
     notes: list[str] = []
     for path in sorted((run_dir / "analyses").glob("*.json")):
@@ -103,7 +103,7 @@ def _load_analyses(run_dir: Path) -> tuple[dict[str, dict], list[str]]:
         kind = data.get("analysis") if isinstance(data, dict) else None
         # One file per analysis (the figure ids depend on it), any number of hessian-*.json.
         if not isinstance(kind, str) or kind not in by_name or not _owns(by_name[kind], path.stem):
-            files = ", ".join(getattr(m, "FILES", f"{m.NAME}.json") for m in ANALYSES)
+            files = ", ".join(getattr(m, "FILES", f"{m.NAME}.json") for m in PAGE_ORDER)
             notes.append(f"analyses/{path.name} skipped: not one of {', '.join(by_name)} ({files})")
             continue
         analyses[path.stem] = data

@@ -19,7 +19,7 @@ from pathlib import Path
 from forgetlab.atomic import atomic_dir, atomic_write_bytes, atomic_write_text, now
 from forgetlab.errors import ForgetlabError
 from forgetlab.report import tables
-from forgetlab.report.data import ANALYSES, ANALYSIS_ERRORS, RunData, load_runs
+from forgetlab.report.data import ANALYSIS_ERRORS, PAGE_ORDER, RunData, load_runs
 from forgetlab.report.figures import (
     Plot,
     accuracy_plot,
@@ -185,7 +185,7 @@ def _analyses_html(run: RunData, plots: list[tuple[str, Plot]], notes: list[str]
     present = {data.get("analysis") for data in run.analyses.values()}
     # e.g. diversity samples a language model's outputs: absent from an encoder run by design
     lm = is_lm(run.summary)
-    wanted = [m.NAME for m in ANALYSES if lm or not getattr(m, "LM_ONLY", False)]
+    wanted = [m.NAME for m in PAGE_ORDER if lm or not getattr(m, "LM_ONLY", False)]
     absent = [a for a in wanted if a not in present]
     if absent:
         parts.append(f"<p class=note>Not present in analyses/: {_e(', '.join(absent))}.</p>")
