@@ -86,7 +86,7 @@ def hessian(
     config file / Config (stage 0: the model at init, nothing written). Options: stage, task,
     group (trainable | modules | layers | a regex), examples, batch_size, method (lanczos |
     power), iters, tol, seed, force, store, device."""
-    from forgetlab.analyses.cache import hessian as _hessian
+    from forgetlab.analyses import hessian_eigenvalue as _hessian
 
     path = Path(target) if not isinstance(target, Config) else None
     if path is not None and not path.is_dir():
@@ -128,7 +128,7 @@ def lm_eval(
 
 def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """One self-contained HTML page (figures inline, PNGs beside it) over finished runs."""
-    from forgetlab.report.html import build_report
+    from forgetlab.report.page import build_report
 
     return build_report([Path(d) for d in run_dirs], Path(out), title=title)
 

@@ -341,6 +341,15 @@ def classification_scores(
     return out
 
 
+def probe_is_source(cell: dict) -> bool:
+    """Whether a probe's base-model score counts as "what the model could do before", so that
+    a drop is forgetting: a multiple-choice probe the base model passes above chance (its
+    `p_value` < 0.05), every −NLL probe, and a generation probe it scores above 0."""
+    if "p_value" in cell:
+        return bool(cell["p_value"] < 0.05)
+    return cell.get("metric") == "neg_nll" or cell["score"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # Aggregation over seeds
 # --------------------------------------------------------------------------------------------
@@ -622,12 +631,3 @@ def matrix_csv_text(
             raise ForgetlabError(f"{len(n_eval)} n_eval values for {T} tasks")
         writer.writerow([N_EVAL_ROW, *(str(int(x)) for x in n_eval)])
     return buf.getvalue()
-
-
-def probe_is_source(cell: dict) -> bool:
-    """Whether a probe counts as "what the model could do before" (its base-model score
-    cell): an MC probe the base model passes above chance, every perplexity probe, a
-    generation probe it scores above 0. Only such a probe can show forgetting."""
-    if "p_value" in cell:
-        return bool(cell["p_value"] < 0.05)
-    return cell.get("metric") == "neg_nll" or cell["score"] > 0

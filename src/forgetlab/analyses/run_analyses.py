@@ -1,5 +1,8 @@
 """Run analyses over a finished run, caching each result in the run directory and the store.
 
+The analyses to choose from come in as an argument (the registry in `forgetlab.analyses`
+passes itself down), so this module never imports its own package back.
+
 Order of work, so that bad input changes nothing: open and check the run, resolve every
 option, run every analysis's `check` (checkpoints present, options valid), and only then
 compute and write <run>/analyses/<name>.json atomically.
@@ -8,6 +11,7 @@ compute and write <run>/analyses/<name>.json atomically.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -65,6 +69,7 @@ def _all(run: OpenRun) -> bool:
 
 
 def analyze(
+    registry: Mapping[str, ModuleType],
     run_dir: str | Path,
     which: list[str] | None = None,
     *,
@@ -74,24 +79,23 @@ def analyze(
     device: str | None = None,
     options: dict[str, dict] | None = None,
 ) -> dict[str, dict]:
-    """Run the analyses named in `which` (default: all of `ANALYSES`) on one finished run;
-    `options` maps an analysis name to its options (see each module's DEFAULTS)."""
-    from forgetlab.analyses import ANALYSES
-
-    unknown = [w for w in which or [] if w not in ANALYSES]
+    """Run the analyses of `registry` named in `which` (default: every one that applies) on
+    one finished run; `options` maps an analysis name to its options (see each module's
+    DEFAULTS)."""
+    unknown = [w for w in which or [] if w not in registry]
     if unknown:
         raise ForgetlabError(
-            f"unknown analysis {', '.join(unknown)} (known: {', '.join(ANALYSES)})"
+            f"unknown analysis {', '.join(unknown)} (known: {', '.join(registry)})"
         )
     options = options or {}
     run = open_run(run_dir, device)
     # default: every analysis that applies to this run (diversity needs a causal LM)
-    which = list(which or [n for n, m in ANALYSES.items() if getattr(m, "applies", _all)(run)])
+    which = list(which or [n for n, m in registry.items() if getattr(m, "applies", _all)(run)])
     stray = set(options) - set(which)
     if stray:
         raise ForgetlabError(f"options given for analyses not run: {', '.join(sorted(stray))}")
     seed = run.seed(seed)
-    plan = [(ANALYSES[w], _params(ANALYSES[w], options.get(w, {}))) for w in which]
+    plan = [(registry[w], _params(registry[w], options.get(w, {}))) for w in which]
     for module, params in plan:
         module.check(run, seed, params)
     store = store if store is not None else run.config.output.store
@@ -102,6 +106,7 @@ def analyze(
 
 
 def hessian(
+    curvature: ModuleType,
     target: str | Path | Config,
     *,
     seed: int | None = None,
@@ -110,11 +115,10 @@ def hessian(
     device: str | None = None,
     **options,
 ) -> dict:
-    """λ_max of the loss Hessian. `target` is a finished run directory (any saved stage; cached
-    in <run>/analyses/hessian-stage<k>-<group>.json) or a config (stage 0 only, nothing written:
-    the Hessian at init, to compare methods before training them)."""
-    from forgetlab.analyses import curvature
-
+    """λ_max of the loss Hessian, by the analysis module `curvature`. `target` is a finished
+    run directory (any saved stage; cached in <run>/analyses/hessian-stage<k>-<group>.json) or
+    a config (stage 0 only, nothing written: the Hessian at init, to compare methods before
+    training them)."""
     params = _params(curvature, options)
     if isinstance(target, Config):
         run = open_config(target, device)
