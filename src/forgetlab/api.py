@@ -57,24 +57,14 @@ def compare(run_dirs: list[str | Path] | None = None, store: str | Path | None =
     return format_comparison(summaries)
 
 
-def analyze(
-    run_dir: str | Path,
-    which: list[str] | None = None,
-    *,
-    seed: int | None = None,
-    force: bool = False,
-    store: str | Path | None = None,
-    device: str | None = None,
-    options: dict[str, dict] | None = None,
-) -> dict[str, dict]:
+def analyze(run_dir: str | Path, which: list[str] | None = None, **options: Any) -> dict[str, dict]:
     """CKA drift, update spectrum, task similarity (and, for causal LMs, generation
     diversity) of a finished run — default: every analysis that applies — cached in
-    <run_dir>/analyses/ and the results store. See `forgetlab.analyses`."""
+    <run_dir>/analyses/ and the results store. Options: seed, force, store, device, and
+    `options` ({analysis name: its options}). See `forgetlab.analyses`."""
     from forgetlab.analyses import analyze as _analyze
 
-    return _analyze(
-        run_dir, which, seed=seed, force=force, store=store, device=device, options=options
-    )
+    return _analyze(run_dir, which, **options)
 
 
 def hessian(
@@ -96,34 +86,16 @@ def hessian(
     return _hessian(target, **options)
 
 
-def lm_eval(
-    target: str | Path,
-    tasks: list[str],
-    *,
-    stage: int | None = None,
-    seed: int | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    include_path: str | Path | None = None,
-    device: str | None = None,
-) -> dict[str, dict]:
+def lm_eval(target: str | Path, tasks: list[str], **options: Any) -> dict[str, dict]:
     """lm-evaluation-harness on a model: a finished run directory (its model after `stage`,
     default the last; base + adapter for LoRA-family runs), or a causal-LM name (hub id,
     local folder, packaged:smollm2). `tasks`: lm-eval task names (hub tasks need the hub), or
     forgetlab multiple-choice tasks (e.g. bb_date_understanding), which are written as local
-    lm-eval tasks first — offline, and scored exactly as forgetlab's own scorer does."""
+    lm-eval tasks first — offline, and scored exactly as forgetlab's own scorer does.
+    Options: stage, seed, limit, batch_size (8), include_path, device."""
     from forgetlab.harness.evaluate import evaluate_with_lm_eval
 
-    return evaluate_with_lm_eval(
-        target,
-        tasks,
-        stage=stage,
-        seed=seed,
-        limit=limit,
-        batch_size=batch_size,
-        include_path=include_path,
-        device=device,
-    )
+    return evaluate_with_lm_eval(target, tasks, **options)
 
 
 def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:

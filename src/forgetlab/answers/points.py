@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from forgetlab.errors import ForgetlabError
-from forgetlab.metrics import aggregate_seeds
+from forgetlab.metrics import aggregate_seeds, target_gain
 from forgetlab.rundir import RunDir
 
 LEARNING = ("initial_acc", "target_gain", "acc")
@@ -141,10 +139,8 @@ def flat_config(run: RunDir, summary: dict) -> dict[str, Any]:
 
 def _seed_target_gain(seed_metrics: dict, summary: dict) -> float:
     """initial_acc minus the mean floor, from one seed's matrix (see the module docstring)."""
-    R = np.asarray(seed_metrics["accuracy_matrix"], float)
     baseline = seed_metrics.get("majority_baseline", summary["majority_baseline"])
-    floors = [R[0, j] if b is None else b for j, b in enumerate(baseline)]
-    return float(np.mean(np.diag(R[1:]) - np.asarray(floors, float)))
+    return target_gain(seed_metrics["accuracy_matrix"], baseline)
 
 
 def _number(value: Any, where: str) -> float | None:

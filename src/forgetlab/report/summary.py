@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from forgetlab import metrics
+from forgetlab.answers.frontier import non_dominated
 from forgetlab.metrics import probe_is_source
 
 
@@ -35,14 +37,7 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[bool]:
     point has forgetting <= and learning >= with at least one of the two strict. Equal points
     do not dominate each other, so both stay on the frontier.
     """
-    return [
-        not any(
-            f2 <= f and g2 >= g and (f2 < f or g2 > g)
-            for k, (f2, g2) in enumerate(points)
-            if k != i
-        )
-        for i, (f, g) in enumerate(points)
-    ]
+    return non_dominated([(g, f) for f, g in points])
 
 
 @dataclass(frozen=True)
@@ -75,8 +70,7 @@ def floors(summary: dict) -> np.ndarray:
 def target_gain(summary: dict) -> float:
     """Mean over tasks of R[j][j] minus its floor: the majority baseline, or (a score with
     none, e.g. −NLL) the base model's own score — what was learned."""
-    R = np.asarray(summary["accuracy_matrix"], float)
-    return float(np.mean([R[j + 1, j] for j in range(R.shape[1])] - floors(summary)))
+    return metrics.target_gain(summary["accuracy_matrix"], summary["majority_baseline"])
 
 
 def run_point(summary: dict) -> RunPoint:
