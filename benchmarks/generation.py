@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct (`packaged:smollm2`, eager attention, as forgetlab loads i
 first K GSM8K test questions (the `gsm8k_gen` task's prompts, in its chat template), greedy, at
 most M new tokens, KV cache on, on CPU. Two ways:
 
-- **forgetlab**: `forgetlab.kinds.generation.generate_with_stats` at batch B (prompts sorted by
-  length, left-padded; a batch runs until its last row ends);
+- **forgetlab**: `forgetlab.kinds.scorers.decoding.generate_with_stats` at batch B (prompts
+  sorted by length, left-padded; a batch runs until its last row ends);
 - **one at a time**: what a plain loop does: for each prompt, `apply_chat_template`, tokenize,
   `model.generate(..., do_sample=False, max_new_tokens=M)`, decode.
 
@@ -32,7 +32,7 @@ import torch
 from common import load_average, machine, quiet
 
 from forgetlab.config import ModelConfig
-from forgetlab.kinds.generation import encode_prompts, generate_with_stats
+from forgetlab.kinds.scorers.decoding import encode_prompts, generate_with_stats
 from forgetlab.models.loading import load_causal_backbone, load_tokenizer
 from forgetlab.tasks.registry import load_task
 

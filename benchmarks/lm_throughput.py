@@ -16,29 +16,32 @@ alternate (ours, trainer, ours, trainer, ...); the table reports medians and min
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import random
 import statistics
-import tempfile
-import time
-from dataclasses import dataclass
 
 import peft
 import torch
 import transformers
-from common import interleave, load_average, machine, quiet, spread
+from common import load_average, machine, spread
+from trainer_comparison import (
+    Run,
+    Setup,
+    bench_methods,
+    make_setup,
+    ours_model,
+    pad_percent,
+    race,
+    ratio_line,
+    start,
+    timed_trainer_train,
+    trainer_arguments,
+    training_section,
+)
 
-from forgetlab.api import load_config
-from forgetlab.config import Config
-from forgetlab.kinds import KINDS
-from forgetlab.kinds.lm import LMSplit
-from forgetlab.kinds.lm_text import IGNORE
-from forgetlab.methods import get_method, method_config
+from forgetlab.kinds.next_token import LMSplit
+from forgetlab.kinds.scorers.nll import IGNORE
 from forgetlab.methods.base import count_parameters
-from forgetlab.models.loading import load_tokenizer, resolve_model_path
-from forgetlab.runner import PreparedTask, build_model, prepare_tasks
-from forgetlab.train import make_accelerator, stage_seed, train_stage
+from forgetlab.models.loading import resolve_model_path
 
 MODEL = "packaged:smollm2"
 ATTN = "eager"  # forgetlab's default (model.attn_implementation); the Trainer side gets it too
@@ -51,38 +54,11 @@ LR = {"full": 2e-5, "lora": 2e-4}
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 
 
-@dataclass
-class Run:
-    """One timed training pass."""
-
-    seconds: float
-    examples: int
-    tokens: int  # real (non-pad) tokens fed to the model
-    padded: int  # batch cells including padding
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.examples / self.seconds
-
-
-@dataclass
-class Setup:
-    method: str
-    config: Config
-    task: PreparedTask
-    tokenizer: object
-    pad_id: int
-
-
 # --------------------------------------------------------------------------------------
 # shared preparation (untimed)
 
 
-def make_setup(method: str, examples: int, max_length: int, out_dir: str) -> Setup:
+def setup_for(method: str, examples: int, max_length: int, out_dir: str) -> Setup:
     # forgetlab's decoder default for target_modules: every linear layer but the output head
     method_section = {"name": method, **(LORA if method == "lora" else {})}
     raw = {
@@ -90,69 +66,16 @@ def make_setup(method: str, examples: int, max_length: int, out_dir: str) -> Set
         "tasks": [{"name": "gsm8k", "max_train_examples": examples, "max_eval_examples": 1}],
         "model": {"name": MODEL, "max_length": max_length, "attn_implementation": ATTN},
         "method": method_section,
-        "training": {
-            "lr": LR[method],
-            "epochs": 1,
-            "batch_size": BATCH_SIZE,
-            "weight_decay": WEIGHT_DECAY,
-            "max_grad_norm": MAX_GRAD_NORM,
-            "warmup_steps": WARMUP_STEPS,
-            "mixed_precision": "bf16",
-            "group_by_length": True,
-            "device": "cpu",
-            "progress_bar": False,
-        },
+        "training": training_section(
+            LR[method], BATCH_SIZE, WEIGHT_DECAY, MAX_GRAD_NORM, "bf16", warmup_steps=WARMUP_STEPS
+        ),
         "output": {"dir": out_dir, "store": os.path.join(out_dir, "store.sqlite")},
     }
-    config = load_config(raw=raw)
-    tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    task = prepare_tasks(config, tokenizer)[0]
-    return Setup(method, config, task, tokenizer, pad_id)
+    return make_setup(method, raw)
 
 
 def first_n(split: LMSplit, n: int) -> LMSplit:
     return LMSplit(split.input_ids[:n], split.labels[:n])
-
-
-# --------------------------------------------------------------------------------------
-# forgetlab
-
-
-def ours_padded_cells(split: LMSplit, seed: int) -> int:
-    """Batch cells train_stage pads to: its first epoch is drawn from Random(stage_seed)."""
-    batches = KINDS["instruction"].train_batches(
-        split.lengths, BATCH_SIZE, random.Random(stage_seed(seed, 1)), True
-    )
-    return sum(len(b) * max(split.lengths[i] for i in b) for b in batches)
-
-
-def ours_model(setup: Setup, seed: int):
-    method = get_method(setup.method)
-    mcfg = method_config(setup.config.method)
-    return build_model(setup.config, [setup.task], method, mcfg, seed), method, mcfg
-
-
-def run_ours(setup: Setup, split: LMSplit, seed: int) -> Run:
-    model, method, mcfg = ours_model(setup, seed)
-    accelerator = make_accelerator(setup.config.training)
-    start = time.perf_counter()
-    stats = train_stage(
-        model,
-        method,
-        mcfg,
-        setup.task.name,
-        setup.task.kind,
-        split,
-        setup.config.training,
-        accelerator,
-        seed=seed,
-        stage=1,
-        pad_id=setup.pad_id,
-    )
-    seconds = time.perf_counter() - start
-    assert stats.examples == len(split), (stats.examples, len(split))
-    return Run(seconds, stats.examples, stats.tokens, ours_padded_cells(split, seed))
 
 
 # --------------------------------------------------------------------------------------
@@ -189,14 +112,6 @@ def hf_dataset(split: LMSplit):
     )
 
 
-def sampling_args() -> dict:
-    """transformers 5 renamed `group_by_length=True` to `train_sampling_strategy=...`."""
-    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
-    if "train_sampling_strategy" in names:
-        return {"train_sampling_strategy": "group_by_length"}
-    return {"group_by_length": True}
-
-
 def fused_optim() -> str:
     names = {o.value for o in transformers.training_args.OptimizerNames}
     return "adamw_torch_fused" if "adamw_torch_fused" in names else "adamw_torch"
@@ -216,41 +131,12 @@ def trainer_model(setup: Setup, seed: int):
 
 
 def run_trainer(setup: Setup, dataset, seed: int, out_dir: str) -> Run:
-    args = transformers.TrainingArguments(
-        output_dir=out_dir,
-        per_device_train_batch_size=BATCH_SIZE,
-        num_train_epochs=1,
-        learning_rate=LR[setup.method],
-        weight_decay=WEIGHT_DECAY,
-        max_grad_norm=MAX_GRAD_NORM,
-        lr_scheduler_type="linear",
-        warmup_steps=WARMUP_STEPS,
-        optim=fused_optim(),
-        bf16=True,
-        use_cpu=True,
-        eval_strategy="no",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=seed,
-        **sampling_args(),
-    )
+    args = trainer_arguments(
+        setup, out_dir, seed, LR[setup.method], WEIGHT_DECAY, MAX_GRAD_NORM,
+        warmup_steps=WARMUP_STEPS, optim=fused_optim(),
+    )  # fmt: skip
     collator = CountingCollator(setup.tokenizer)
-    trainer = transformers.Trainer(
-        model=trainer_model(setup, seed),
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=setup.tokenizer,
-    )
-    trainer.remove_callback(transformers.PrinterCallback)  # its final metrics dict
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    steps = trainer.state.global_step
-    assert steps == -(-len(dataset) // BATCH_SIZE), steps
+    seconds = timed_trainer_train(setup, trainer_model(setup, seed), args, dataset, collator)
     return Run(seconds, len(dataset), collator.tokens, collator.padded)
 
 
@@ -272,23 +158,9 @@ def row(method: str, label: str, runs: list[Run]) -> str:
     tok = spread([r.tokens_per_s for r in runs])
     ex = spread([r.examples_per_s for r in runs])
     cells = statistics.median(r.padded / r.seconds for r in runs)
-    pad = 100 * (1 - sum(r.tokens for r in runs) / sum(r.padded for r in runs))
+    pad = pad_percent(runs)
     secs = statistics.median(r.seconds for r in runs)
     return f"{method:5s} {label:10s} {tok:>24s} {ex:>18s} {cells:9.1f} {pad:6.1f} {secs:8.2f}"
-
-
-def ratio_line(method: str, ours: list[Run], theirs: list[Run]) -> str:
-    def med(runs: list[Run]) -> float:
-        return statistics.median(r.tokens_per_s for r in runs)
-
-    def best(runs: list[Run]) -> float:
-        return max(r.tokens_per_s for r in runs)
-
-    pairs = ", ".join(f"{o.tokens_per_s / t.tokens_per_s:.2f}" for o, t in zip(ours, theirs))
-    return (
-        f"{method:5s} ratio ours/trainer (tokens/s): {med(ours) / med(theirs):.2f} (medians), "
-        f"{best(ours) / best(theirs):.2f} (best runs); per pair {pairs}"
-    )
 
 
 HEADER = (
@@ -313,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
-    setup = make_setup(method, args.examples, args.max_length, tmp)
+    setup = setup_for(method, args.examples, args.max_length, tmp)
     split = setup.task.train
     dataset = hf_dataset(split)
     n_tokens = sum(split.lengths)
@@ -324,14 +196,13 @@ def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
         f"{-(-len(split) // BATCH_SIZE)} steps; {check_same_job(setup)}",
         flush=True,
     )
-    if args.warmup_examples > 0:  # first-call costs (oneDNN kernels, allocator growth)
-        n = min(args.warmup_examples, len(split))
-        run_ours(setup, first_n(split, n), seed=0)
-        run_trainer(setup, dataset.select(range(n)), 0, tmp)
-        print(f"  warm-up done ({n} examples each)", flush=True)
-    ours, theirs = interleave(
-        lambda seed: run_ours(setup, split, seed),
-        lambda seed: run_trainer(setup, dataset, seed, tmp),
+    ours, theirs = race(
+        setup,
+        split,
+        dataset,
+        lambda data, seed: run_trainer(setup, data, seed, tmp),
+        first_n,
+        args.warmup_examples,
         args.repeats,
         lambda r: f"{r.seconds:7.2f} s {r.tokens_per_s:6.1f} tokens/s",
     )
@@ -340,16 +211,13 @@ def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
     return [
         row(method, "forgetlab", ours),
         row(method, "HF Trainer", theirs),
-        ratio_line(method, ours, theirs),
+        ratio_line(method, ours, theirs, "tokens_per_s", " (tokens/s)"),
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    quiet()
-    methods = ["full", "lora"] if args.method == "both" else [args.method]
+    methods = start(args)
     print(machine())
     print(
         f"model: {MODEL} (SmolLM2-135M-Instruct), fp32 weights, {ATTN} attention; "
@@ -362,12 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         f"length grouping, LoRA r={LORA['r']} alpha={LORA['lora_alpha']} on all linear layers, "
         f"{args.repeats} repeats interleaved"
     )
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="forgetlab-lm-bench-") as tmp:
-        for method in methods:
-            rows += bench_method(method, args, tmp)
-    print("\n" + HEADER)
-    print("\n".join(rows))
+    bench_methods(methods, bench_method, args, "forgetlab-lm-bench-", HEADER)
     print(f"load avg at the end: {load_average():.2f}")
 
 

@@ -5,7 +5,7 @@ same torch threads); accuracy must be identical between forgetlab and lm-eval.
 
 - **forgetlab**: `encode_mc` + `choice_loglikelihoods` (each context run once, the choices
   continue from its key/value cache; the timer includes tokenisation);
-- **lm-eval**: `simple_evaluate` through `forgetlab.lm_eval_bridge.run_lm_eval` on a local
+- **lm-eval**: `simple_evaluate` through `forgetlab.harness.lm_eval_tasks.run_lm_eval` on a local
   task holding the same questions, at each `--lm-eval-batch-sizes` value (a careful user's
   fixed batch size: on CPU `batch_size="auto"` always settles on `max_batch_size`, 64, after
   five trial forwards). Two times are reported: `scoring`, only inside HFLM.loglikelihood
@@ -40,18 +40,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from forgetlab.kinds.multiple_choice import (  # noqa: E402
+from forgetlab.harness.lm_eval_tasks import run_lm_eval, write_local_lm_eval_task  # noqa: E402
+from forgetlab.kinds.multiple_choice import encode_mc, mc_metrics  # noqa: E402
+from forgetlab.kinds.scorers.loglikelihood import (  # noqa: E402
     choice_loglikelihoods,
-    encode_mc,
-    mc_metrics,
     naive_choice_loglikelihoods,
 )
-from forgetlab.lm_eval_bridge import (  # noqa: E402
-    bigbench_examples,
-    run_lm_eval,
-    write_local_lm_eval_task,
-)
-from forgetlab.models.causal import load_causal_lm  # noqa: E402
+from forgetlab.models.loading import load_causal_lm  # noqa: E402
+from forgetlab.tasks.bigbench import load_bigbench  # noqa: E402
 from forgetlab.tasks.registry import default_data_dir  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -128,13 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = (args.data_dir or default_data_dir()) / "bigbench"
+    data = args.data_dir or default_data_dir()
     model, tokenizer = load_causal_lm("packaged:smollm2", dtype=DTYPES[args.dtype])
     model.eval()
     window = model.config.max_position_embeddings
     tasks = {
-        f"fl_{t}": bigbench_examples(data / t / "task.json", limit=args.examples)
-        for t in args.tasks
+        f"fl_{t}": load_bigbench(data, t, prompt="raw").eval[: args.examples] for t in args.tasks
     }
     n_choices = {t: sum(len(ex.choices) for ex in exs) for t, exs in tasks.items()}
     total_choices = sum(n_choices.values())

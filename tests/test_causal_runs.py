@@ -13,7 +13,7 @@ from tiny_llama import tiny_llama
 import forgetlab
 from forgetlab.cli import main
 from forgetlab.errors import ConfigError, DataError, ForgetlabError
-from forgetlab.kinds.lm import encode_instruction
+from forgetlab.kinds.instruction import encode_instruction
 from forgetlab.tasks.base import InstructionExample
 
 pytestmark = needs_data
@@ -161,7 +161,7 @@ def test_a_gguf_that_is_not_a_model_is_refused(tmp_path):
 
 
 def test_eval_every_records_learning_and_forgetting_curves(llama, tmp_path):
-    from forgetlab.runner import eval_interval
+    from forgetlab.recipe.evaluate import eval_interval
 
     assert eval_interval(None, 10) is None
     assert eval_interval(3, 10) == 3 and eval_interval(0.25, 10) == 2  # round(2.5) = 2

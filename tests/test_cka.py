@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from forgetlab.analyses.cka import cka_by_layer, covariance_alignment, linear_cka
+from forgetlab.analyses.maths.cka import cka_by_layer, covariance_alignment, linear_cka
 
 BOTH = pytest.mark.parametrize("debiased", [False, True], ids=["biased", "debiased"])
 

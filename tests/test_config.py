@@ -90,7 +90,7 @@ def test_every_shipped_config_validates(path):
 
 
 def test_variants_expand_and_validate_up_front():
-    from forgetlab.api import variant_configs
+    from forgetlab.resolve import variant_configs
 
     raw = {
         **BASE,
@@ -126,7 +126,7 @@ def test_regularizer_source_must_name_tasks_of_the_run():
 def test_source_data_defaults_to_earlier_tasks_and_follows_the_config():
     from types import SimpleNamespace
 
-    from forgetlab.runner import source_data
+    from forgetlab.recipe.run import source_data
 
     tasks = [SimpleNamespace(name=n, train=f"{n}-data") for n in ("rte", "mrpc", "cola")]
     plain = load_config(raw={"tasks": ["rte", "mrpc", "cola"]})

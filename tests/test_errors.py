@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-import forgetlab.train
+import forgetlab.recipe.train
 from forgetlab.cli import main
 from tests.conftest import needs_data, tiny_raw
 
@@ -76,7 +76,7 @@ def test_unwritable_output_dir(tmp_path, capsys):
 
 @needs_data
 def test_nan_loss_stops_with_a_message_and_keeps_finished_stages(tmp_path, capsys, monkeypatch):
-    ops = forgetlab.train.KINDS["classification"]
+    ops = forgetlab.recipe.train.KINDS["classification"]
 
     class Diverging:
         """The classification kind, except that stage 2's loss is NaN."""
@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_finished_stages(tmp_path, capsy
             value = ops.loss(model, task, batch)
             return value * float("nan") if task == "sst2" else value
 
-    monkeypatch.setitem(forgetlab.train.KINDS, "classification", Diverging())
+    monkeypatch.setitem(forgetlab.recipe.train.KINDS, "classification", Diverging())
     out = tmp_path / "run"
     assert _run_cli(tmp_path, tiny_raw(out, "lora")) == 2
     _one_line_error(capsys, "stage 2 (sst2)", "loss became nan", "--resume")

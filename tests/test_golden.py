@@ -14,7 +14,7 @@ from tests.conftest import needs_data
 pytestmark = needs_data
 
 GOLDEN = Path(__file__).parent / "golden"
-TIMINGS = {"wall_s", "examples_per_s", "tokens_per_s", "train_s", "eval_s"}
+TIMINGS = {"wall_s", "examples_per_s", "tokens_per_s", "train_s", "eval_s", "timing"}
 
 
 def numbers(value, path="") -> dict[str, object]:

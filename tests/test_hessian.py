@@ -19,15 +19,14 @@ import transformers
 from torch import nn
 from torch.func import functional_call, hessian
 
-from forgetlab.analyses.hessian import (
+from forgetlab.analyses.maths.lanczos import (
     EigenResult,
     HessianOperator,
     hvp,
     lanczos,
-    largest_eigenvalue,
-    parameter_groups,
     power_iteration,
 )
+from forgetlab.analyses.model_hessian import largest_eigenvalue, parameter_groups
 from forgetlab.errors import ForgetlabError
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """forgetlab's multiple-choice scorer against lm-evaluation-harness, the reference it copies.
 
-The same BIG-bench questions go to both: to `encode_mc` + `score_mc`, and (as a local task
-written by `write_local_lm_eval_task`) to lm-eval's `simple_evaluate` on the same in-memory
-model. acc, acc_norm, the strings lm-eval scored and every choice's log-likelihood must agree.
-Fast tests use the tiny random Llama; `-m slow` repeats the check on the real SmolLM2.
+The same BIG-bench questions go to both: to `encode_mc` + `choice_loglikelihoods`, and (as a
+local task written by `write_local_lm_eval_task`) to lm-eval's `simple_evaluate` on the same
+in-memory model. acc, acc_norm, the strings lm-eval scored and every choice's log-likelihood
+must agree. Fast tests use the tiny random Llama; `-m slow` repeats the check on the real SmolLM2.
 Everything runs offline: local tasks read a JSONL file, the hub is never needed.
 """
 
@@ -22,19 +22,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from forgetlab.errors import ForgetlabError  # noqa: E402
-from forgetlab.kinds.multiple_choice import choice_loglikelihoods, encode_mc, mc_metrics  # noqa: E402
+from forgetlab.kinds.multiple_choice import encode_mc, mc_metrics  # noqa: E402
+from forgetlab.kinds.scorers.loglikelihood import choice_loglikelihoods  # noqa: E402
 from forgetlab.tasks.base import MCExample  # noqa: E402
+from forgetlab.tasks.bigbench import load_bigbench  # noqa: E402
 from forgetlab.tasks.registry import default_data_dir  # noqa: E402
 
 pytest.importorskip("lm_eval", reason='lm-eval is not installed (pip install "forgetlab[lmeval]")')
 
-from forgetlab.lm_eval_bridge import (  # noqa: E402
-    bigbench_examples,
-    run_lm_eval,
-    write_local_lm_eval_task,
-)
+from forgetlab.harness.lm_eval_tasks import run_lm_eval, write_local_lm_eval_task  # noqa: E402
 
-BIGBENCH = default_data_dir() / "bigbench"
+DATA_DIR = default_data_dir()
+BIGBENCH = DATA_DIR / "bigbench"
 needs_bigbench = pytest.mark.skipif(
     not BIGBENCH.is_dir(),
     reason=f"BIG-bench data not found at {BIGBENCH} (set FORGETLAB_DATA or place ../shared/data)",
@@ -63,6 +62,11 @@ def tiny(tmp_path_factory):
     folder = tiny_llama(tmp_path_factory.mktemp("tiny"))
     model = AutoModelForCausalLM.from_pretrained(folder)
     return model, AutoTokenizer.from_pretrained(folder)
+
+
+def questions(folder: str, n: int, prompt: str = "raw") -> list[MCExample]:
+    """The first `n` questions of a shipped BIG-bench task (raw: the input as in the file)."""
+    return load_bigbench(DATA_DIR, folder, prompt=prompt).eval[:n]
 
 
 def _window(model) -> int:
@@ -99,31 +103,7 @@ def crosscheck(model, tokenizer, tasks: dict[str, list[MCExample]], folder: Path
     return ours, theirs
 
 
-# --- reading BIG-bench and writing the local task -------------------------------------------
-
-
-def test_bigbench_examples_order_label_prefix_and_skips(tmp_path, caplog):
-    task = {
-        "task_prefix": "Answer the question.",
-        "examples": [
-            {"input": "Q1 ", "target_scores": {"b": 0, "a": 1, "c": 0}},
-            {"input": "two right", "target_scores": {"x": 1, "y": 1}},
-            {"input": "none right", "target_scores": {"x": 0, "y": 0}},
-            {"input": "Q4", "target_scores": {"yes": 1, "no": 0}},
-            {"input": "Q5", "target_scores": {"yes": 0, "no": 1}},
-        ],
-    }
-    path = tmp_path / "task.json"
-    path.write_text(json.dumps(task))
-    examples = bigbench_examples(path)
-    assert examples == [MCExample("Q1 ", ["b", "a", "c"], 1), MCExample("Q4", ["yes", "no"], 0),
-                        MCExample("Q5", ["yes", "no"], 1)]  # fmt: skip
-    assert "skipped 2 example(s)" in caplog.text
-    assert bigbench_examples(path, limit=2) == examples[:2]
-    with_prefix = bigbench_examples(path, limit=1, task_prefix=True)
-    assert with_prefix[0].context == "Answer the question.\nQ1 "
-    with pytest.raises(ForgetlabError, match="not found"):
-        bigbench_examples(tmp_path / "missing.json")
+# --- writing the local task --------------------------------------------------------
 
 
 def test_local_task_files(tmp_path):
@@ -150,11 +130,9 @@ def test_tiny_llama_matches_lm_eval(tiny, tmp_path):
     model, tokenizer = tiny
     tasks = {
         # social_iqa inputs end in a space: lm-eval moves it onto the continuation
-        "fl_social_iqa": bigbench_examples(BIGBENCH / "social_iqa" / "task.json", limit=20),
-        # navigate with its task_prefix: a newline inside the context
-        "fl_navigate": bigbench_examples(
-            BIGBENCH / "navigate" / "task.json", limit=8, task_prefix=True
-        ),
+        "fl_social_iqa": questions("social_iqa", 20),
+        # navigate in BIG-bench's own prompt (its task prefix, "Q:"/"A:"): newlines inside
+        "fl_navigate": questions("navigate", 8, prompt="bigbench"),
     }
     ours, _ = crosscheck(model, tokenizer, tasks, tmp_path / "tasks", batch_size=8)
     assert ours["fl_social_iqa"]["n"] == 20
@@ -174,7 +152,7 @@ def test_peft_model_matches_lm_eval_and_state_is_restored(tiny, tmp_path):
         torch.manual_seed(123)
         expected_next = torch.rand(3)
         torch.manual_seed(123)
-        examples = bigbench_examples(BIGBENCH / "date_understanding" / "task.json", limit=6)
+        examples = questions("date_understanding", 6)
         crosscheck(model, tokenizer, {"fl_date_peft": examples}, tmp_path / "tasks")
         assert model.training  # HFLM calls model.eval(); run_lm_eval puts it back
         assert torch.equal(torch.rand(3), expected_next)  # lm-eval reseeds; restored
@@ -232,13 +210,10 @@ def test_tokenizer_that_adds_bos_matches_lm_eval(tmp_path):
 @pytest.mark.slow
 @needs_bigbench
 def test_smollm2_matches_lm_eval(tmp_path):
-    from forgetlab.models.causal import load_causal_lm
+    from forgetlab.models.loading import load_causal_lm
 
     model, tokenizer = load_causal_lm("packaged:smollm2")
-    tasks = {
-        f"fl_{name}": bigbench_examples(BIGBENCH / name / "task.json", limit=40)
-        for name in ("social_iqa", "date_understanding")
-    }
+    tasks = {f"fl_{name}": questions(name, 40) for name in ("social_iqa", "date_understanding")}
     ours, theirs = crosscheck(model, tokenizer, tasks, tmp_path / "tasks", batch_size=16)
     for name in tasks:
         assert 0.0 < ours[name]["acc"] < 1.0  # a real model, not a degenerate argmax

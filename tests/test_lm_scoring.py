@@ -12,25 +12,16 @@ import torch
 from tiny_llama import tiny_llama, tiny_tokenizer
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds.lm_text import (
-    IGNORE,
-    masked_nll,
-    pack_blocks,
-    perplexity,
-    read_text_files,
-    response_nll,
-    stdlib_code_split,
-)
-from forgetlab.kinds.multiple_choice import (
-    MCExample,
-    MCSplit,
+from forgetlab.kinds.multiple_choice import MCSplit, encode_mc, mc_metrics, score_mc
+from forgetlab.kinds.next_token import pack_blocks
+from forgetlab.kinds.scorers.loglikelihood import (
     choice_loglikelihoods,
-    encode_mc,
-    mc_metrics,
     naive_choice_loglikelihoods,
-    score_mc,
 )
-from forgetlab.models.causal import load_causal_lm
+from forgetlab.kinds.scorers.nll import IGNORE, masked_nll, perplexity, response_nll
+from forgetlab.models.loading import load_causal_lm
+from forgetlab.tasks.base import MCExample
+from forgetlab.tasks.text_files import read_text_files, stdlib_code_split
 
 EXAMPLES = [
     MCExample("Question: What colour is the sky? Answer:", ["blue", "green", "dark red"], 0),

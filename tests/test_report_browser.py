@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from report_fixtures import ALL_ANALYSES, XSS_NAME, write_lm_run, write_run
 
-from forgetlab.report.html import build_report
+from forgetlab.report.page import build_report
 from forgetlab.report.screenshot import CHROMIUM_ARGS, chromium_path
 
 CHROMIUM = chromium_path()

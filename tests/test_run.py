@@ -14,8 +14,9 @@ from forgetlab import load_config, run
 from forgetlab.cli import main
 from forgetlab.methods import get_method, method_config
 from forgetlab.models import load_tokenizer
-from forgetlab.runner import build_model, prepare_tasks
-from forgetlab.train import make_accelerator, train_stage
+from forgetlab.recipe.build import build_model
+from forgetlab.recipe.prepare import prepare_tasks
+from forgetlab.recipe.train import make_accelerator, train_stage
 from tests.conftest import needs_data, tiny_raw
 
 pytestmark = needs_data
@@ -126,7 +127,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     raw = tiny_raw(tmp_path / "straight", "full")
     straight = run(load_config(raw=raw)).seed_metrics[1]
 
-    import forgetlab.runner as runner
+    import forgetlab.recipe.run as runner
 
     real = runner.train_stage
 

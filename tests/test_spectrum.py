@@ -14,17 +14,15 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from forgetlab.analyses.spectrum import (
-    effective_linear_weights,
+from forgetlab.analyses.maths.spectrum import (
     matrix_spectrum,
     numerical_rank,
     random_reference,
     rank_for_energy,
     singular_values,
     stable_rank,
-    update_spectra,
-    weight_deltas,
 )
+from forgetlab.analyses.weights import effective_linear_weights, update_spectra, weight_deltas
 from forgetlab.models.task_model import TaskModel
 
 # Emitted by transformers when PEFT wraps the model; nothing to do with what is tested here.

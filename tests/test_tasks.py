@@ -13,7 +13,7 @@ from forgetlab.errors import DataError
 from forgetlab.tasks import hub, registry, shipped
 from forgetlab.tasks.base import ClassificationExample, TaskData
 from forgetlab.tasks.files import load_file_task
-from forgetlab.tasks.registry import load_task, majority_baseline, subsample
+from forgetlab.tasks.registry import load_task, subsample
 
 # (task, train rows, eval rows, label names, pair task) as in shared/data/README.md.
 SHIPPED = [
@@ -153,12 +153,6 @@ def test_subsample_deterministic_and_ordered() -> None:
     assert subsample(items, None, seed=0) == items
     assert subsample(items, 5000, seed=0) == items
     assert subsample(items, 0, seed=0) == []
-
-
-def test_majority_baseline() -> None:
-    assert majority_baseline([0, 1, 1, 1]) == 0.75
-    with pytest.raises(DataError):
-        majority_baseline([])
 
 
 # --------------------------------------------------------------------------- user files

@@ -45,7 +45,7 @@ def tiny_tokenizer(vocab_size: int = 320):
 def _smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from forgetlab.models.causal import cached_packaged_model
+    from forgetlab.models.gguf import cached_packaged_model
 
     folder = cached_packaged_model("packaged:smollm2")
     return None if folder is None else AutoTokenizer.from_pretrained(folder)

@@ -7,7 +7,11 @@ what it forgets.
     print(forgetlab.format_run(result.metrics))
 """
 
-__version__ = "0.1.0"
+# Before anything imports torch: OpenMP reads its wait policy once, when torch loads.
+# isort: off
+from forgetlab import threads
+
+threads.configure()
 
 from forgetlab.api import (  # noqa: E402
     analyze,
@@ -22,6 +26,9 @@ from forgetlab.api import (  # noqa: E402
     run_all,
     sweep,
 )
+from forgetlab.version import __version__  # noqa: E402
+
+# isort: on
 
 __all__ = [
     "__version__",

@@ -2,78 +2,38 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-from forgetlab import config as _config
-from forgetlab.atomic import read_json
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError
-from forgetlab.methods import METHODS, method_config
+from forgetlab.methods import METHODS
 from forgetlab.metrics import metrics_from_csv
-from forgetlab.regularizers import regularizer_config
 from forgetlab.report.text import format_comparison, format_run
+from forgetlab.resolve import load_config, variant_configs
+from forgetlab.rundir import RunDir
 from forgetlab.store import ResultsStore
-
-
-def load_config(
-    path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    raw: dict[str, Any] | None = None,
-) -> Config:
-    """Read a YAML file (or take `raw`, a dict), apply `a.b=value` overrides, validate all of
-    it, the method's own keys included."""
-    # A deep copy: overrides must not change the caller's dict.
-    data = _config.load_raw(path) if path is not None else copy.deepcopy(raw or {})
-    config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
-    _validate_plugins(config)
-    variant_configs(config)  # every variant must be valid before anything runs
-    return config
-
-
-def _validate_plugins(config: Config) -> None:
-    """The method's and the regulariser's own keys, checked by their own config classes."""
-    method_config(config.method)
-    if config.regularizer is not None and config.regularizer.get("name") != "none":
-        reg = regularizer_config(config.regularizer)
-        known = config.task_names + [t.name for t in config.source_tasks]
-        unknown = set(getattr(reg, "source", None) or []) - set(known)
-        if unknown:
-            raise ConfigError(
-                f"regularizer.source names {', '.join(sorted(unknown))}, which is neither a task "
-                f"of this run nor in source_tasks (known: {', '.join(known)})"
-            )
-
-
-def variant_configs(config: Config) -> list[tuple[str, Config]]:
-    """The configs a `variants:` comparison runs: the base plus each variant's overrides,
-    each into <output.dir>/<variant name>. Empty for a plain config."""
-    out = []
-    for variant in config.variants:
-        raw = config.to_dict()
-        raw["variants"] = []
-        raw["output"]["dir"] = str(Path(config.output.dir) / variant.name)
-        raw["name"] = f"{config.name}/{variant.name}"
-        try:
-            child = _config.build_config(_config.apply_overrides(raw, variant.overrides))
-            _validate_plugins(child)
-        except ConfigError as e:
-            raise ConfigError(f"variant {variant.name!r}: {e}") from e
-        out.append((variant.name, child))
-    return out
 
 
 def run(config: Config | str | Path, resume: bool = False):
     """Run every seed of one sequential fine-tuning config; returns a `RunResult`.
     A config with `variants:` runs through `run_all`."""
-    from forgetlab.runner import run as _run  # heavy imports (torch, transformers) on demand
+    from forgetlab.recipe.run import run as _run  # heavy imports (torch, transformers) on demand
 
     if not isinstance(config, Config):
         config = load_config(config)
     if config.variants:
         raise ConfigError("this config has variants: use forgetlab.run_all (one result each)")
-    return _run(config, resume=resume)
+    result = _run(config, resume=resume)
+    # After the recipe: index the finished run in the results store (the run directory stays
+    # the source of truth).
+    ResultsStore(config.output.store).record_run(
+        result.run_dir,
+        {k: v for k, v in result.metrics.items() if k != "per_seed"},
+        config.to_dict(),
+        result.seed_metrics,
+    )
+    return result
 
 
 def run_all(config: Config | str | Path, resume: bool = False) -> list:
@@ -86,7 +46,7 @@ def run_all(config: Config | str | Path, resume: bool = False) -> list:
 
 def load_run(run_dir: str | Path) -> dict:
     """The metrics.json of a finished run directory."""
-    return read_json(Path(run_dir) / "metrics.json")
+    return RunDir(run_dir).metrics()
 
 
 def compare(run_dirs: list[str | Path] | None = None, store: str | Path | None = None) -> str:
@@ -130,24 +90,14 @@ def sweep(
     )
 
 
-def analyze(
-    run_dir: str | Path,
-    which: list[str] | None = None,
-    *,
-    seed: int | None = None,
-    force: bool = False,
-    store: str | Path | None = None,
-    device: str | None = None,
-    options: dict[str, dict] | None = None,
-) -> dict[str, dict]:
+def analyze(run_dir: str | Path, which: list[str] | None = None, **options: Any) -> dict[str, dict]:
     """CKA drift, update spectrum, task similarity (and, for causal LMs, generation
     diversity) of a finished run — default: every analysis that applies — cached in
-    <run_dir>/analyses/ and the results store. See `forgetlab.analyses`."""
+    <run_dir>/analyses/ and the results store. Options: seed, force, store, device, and
+    `options` ({analysis name: its options}). See `forgetlab.analyses`."""
     from forgetlab.analyses import analyze as _analyze
 
-    return _analyze(
-        run_dir, which, seed=seed, force=force, store=store, device=device, options=options
-    )
+    return _analyze(run_dir, which, **options)
 
 
 def hessian(
@@ -159,7 +109,7 @@ def hessian(
     config file / Config (stage 0: the model at init, nothing written). Options: stage, task,
     group (trainable | modules | layers | a regex), examples, batch_size, method (lanczos |
     power), iters, tol, seed, force, store, device."""
-    from forgetlab.analyses.cache import hessian as _hessian
+    from forgetlab.analyses import hessian_eigenvalue as _hessian
 
     path = Path(target) if not isinstance(target, Config) else None
     if path is not None and not path.is_dir():
@@ -169,40 +119,22 @@ def hessian(
     return _hessian(target, **options)
 
 
-def lm_eval(
-    target: str | Path,
-    tasks: list[str],
-    *,
-    stage: int | None = None,
-    seed: int | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    include_path: str | Path | None = None,
-    device: str | None = None,
-) -> dict[str, dict]:
+def lm_eval(target: str | Path, tasks: list[str], **options: Any) -> dict[str, dict]:
     """lm-evaluation-harness on a model: a finished run directory (its model after `stage`,
     default the last; base + adapter for LoRA-family runs), or a causal-LM name (hub id,
     local folder, packaged:smollm2). `tasks`: lm-eval task names (hub tasks need the hub), or
     forgetlab multiple-choice tasks (e.g. bb_date_understanding), which are written as local
-    lm-eval tasks first — offline, and scored exactly as forgetlab's own scorer does."""
-    from forgetlab.evaluation_bridge import evaluate_with_lm_eval
+    lm-eval tasks first — offline, and scored exactly as forgetlab's own scorer does.
+    Options: stage, seed, limit, batch_size (8), include_path, device."""
+    from forgetlab.harness.evaluate import evaluate_with_lm_eval
 
-    return evaluate_with_lm_eval(
-        target,
-        tasks,
-        stage=stage,
-        seed=seed,
-        limit=limit,
-        batch_size=batch_size,
-        include_path=include_path,
-        device=device,
-    )
+    return evaluate_with_lm_eval(target, tasks, **options)
 
 
 def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """One self-contained HTML page (figures inline, PNGs beside it) over finished runs (a
     sweep directory: all its trials)."""
-    from forgetlab.report.html import build_report
+    from forgetlab.report.page import build_report
 
     return build_report(_run_dirs(run_dirs), Path(out), title=title)
 

@@ -11,11 +11,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from forgetlab.errors import ForgetlabError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from forgetlab.analyses import ANALYSES, HESSIAN
+
     p = argparse.ArgumentParser(
         prog="forgetlab",
         description="Fine-tune pretrained models and measure what each method learns and forgets.",
@@ -53,33 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         "for causal LM runs).",
     )
     a.add_argument("run_dirs", nargs="+", help="finished run directories")
-    a.add_argument("--cka", action="store_true", help="representation drift per layer")
-    a.add_argument("--spectrum", action="store_true", help="singular values / rank of ΔW")
-    a.add_argument("--similarity", action="store_true", help="task × task similarity")
-    a.add_argument(
-        "--diversity", action="store_true", help="sampled-answer diversity (causal LM runs)"
-    )
-    a.add_argument("--examples", type=int, help="probe examples per task (cka, similarity)")
-    a.add_argument("--pooling", choices=["mean", "tokens"], help="cka: per example or token")
-    a.add_argument("--energy", type=float, help="spectrum: share of ‖ΔW‖² (default 0.9)")
-    a.add_argument("--samples", type=int, metavar="K", help="diversity: samples per prompt (5)")
-    a.add_argument("--temperature", type=float, metavar="T", help="diversity: sampling (0.8)")
-    a.add_argument("--prompts", type=int, metavar="N", help="diversity: held-out prompts (16)")
+    for module in ANALYSES.values():
+        a.add_argument(f"--{module.NAME}", action="store_true", help=module.FLAG)
+    _add_options(a, list(ANALYSES.values()), named=True)
     _analysis_common(a)
 
     h = sub.add_parser("hessian", help="largest Hessian eigenvalue (Lanczos / power iteration)")
     h.add_argument("target", help="a finished run directory, or a config (stage 0 = init)")
     h.add_argument("overrides", nargs="*", help="dotted overrides (for a config)")
-    h.add_argument("--stage", type=int, help="0 = before training (default), k = after stage k")
-    h.add_argument("--task", help="whose training loss (default: the next stage's task)")
-    h.add_argument(
-        "--group", help="trainable (default) | modules | layers | a regex over parameter names"
-    )
-    h.add_argument("--examples", type=int, help="training examples in the loss (default 32)")
-    h.add_argument("--batch-size", type=int, dest="batch_size")
-    h.add_argument("--method", choices=["lanczos", "power"])
-    h.add_argument("--iters", type=int, help="Krylov / power iterations (default 20)")
-    h.add_argument("--tol", type=float, help="relative change that counts as converged")
+    _add_options(h, [HESSIAN], named=False)
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     _analysis_common(h)
 
@@ -109,6 +94,30 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the adaptation methods")
     sub.add_parser("tasks", help="list the registered tasks")
     return p
+
+
+def _add_options(p: argparse.ArgumentParser, modules: list[ModuleType], named: bool) -> None:
+    """The analyses' CLI options, each once (analyses may share one). `named`: the help says
+    which analyses an option sets ("cka: ..." for one, "... (cka, similarity)" for several)."""
+    users: dict[str, list[ModuleType]] = {}
+    for module in modules:
+        for option in module.CLI:
+            users.setdefault(option.flag, []).append(module)
+    added: set[str] = set()
+    for module in modules:
+        for option in module.CLI:
+            if option.flag in added:
+                continue
+            added.add(option.flag)
+            names = [m.NAME for m in users[option.flag]]
+            help_text = option.help
+            if named and len(names) == 1:
+                help_text = f"{names[0]}: {option.help}"
+            elif named:
+                help_text = f"{option.help} ({', '.join(names)})"
+            kwargs = {"type": option.type, "metavar": option.metavar, "choices": option.choices}
+            kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            p.add_argument(option.flag, dest=option.dest, help=help_text, **kwargs)
 
 
 def _sweep_parser(sub) -> None:
@@ -240,37 +249,33 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _default_analyses(run_dir: str) -> list[str]:
-    """What `analyze` runs without a flag: every analysis that applies to the run; generation
-    diversity only to a causal LM's run (an encoder generates nothing)."""
+    """What `analyze` runs without a flag: every analysis that applies to the run; those that
+    need a language model (LM_ONLY: generation diversity) only to a causal LM's run."""
     from forgetlab.analyses import ANALYSES
     from forgetlab.analyses.runs import check_run_dir, load_run_config
     from forgetlab.models import model_type
 
     check_run_dir(Path(run_dir))  # the errors `analyze` itself would raise first
     causal = model_type(load_run_config(Path(run_dir)).model) == "causal"
-    return [name for name in ANALYSES if causal or name != "diversity"]
+    return [n for n, m in ANALYSES.items() if causal or not getattr(m, "LM_ONLY", False)]
+
+
+def _options(args: argparse.Namespace, module: ModuleType) -> dict:
+    """The analysis options given on the command line (the others keep their defaults)."""
+    given = {o.key: getattr(args, o.dest) for o in module.CLI}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from forgetlab import api
-    from forgetlab.report.analyses_text import format_analysis
+    from forgetlab.analyses import ANALYSES, format_analysis
 
-    flags = [w for w in ("cka", "spectrum", "similarity", "diversity") if getattr(args, w)]
-    given = {
-        "cka": {"examples_per_task": args.examples, "pooling": args.pooling},
-        "spectrum": {"energy": args.energy},
-        "similarity": {"examples_per_task": args.examples},
-        "diversity": {
-            "samples": args.samples,
-            "temperature": args.temperature,
-            "prompts": args.prompts,
-        },
-    }
+    flags = [name for name in ANALYSES if getattr(args, name)]
     _quiet_libraries()
     _log_to_stderr(args.quiet)
     for run_dir in args.run_dirs:  # every run is checked by `analyze` before it computes
         chosen = flags or _default_analyses(run_dir)
-        options = {k: {o: v for o, v in given[k].items() if v is not None} for k in chosen}
+        options = {k: _options(args, ANALYSES[k]) for k in chosen}
         results = api.analyze(
             run_dir,
             chosen,
@@ -289,10 +294,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_hessian(args: argparse.Namespace) -> int:
     from forgetlab import api
-    from forgetlab.report.analyses_text import format_analysis
+    from forgetlab.analyses import HESSIAN, format_analysis
 
-    keys = ("stage", "task", "group", "examples", "batch_size", "method", "iters", "tol")
-    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    options = _options(args, HESSIAN)
     _quiet_libraries()
     _log_to_stderr(args.quiet)
     result = api.hessian(

@@ -341,6 +341,23 @@ def classification_scores(
     return out
 
 
+def target_gain(R: Any, majority_baseline: Sequence[float | None]) -> float:
+    """What was learned: the mean over tasks of R[j][j] minus its floor — the majority
+    baseline (chance), or, for a score without one (−NLL), the base model's own score R[0][j]."""
+    R = np.asarray(R, float)
+    floors = [R[0, j] if b is None else float(b) for j, b in enumerate(majority_baseline)]
+    return float(np.mean(np.diag(R[1:]) - np.asarray(floors, float)))
+
+
+def probe_is_source(cell: dict) -> bool:
+    """Whether a probe's base-model score counts as "what the model could do before", so that
+    a drop is forgetting: a multiple-choice probe the base model passes above chance (its
+    `p_value` < 0.05), every −NLL probe, and a generation probe it scores above 0."""
+    if "p_value" in cell:
+        return bool(cell["p_value"] < 0.05)
+    return cell.get("metric") == "neg_nll" or cell["score"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # Aggregation over seeds
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Generation diversity: k sampled answers per held-out prompt, from the base model and after
-training, scored by distinct-1/2, self-BLEU and the number of different final answers.
+"""`forgetlab analyze --diversity`, generation diversity: k sampled answers per held-out
+prompt, from the base model and after training, scored by distinct-1/2, self-BLEU and the
+number of different final answers.
 
 Fine-tuning on one answer per question tends to narrow what a model says: its samples repeat
 each other more (self-BLEU up, distinct n-grams down) and agree on fewer final answers. The
@@ -15,14 +16,27 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from forgetlab.analyses.runs import OpenRun
+from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.errors import ForgetlabError
-from forgetlab.kinds.generation import diversity, generate
-from forgetlab.prepare import PreparedTask
+from forgetlab.kinds.scorers.decoding import generate
+from forgetlab.kinds.scorers.diversity import diversity
+from forgetlab.plotting import NothingToDraw, literal, new_figure, png
+from forgetlab.recipe.prepare import PreparedTask
 from forgetlab.tasks.base import InstructionExample
 
 NAME = "diversity"
+FLAG = "sampled-answer diversity (causal LM runs)"  # help of `forgetlab analyze --diversity`
+REPORT_ORDER = 5
+LM_ONLY = True  # the report expects it only from a language model's run
 DEFAULTS = {"task": None, "prompts": 16, "samples": 5, "temperature": 0.8, "max_new_tokens": 128}
+CLI = (
+    CliOption("--samples", "samples", int, "samples per prompt (5)", metavar="K"),
+    CliOption("--temperature", "temperature", float, "sampling (0.8)", metavar="T"),
+    CliOption("--prompts", "prompts", int, "held-out prompts (16)", metavar="N"),
+)
 TOP_P = 1.0
 MAX_BATCH_PROMPTS = 16  # prompts per generate call (each gives `samples` rows)
 EXAMPLE_CHARS = 240  # sample texts kept in the result, cut to this length
@@ -159,3 +173,81 @@ def compute(run: OpenRun, seed: int, params: dict) -> dict:
         "rows": rows,
         "examples": examples,
     }
+
+
+def format_text(r: dict) -> list[str]:
+    width = max(12, *(len(row["label"]) + 2 for row in r["rows"]))
+    lines = [
+        f"Generation diversity on {r['task']} ({r['n_prompts']} held-out prompts × {r['k']} "
+        f"samples, temperature {r['temperature']:g}, ≤ {r['max_new_tokens']} new tokens):",
+        f"{'':<{width}}{'distinct-1':>12}{'distinct-2':>12}{'self-BLEU':>11}{'answers':>9}",
+    ]
+    for row in r["rows"]:
+        bleu = "—" if row["self_bleu"] is None else f"{row['self_bleu']:.1f}"
+        lines.append(
+            f"{row['label']:<{width}}{row['distinct_1']:>12.3f}{row['distinct_2']:>12.3f}"
+            f"{bleu:>11}{row['distinct_answers']:>9.2f}"
+        )
+    lines.append("(self-BLEU 100: samples repeat each other; answers: distinct final numbers)")
+    return lines
+
+
+def figure(data: dict, about: FigureContext) -> AnalysisFigure:
+    return AnalysisFigure(
+        f"Output diversity of run {about.run_name}: the base model and after training",
+        f"Sampled outputs on {data.get('task')} (seed {data.get('seed')}): distinct-1 and "
+        "distinct-2 (unique unigrams and bigrams / all), self-BLEU / 100 (higher = samples "
+        "more alike) and the mean number of distinct final answers among the k samples of a "
+        "prompt / k; for the base model and each analysed stage (legend: mean words per "
+        "sample, share of empty samples). Fine-tuning often narrows what a model says: lower "
+        "distinct, higher self-BLEU.",
+        draw(data),
+    )
+
+
+BARS = (
+    ("distinct-1", lambda r, k: r["distinct_1"]),
+    ("distinct-2", lambda r, k: r["distinct_2"]),
+    ("self-BLEU / 100", lambda r, k: r["self_bleu"] / 100),
+    ("distinct answers / k", lambda r, k: r["distinct_answers"] / k),
+)
+
+
+def draw(data: dict) -> bytes:
+    """Grouped bars per diversity measure: the base model and after each stage in the file."""
+    rows = data["rows"]
+    if not rows:
+        raise NothingToDraw("no rows")
+    k = float(data["k"])
+    fig = new_figure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(BARS))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        values = [_bar(get, row, k) for _, get in BARS]
+        label = str(row.get("label") or f"stage {row.get('stage')}")
+        words, empty = row.get("mean_words"), row.get("empty_samples")
+        if isinstance(words, (int, float)) and isinstance(empty, (int, float)):
+            label += f" ({words:.1f} words, {empty:.0%} empty)"  # low self-BLEU from empties?
+        offset = (i - (len(rows) - 1) / 2) * width
+        bars = ax.bar(x + offset, values, width, color=f"C{i % 10}", label=literal(label))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, [name for name, _ in BARS])
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("fraction")
+    ax.text(0.01, 0.98, "distinct: higher = more diverse; self-BLEU: higher = less diverse",
+            transform=ax.transAxes, va="top", fontsize=7, color="0.35")  # fmt: skip
+    title = (
+        f"Output diversity on {data.get('task')}: {data.get('n_prompts')} prompts × "
+        f"{data.get('k')} samples, temperature {data.get('temperature')}"
+    )
+    ax.set_title(literal(title), fontsize=10)
+    ax.legend(fontsize=8)
+    return png(fig)
+
+
+def _bar(get, row: dict, k: float) -> float:
+    try:
+        return float(get(row, k))
+    except TypeError:  # a null measure: no bar
+        return float("nan")

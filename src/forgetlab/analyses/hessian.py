@@ -1,513 +1,189 @@
-"""Largest Hessian eigenvalue ("sharpness") of a model's loss over a group of parameters.
+"""`forgetlab hessian`: the largest Hessian eigenvalue of the training loss, over a parameter
+group, at init or after any saved stage: Lanczos (or power iteration) on Hessian-vector
+products.
 
-Why this exists: how sharp the loss is around the fine-tuned weights, and in which layers,
-is a candidate explanation for how much a method forgets. The Hessian of a language model
-never fits in memory, so everything here works from Hessian-vector products (HVPs): two
-backward passes, the second one through the graph of the first ("double backward"). An
-iterative eigensolver only ever asks for ``H @ v``.
-
-Pieces, from the bottom up:
-
-* `hvp` and `HessianOperator`: ``H @ v`` for the mean loss over several batches, on a flat
-  float64 vector (the eigensolvers' view) while the parameters keep their own dtype.
-* `power_iteration` and `lanczos`: eigensolvers that take any ``matvec``. Lanczos is the
-  default because it finds the largest *algebraic* eigenvalue (the sharpness that matters;
-  Hessians away from a minimum are indefinite) in far fewer products; power iteration finds
-  the largest *magnitude* one, which can be a negative eigenvalue.
-* `parameter_groups`: which parameters one eigenvalue is computed over (all trainable ones,
-  one per adapted module, one per transformer layer, or a regex).
-* `largest_eigenvalue`: ties it together for a model, a loss and a list of batches.
-
-Double backward needs every op in the forward pass to have a differentiable backward. Fused
-attention kernels (SDPA flash / memory-efficient) do not, so transformers models must be
-loaded with ``attn_implementation="eager"``; `hvp` turns the autograd error into a
-`ForgetlabError` that says so.
+λ_max bounds the stable learning rate of gradient descent (lr < 2/λ_max), which is why it
+predicts how the best learning rate shifts between LoRA variants (study 4). The loss is the
+mean over `examples` training examples of the task trained at that stage (stage 0: the first
+task), dropout off; attention runs eagerly because fused kernels have no double backward.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import numpy as np
-import torch
-from torch import Tensor, nn
 
+from forgetlab.analyses.model_hessian import largest_eigenvalue, parameter_groups
+from forgetlab.analyses.runs import OpenRun
+from forgetlab.analyses.spec import AnalysisFigure, CliOption, FigureContext
 from forgetlab.errors import ForgetlabError
+from forgetlab.kinds import KINDS
+from forgetlab.plotting import literal, new_figure, png
 
-__all__ = [
-    "EigenResult",
-    "HessianOperator",
-    "hvp",
-    "lanczos",
-    "largest_eigenvalue",
-    "parameter_groups",
-    "power_iteration",
-]
-
-Closure = Callable[[], Tensor]
-MatVec = Callable[[Tensor], Tensor]
-
-# Lanczos stops when the new direction is this small relative to ||H q||: the Krylov space
-# is then (numerically) invariant and the Ritz values are exact eigenvalues.
-_BREAKDOWN_RTOL = 1e-10
-
-# PEFT wraps a model as `PeftModel.base_model (a tuner).model (the original)`; names of the
-# original model come back once this prefix is removed.
-_PEFT_PREFIX = "base_model.model."
-
-# `encoder.layer.3.`, `model.layers.3.`, `transformer.h.3.`, `encoder.block.3.` (T5).
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
-
-_SPECS = ("trainable", "modules", "layers")
-
-
-@dataclass
-class EigenResult:
-    """One eigenvalue estimate and how it was reached.
-
-    ``value`` is the largest algebraic eigenvalue for Lanczos and the largest-magnitude one
-    (signed) for power iteration. ``min_value`` is the smallest algebraic eigenvalue
-    (Lanczos only; ``None`` for power iteration). ``history`` holds the estimate after every
-    iteration, so convergence can be inspected or plotted.
-    """
-
-    value: float
-    min_value: float | None
-    history: list[float] = field(default_factory=list)
-    iterations: int = 0
-    converged: bool = False
-    method: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return asdict(self)
+NAME = "hessian"
+FLAG = None  # not a `forgetlab analyze` flag: the Hessian has its own command
+REPORT_ORDER = 4
+FILES = "hessian-*.json"  # one result per stage and group (see `cache_name`)
+METHODS = ("lanczos", "power")
+DEFAULTS = {
+    "stage": 0,
+    "task": None,  # default: the task trained in the next stage (stage 0 → the first task)
+    "group": "trainable",
+    "examples": 32,
+    "batch_size": 16,
+    "method": "lanczos",
+    "iters": 20,
+    "tol": 1e-3,
+}
+CLI = (  # the options of `forgetlab hessian`
+    CliOption("--stage", "stage", int, "0 = before training (default), k = after stage k"),
+    CliOption("--task", "task", help="whose training loss (default: the next stage's task)"),
+    CliOption(
+        "--group",
+        "group",
+        help="trainable (default) | modules | layers | a regex over parameter names",
+    ),
+    CliOption("--examples", "examples", int, "training examples in the loss (default 32)"),
+    CliOption("--batch-size", "batch_size", int),
+    CliOption("--method", "method", choices=METHODS),
+    CliOption("--iters", "iters", int, "Krylov / power iterations (default 20)"),
+    CliOption("--tol", "tol", float, "relative change that counts as converged"),
+)
 
 
-# ---------------------------------------------------------------------------------------
-# Hessian-vector products
-# ---------------------------------------------------------------------------------------
+def cache_name(params: dict) -> str:
+    group = "".join(c if c.isalnum() else "_" for c in params["group"])[:40]
+    return f"hessian-stage{params['stage']}-{group}"
 
 
-def hvp(loss_fn: Closure, params: Sequence[Tensor], vec: Sequence[Tensor]) -> list[Tensor]:
-    """``H @ vec`` for the scalar ``loss_fn()`` w.r.t. ``params``, by double backward.
+def owns_file(stem: str) -> bool:
+    """Whether analyses/<stem>.json may hold a Hessian result."""
+    return stem.startswith("hessian")
 
-    ``vec`` has one tensor per parameter, same shapes. Pearlmutter's trick: the gradient of
-    ``g(θ) · v`` is ``H v``, and ``g`` keeps its graph (``create_graph=True``) so it can be
-    differentiated again. Costs about two backward passes and never forms ``H``.
-    """
-    loss = loss_fn()
-    if loss.dim() != 0:
-        raise ForgetlabError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
-    if not loss.requires_grad:
-        # Caught here so `_grad` can read any autograd failure as a missing double backward.
-        raise ForgetlabError(
-            "the loss does not depend on the selected parameters (or was computed without "
-            "gradients, e.g. under torch.no_grad)"
+
+def _task(run: OpenRun, params: dict):
+    name = params["task"] or run.tasks[min(params["stage"], len(run.tasks) - 1)].name
+    by_name = {t.name: t for t in [*run.tasks, *run.sources]}
+    if name not in by_name:
+        raise ForgetlabError(f"task {name!r} is not a task of this run ({', '.join(by_name)})")
+    return by_name[name]
+
+
+def _own_task_only(model, groups: dict, task: str) -> dict:
+    """Drop other tasks' heads: the loss of `task` does not depend on them (their Hessian
+    block is zero), and a group made only of them has no eigenvalue to report."""
+    own = f"heads.{model.head_name(task)}."
+    kept = {
+        name: [(n, p) for n, p in named if not n.startswith("heads.") or n.startswith(own)]
+        for name, named in groups.items()
+    }
+    return {name: named for name, named in kept.items() if named}
+
+
+def check(run: OpenRun, seed: int, params: dict) -> None:
+    if params["method"] not in METHODS:
+        raise ForgetlabError(f"method must be one of {', '.join(METHODS)}")
+    if params["examples"] < 1 or params["iters"] < 1:
+        raise ForgetlabError("examples and iters must be >= 1")
+    _task(run, params)
+    run.require_checkpoints(seed, [params["stage"]], "the Hessian")
+
+
+def compute(run: OpenRun, seed: int, params: dict) -> dict:
+    task = _task(run, params)
+    model = run.model_at(seed, params["stage"], eager=True)
+    batches = run.probe_batches(task, params["examples"], params["batch_size"], "train", seed)
+    loss = KINDS[task.kind].loss
+    groups = _own_task_only(model, parameter_groups(model, params["group"]), task.name)
+    results = []
+    for name, named in groups.items():
+        eig = largest_eigenvalue(
+            model,
+            lambda m, b: loss(m, task.name, b),
+            batches,
+            [p for _, p in named],
+            method=params["method"],
+            iters=params["iters"],
+            tol=params["tol"],
+            seed=seed,
         )
-    grads = _grad(loss, params, create_graph=True)
-    dot = sum((g * v).sum() for g, v in zip(grads, vec, strict=True))
-    if not isinstance(dot, Tensor) or not dot.requires_grad:
-        # The gradient does not depend on the parameters (loss at most linear in them).
-        return [torch.zeros_like(p) for p in params]
-    return _grad(dot, params, create_graph=False)
-
-
-def _grad(output: Tensor, params: Sequence[Tensor], *, create_graph: bool) -> list[Tensor]:
-    """`torch.autograd.grad` with zeros for unused parameters and a readable failure."""
-    try:
-        grads = torch.autograd.grad(
-            output, list(params), create_graph=create_graph, allow_unused=True
+        results.append(
+            {"name": name, "n_params": sum(p.numel() for _, p in named), **eig.to_dict()}
         )
-    except torch.cuda.OutOfMemoryError:  # a RuntimeError too, with its own fix
-        raise
-    except RuntimeError as err:
-        # In practice a kernel without a differentiable backward (SDPA flash/efficient
-        # attention), which only shows up here, in the second backward.
-        raise ForgetlabError(
-            "Hessian-vector products need double backward, which failed; load the model "
-            'with attn_implementation="eager" (fused SDPA/flash attention kernels have no '
-            f"double backward) and without gradient checkpointing. Original error: {err}"
-        ) from err
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        results[-1]["lambda_max"] = results[-1].pop("value")
+        results[-1]["lambda_min"] = results[-1].pop("min_value", None)
+    return {
+        "seed": seed,
+        "stage": params["stage"],
+        "task": task.name,
+        "group": params["group"],
+        "method": params["method"],
+        "n_examples": sum(len(b["labels"]) for b in batches),
+        "results": results,
+    }
 
 
-class HessianOperator:
-    """``v -> H v`` on flat vectors, for a weighted sum of losses (e.g. several batches).
-
-    ``closures`` is a list of ``(loss_fn, weight)``; the operator is the Hessian of
-    ``sum(weight * loss_fn())``. With ``weight = batch_size / N`` and each closure returning
-    its batch's mean loss, that is the Hessian of the mean loss over all ``N`` examples,
-    computed one batch at a time so memory stays that of one batch.
-
-    Flat vectors are float64 (the eigensolvers orthogonalise them, where float32 rounding
-    would show); each product is computed in the parameters' own dtype and device.
-    """
-
-    def __init__(self, closures: list[tuple[Closure, float]], params: Sequence[nn.Parameter]):
-        if not closures:
-            raise ForgetlabError("the Hessian operator needs at least one loss (batch)")
-        if not params:
-            raise ForgetlabError("the Hessian operator needs at least one parameter")
-        self.closures = list(closures)
-        self.params = list(params)
-        self.dim = sum(p.numel() for p in self.params)
-
-    def matvec(self, v: Tensor) -> Tensor:
-        """``H @ v`` for a flat vector of length `dim`; float64, on ``v``'s device."""
-        if v.shape != (self.dim,):
-            raise ValueError(f"expected a flat vector of length {self.dim}, got {tuple(v.shape)}")
-        pieces = self._unflatten(v)
-        out = torch.zeros(self.dim, dtype=torch.float64, device=v.device)
-        for loss_fn, weight in self.closures:
-            out += weight * self._flatten(hvp(loss_fn, self.params, pieces), v.device)
-        if not torch.isfinite(out).all():
-            raise ForgetlabError("a Hessian-vector product is not finite (NaN/inf loss?)")
-        return out
-
-    def _unflatten(self, v: Tensor) -> list[Tensor]:
-        pieces, start = [], 0
-        for p in self.params:
-            chunk = v[start : start + p.numel()].view(p.shape)
-            pieces.append(chunk.to(device=p.device, dtype=p.dtype))
-            start += p.numel()
-        return pieces
-
-    @staticmethod
-    def _flatten(tensors: Iterable[Tensor], device: torch.device) -> Tensor:
-        return torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
-
-
-# ---------------------------------------------------------------------------------------
-# Eigensolvers
-# ---------------------------------------------------------------------------------------
-
-
-def power_iteration(
-    matvec: MatVec,
-    dim: int,
-    iters: int = 100,
-    tol: float = 1e-4,
-    seed: int = 0,
-    *,
-    device: torch.device | str | None = None,
-) -> EigenResult:
-    """Dominant (largest-magnitude, signed) eigenvalue of a symmetric operator.
-
-    Repeats ``v <- H v / ||H v||`` and reports the Rayleigh quotient ``v·Hv``. Converges at
-    rate ``|λ2/λ1|``, so slowly when the top two magnitudes are close, and not at all when
-    ``λmax ≈ -λmin`` (the iterate oscillates). Memory is O(dim), which is its one advantage
-    over `lanczos` for very large groups.
-    """
-    _check_solver_args(dim, iters)
-    v = _random_unit(dim, seed, device)
-    history: list[float] = []
-    converged = False
-    for _ in range(iters):
-        w = matvec(v)
-        history.append(float(v @ w))
-        norm = w.norm()
-        if norm == 0:  # v lies in the null space; exact for the zero operator.
-            converged = True
-            break
-        if len(history) > 1 and _relative_change(history[-2], history[-1]) < tol:
-            converged = True
-            break
-        v = w / norm
-    return EigenResult(history[-1], None, history, len(history), converged, "power")
-
-
-def lanczos(
-    matvec: MatVec,
-    dim: int,
-    iters: int = 30,
-    tol: float = 1e-4,
-    seed: int = 0,
-    *,
-    device: torch.device | str | None = None,
-) -> EigenResult:
-    """Extreme eigenvalues of a symmetric operator by Lanczos with full re-orthogonalisation.
-
-    Builds an orthonormal basis ``Q`` of the Krylov space ``{q, Hq, H²q, ...}`` and the
-    tridiagonal ``T = Qᵀ H Q``; the extreme eigenvalues of ``T`` (Ritz values) converge to
-    those of ``H`` much faster than power iteration. In floating point the textbook
-    three-term recurrence loses orthogonality and produces spurious copies of converged
-    eigenvalues, so every new vector is orthogonalised against *all* previous ones, twice
-    (classical Gram–Schmidt twice is as accurate as modified Gram–Schmidt, in two matrix
-    products). That costs ``iters * dim`` float64 values of memory.
-
-    Stops when the top Ritz value changes by less than ``tol`` (relative) in one iteration,
-    or when the Krylov space is exhausted (``beta ≈ 0``, at the latest after ``dim`` steps),
-    where the Ritz values are exact.
-    """
-    _check_solver_args(dim, iters)
-    steps = min(iters, dim)
-    basis = torch.empty(steps, dim, dtype=torch.float64, device=device)
-    basis[0] = _random_unit(dim, seed, device)
-    alphas: list[float] = []
-    betas: list[float] = []
-    history: list[float] = []
-    ritz = np.zeros(1)
-    h_norm = 0.0
-    converged = False
-    for k in range(steps):
-        w = matvec(basis[k]).to(dtype=torch.float64, device=basis.device)
-        h_norm = max(h_norm, float(w.norm()))
-        alphas.append(float(basis[k] @ w))
-        w = _orthogonalise(w, basis[: k + 1])
-        ritz = _tridiagonal_eigvalsh(alphas, betas)
-        history.append(float(ritz[-1]))
-        if len(history) > 1 and _relative_change(history[-2], history[-1]) < tol:
-            converged = True
-            break
-        beta = float(w.norm())
-        if beta <= _BREAKDOWN_RTOL * h_norm or k + 1 == dim:
-            converged = True  # invariant subspace: the Ritz values are eigenvalues
-            break
-        if k + 1 < steps:
-            betas.append(beta)
-            basis[k + 1] = w / beta
-    return EigenResult(float(ritz[-1]), float(ritz[0]), history, len(history), converged, "lanczos")
-
-
-def _orthogonalise(w: Tensor, basis: Tensor) -> Tensor:
-    """Remove from ``w`` its components along the rows of ``basis`` (Gram–Schmidt, twice)."""
-    for _ in range(2):
-        w = w - basis.T @ (basis @ w)
-    return w
-
-
-def _tridiagonal_eigvalsh(alphas: list[float], betas: list[float]) -> np.ndarray:
-    """Ascending eigenvalues of the symmetric tridiagonal matrix (tiny: at most `iters`)."""
-    k = len(alphas)
-    t = np.diag(np.asarray(alphas, dtype=np.float64))
-    if k > 1:
-        off = np.asarray(betas[: k - 1], dtype=np.float64)
-        t += np.diag(off, 1) + np.diag(off, -1)
-    return np.linalg.eigvalsh(t)
-
-
-def _random_unit(dim: int, seed: int, device: torch.device | str | None) -> Tensor:
-    """Seeded random unit vector; drawn on the CPU so the start is the same on any device."""
-    gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(dim, generator=gen, dtype=torch.float64)
-    return (v / v.norm()).to(device) if device is not None else v / v.norm()
-
-
-def _relative_change(old: float, new: float) -> float:
-    scale = max(abs(old), abs(new))
-    return 0.0 if scale == 0 else abs(new - old) / scale
-
-
-def _check_solver_args(dim: int, iters: int) -> None:
-    if dim < 1:
-        raise ForgetlabError(f"cannot compute an eigenvalue over {dim} parameters")
-    if iters < 1:
-        raise ForgetlabError(f"iters must be at least 1, got {iters}")
-
-
-# ---------------------------------------------------------------------------------------
-# Parameter groups
-# ---------------------------------------------------------------------------------------
-
-
-def parameter_groups(model: nn.Module, spec: str) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Split a model's parameters into the groups one eigenvalue each is computed over.
-
-    ``spec`` is one of:
-
-    * ``"trainable"``: one group, ``"trainable"``, with every parameter that requires grad;
-    * ``"modules"``: trainable parameters by the module they belong to or adapt. A PEFT
-      adapter's parameters (``...query.lora_A.default.weight``, ``lora_B``, DoRA's
-      magnitude, VeRA's lambdas, AdaLoRA's ``lora_E``, ``modules_to_save`` copies, ...) are
-      grouped under the module PEFT wrapped (``...query``), like a plain ``...query.weight``
-      and ``...query.bias``; a leading ``base_model.model.`` is dropped so group names are
-      those of the original model;
-    * ``"layers"``: trainable parameters by transformer layer index (``layer.N``,
-      ``layers.N``, ``h.N``, ``block(s).N``; the first one in the name), as ``"layer N"``,
-      and ``"other"`` for the rest (embeddings, head). Encoder and decoder layers with the
-      same index share a group;
-    * anything else: a regular expression; one group named by the spec with every parameter
-      whose name it matches (``re.search``), trainable or not, so a layer of a frozen
-      backbone can be measured (`largest_eigenvalue` enables its gradients for the time).
-
-    Member names are exactly those of ``model.named_parameters()`` (usable with
-    ``get_parameter`` or ``torch.func.functional_call``). Groups keep the model's order.
-    """
-    named = list(model.named_parameters())
-    if spec in _SPECS:
-        trainable = [(n, p) for n, p in named if p.requires_grad]
-        if not trainable:
-            raise ForgetlabError(
-                f"parameter group spec {spec!r}: the model has no trainable parameters; "
-                "use a regular expression to select frozen ones"
-            )
-        if spec == "trainable":
-            return {"trainable": trainable}
-        if spec == "modules":
-            owners = _adapter_owners(model)
-            return _group_by(trainable, lambda name: _module_key(name, owners))
-        return _group_by_layer(trainable)
-    return {spec: _match_regex(named, spec)}
-
-
-def _group_by(
-    named: list[tuple[str, nn.Parameter]], key: Callable[[str], str]
-) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
-    for name, param in named:
-        groups.setdefault(key(name), []).append((name, param))
-    return groups
-
-
-def _group_by_layer(
-    named: list[tuple[str, nn.Parameter]],
-) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    groups = _group_by(named, _layer_key)
-    # Numeric order ("layer 2" before "layer 10"), "other" last.
-    order = sorted(groups, key=lambda k: (1, 0) if k == "other" else (0, int(k.split()[1])))
-    return {k: groups[k] for k in order}
-
-
-def _layer_key(name: str) -> str:
-    match = _LAYER_RE.search(name)
-    return f"layer {match.group(1)}" if match else "other"
-
-
-def _adapter_owners(model: nn.Module) -> list[str]:
-    """Names of the outermost PEFT tuner layers (modules that own adapter weights).
-
-    Found by duck typing (PEFT's `BaseTunerLayer` and `ModulesToSaveWrapper` declare
-    ``adapter_layer_names``) rather than a list of suffixes, so every PEFT method, present
-    and future, is covered without importing peft.
-    """
-    owners: list[str] = []
-    for name, module in model.named_modules():
-        if not name or not isinstance(getattr(module, "adapter_layer_names", None), tuple):
-            continue
-        if not any(name.startswith(owner + ".") for owner in owners):
-            owners.append(name)
-    return owners
-
-
-def _module_key(name: str, owners: list[str]) -> str:
-    """Group name for a parameter: its adapted module, else its own module."""
-    owner = next((o for o in owners if name.startswith(o + ".")), None)
-    key = owner if owner is not None else name.rpartition(".")[0]
-    key = key.removeprefix(_PEFT_PREFIX)
-    return key or "<root>"
-
-
-def _match_regex(
-    named: list[tuple[str, nn.Parameter]], spec: str
-) -> list[tuple[str, nn.Parameter]]:
-    try:
-        pattern = re.compile(spec)
-    except re.error as err:
-        raise ForgetlabError(
-            f"parameter group spec {spec!r} is neither one of {', '.join(_SPECS)} "
-            f"nor a valid regular expression ({err})"
-        ) from err
-    selected = [(n, p) for n, p in named if pattern.search(n)]
-    if not selected:
-        examples = ", ".join(n for n, _ in named[:5])
-        raise ForgetlabError(
-            f"parameter group spec {spec!r} matches no parameter; names look like: {examples}"
-        )
-    return selected
-
-
-# ---------------------------------------------------------------------------------------
-# Model-level entry point
-# ---------------------------------------------------------------------------------------
-
-
-def largest_eigenvalue(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Any], Tensor],
-    batches: Sequence[Any],
-    params: Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]],
-    *,
-    method: str = "lanczos",
-    iters: int = 30,
-    tol: float = 1e-4,
-    seed: int = 0,
-) -> EigenResult:
-    """Largest Hessian eigenvalue of the mean loss over ``batches`` w.r.t. ``params``.
-
-    ``loss_fn(model, batch)`` returns the mean loss over one batch. Batches are weighted by
-    size (``batch["labels"].shape[0]``; equally when a batch has no labels), so the operator
-    is the Hessian of the mean loss over all examples, whatever the batch sizes.
-
-    ``params`` is a list of parameters or of ``(name, parameter)`` pairs (one group from
-    `parameter_groups`). During the computation the model is in eval mode (dropout would
-    make ``H`` random) and exactly ``params`` require grad: frozen ones are enabled, so a
-    frozen backbone's layer can be measured, and all others are disabled, so no graph is
-    kept for them. Modes and ``requires_grad`` flags are restored afterwards, even on error.
-    """
-    if method not in ("lanczos", "power"):
-        raise ForgetlabError(f"unknown eigenvalue method {method!r} (use 'lanczos' or 'power')")
-    if not batches:
-        raise ForgetlabError("largest_eigenvalue needs at least one batch")
-    selected = _as_parameters(params)
-    closures = [
-        (lambda b=batch: loss_fn(model, b), weight)
-        for batch, weight in zip(batches, _batch_weights(batches))
+def format_text(r: dict) -> list[str]:
+    lines = [
+        f"Largest Hessian eigenvalue ({r['method']}, stage {r['stage']}, task {r['task']}, "
+        f"{r['n_examples']} examples, group {r['group']}):"
     ]
-    operator = HessianOperator(closures, selected)
-    solver = lanczos if method == "lanczos" else power_iteration
-    with _only_these_require_grad(model, selected), _eval_mode(model), torch.enable_grad():
-        return solver(operator.matvec, operator.dim, iters, tol, seed, device=selected[0].device)
+    for x in r["results"]:
+        low = "" if x.get("lambda_min") is None else f"  λ_min {x['lambda_min']:.4g}"
+        state = "converged" if x["converged"] else "NOT converged"
+        lines.append(
+            f"  {x['name']:<48} λ_max {x['lambda_max']:.4g}{low}  "
+            f"({x['n_params']} params, {x['iterations']} iters, {state})"
+        )
+    return lines
 
 
-def _as_parameters(
-    params: Sequence[nn.Parameter] | Sequence[tuple[str, nn.Parameter]],
-) -> list[nn.Parameter]:
-    selected = [p[1] if isinstance(p, tuple) else p for p in params]
-    if not selected:
-        raise ForgetlabError("largest_eigenvalue needs at least one parameter")
-    return selected
+def figure(data: dict, about: FigureContext) -> AnalysisFigure:
+    return AnalysisFigure(
+        f"Largest Hessian eigenvalue per module of run {about.run_name} ({about.stem})",
+        f"Largest Hessian eigenvalue λ_max per module (hatched: not converged; tick: λ_min) from "
+        f"{data.get('method')} iterations, and their convergence (analyses/{about.stem}.json).",
+        draw(data),
+    )
 
 
-def _batch_weights(batches: Sequence[Any]) -> list[float]:
-    """``n_i / N`` when every batch has labels (mean over examples), else ``1 / B``."""
-    sizes = [
-        int(b["labels"].shape[0]) if isinstance(b, Mapping) and "labels" in b else None
-        for b in batches
-    ]
-    if any(s is None for s in sizes):
-        return [1.0 / len(batches)] * len(batches)
-    total = sum(sizes)
-    return [s / total for s in sizes]
-
-
-@contextmanager
-def _only_these_require_grad(model: nn.Module, selected: list[nn.Parameter]) -> Iterator[None]:
-    """Exactly ``selected`` require grad inside; every flag restored on exit."""
-    params = list(model.parameters())
-    known = {id(p) for p in params}
-    params += [p for p in selected if id(p) not in known]  # e.g. a head outside the model
-    wanted = {id(p) for p in selected}
-    saved = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(id(p) in wanted)
-        yield
-    finally:
-        for p, flag in zip(params, saved):
-            p.requires_grad_(flag)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode inside; each submodule's own mode restored on exit."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training
+def draw(hessian: dict) -> bytes:
+    """λ_max per module (hatched: not converged), λ_min where given, and the convergence."""
+    results = hessian["results"]
+    if not results:
+        raise ValueError("no results")
+    names = [literal(r["name"]) for r in results]
+    fig = new_figure(figsize=(10, 1.6 + 0.32 * len(results)), layout="constrained")
+    ax_bar, ax_conv = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(len(results))
+    lmax = np.array([float(r["lambda_max"]) for r in results])
+    # One colour per module, the same in both panels.
+    colors = [f"C{k % 10}" for k in range(len(results))]
+    bars = ax_bar.barh(y, lmax, color=colors, label="λ_max")
+    for bar, r in zip(bars, results):
+        if not r.get("converged", True):
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
+    lmin = [(k, r["lambda_min"]) for k, r in enumerate(results) if r.get("lambda_min") is not None]
+    if lmin:
+        ks, vs = zip(*lmin)
+        ax_bar.plot(vs, ks, "k|", markersize=10, label="λ_min")
+    ax_bar.set_yticks(y, names, fontsize=7)
+    ax_bar.invert_yaxis()
+    ax_bar.axvline(0, color="0.5", lw=0.8)
+    ax_bar.set_xlabel("Hessian eigenvalue")
+    ax_bar.legend(fontsize=8)
+    for k, r in enumerate(results):
+        history = np.asarray(r.get("history") or [], float)
+        if history.size:
+            ax_conv.plot(np.arange(1, history.size + 1), history, color=f"C{k % 10}", lw=1)
+    ax_conv.set_xlabel("iteration")
+    ax_conv.set_ylabel("λ_max estimate")
+    ax_conv.set_title("Convergence", fontsize=10)
+    stage = int(hessian["stage"])
+    when = "of the base model (stage 0)" if stage == 0 else f"after stage {stage}"
+    title = (
+        f"Hessian {when}, loss of {hessian['task']}, group {hessian['group']}, "
+        f"{hessian['method']}, {hessian['n_examples']} examples"
+    )
+    fig.suptitle(literal(title), fontsize=10)
+    return png(fig)

@@ -1,10 +1,11 @@
 """Open a finished run directory for analysis.
 
-An analysis needs the model as it was after any stage. The runner builds a model
-deterministically from (config, seed) and a stage checkpoint holds only what training changed,
-so the model after stage k is rebuilt here exactly as the runner built it, then the stage-k
-checkpoint is loaded onto it. Stage 0 is the model before any training (row 0 of the accuracy
-matrix): the pretrained backbone with the method's init, e.g. LoRA with B = 0.
+An analysis needs the model as it was after any stage. A stage checkpoint holds only what
+training changed, so the model after stage k is rebuilt exactly as the run built it — by the
+recipe's own `build_run_model`, from the same prepared tasks (sequence, source tasks and
+probes) — then the stage-k checkpoint is loaded onto it. Stage 0 is the model before any
+training (row 0 of the accuracy matrix): the pretrained backbone with the method's init,
+e.g. LoRA with B = 0.
 
 Everything is checked before anything is computed, so a bad run directory ends in one
 message and nothing is written into it.
@@ -18,15 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-import forgetlab
-from forgetlab.atomic import read_json
-from forgetlab.build import build_model, load_checkpoint, stage_dir
 from forgetlab.config import Config
-from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.errors import ForgetlabError
 from forgetlab.kinds import KINDS
-from forgetlab.methods import get_method, method_config
+from forgetlab.methods import get_method
 from forgetlab.models import (
     TaskModel,
     load_backbone,
@@ -34,44 +31,16 @@ from forgetlab.models import (
     load_tokenizer,
     model_type,
 )
-from forgetlab.prepare import PreparedTask, prepare_tasks
-
-# A run written by another major.minor version may have another layout or other numbers.
-REQUIRED_METRICS = ("version", "tasks", "seeds", "accuracy_matrix", "per_seed")
-
-
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split(".")[:2])
+from forgetlab.recipe.build import build_run_model, load_checkpoint
+from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
+from forgetlab.rundir import RunDir
+from forgetlab.version import __version__
 
 
 def check_run_dir(run_dir: Path) -> dict:
     """The run's metrics.json, after checking that the directory holds a finished run of this
     forgetlab version; raises ForgetlabError saying what is wrong otherwise."""
-    if not run_dir.is_dir():
-        raise ForgetlabError(f"{run_dir} is not a directory")
-    if not (run_dir / "config.yaml").is_file():
-        raise ForgetlabError(f"{run_dir} is not a forgetlab run directory (no config.yaml)")
-    if not (run_dir / "metrics.json").is_file():
-        raise ForgetlabError(
-            f"{run_dir} holds an incomplete run (no metrics.json): finish it with "
-            f"`forgetlab run <config> --out {run_dir} --resume` first"
-        )
-    metrics = read_json(run_dir / "metrics.json")
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        raise ForgetlabError(
-            f"{run_dir}/metrics.json lacks {', '.join(missing)}: written by another version of "
-            "forgetlab, or damaged"
-        )
-    if _major_minor(metrics["version"]) != _major_minor(forgetlab.__version__):
-        raise ForgetlabError(
-            f"{run_dir} was written by forgetlab {metrics['version']}; this is "
-            f"{forgetlab.__version__}: rerun it with this version to analyse it"
-        )
-    incomplete = [s for s, m in metrics["per_seed"].items() if not m.get("complete")]
-    if incomplete:
-        raise ForgetlabError(f"{run_dir}: seed(s) {', '.join(incomplete)} did not finish")
-    return metrics
+    return RunDir(run_dir).finished()
 
 
 @dataclass
@@ -82,10 +51,21 @@ class OpenRun:
     config: Config
     metrics: dict
     tokenizer: object
-    tasks: list[PreparedTask]
-    sources: list[PreparedTask]
+    run_tasks: RunTasks
     pad_id: int
     device: torch.device
+
+    @property
+    def tasks(self) -> list[PreparedTask]:
+        return self.run_tasks.tasks
+
+    @property
+    def sources(self) -> list[PreparedTask]:
+        return self.run_tasks.sources
+
+    @property
+    def probes(self) -> list[PreparedTask]:
+        return self.run_tasks.probes
 
     @property
     def is_causal(self) -> bool:
@@ -104,7 +84,7 @@ class OpenRun:
         return seed
 
     def checkpoint(self, seed: int, stage: int) -> Path:
-        return stage_dir(self.run_dir / f"seed-{seed}", stage, self.tasks[stage - 1].name)
+        return RunDir(self.run_dir).checkpoint_dir(seed, stage, self.tasks[stage - 1].name)
 
     def require_checkpoints(self, seed: int, stages: list[int], why: str) -> None:
         """Fail before computing anything when a needed stage checkpoint is absent."""
@@ -129,20 +109,11 @@ class OpenRun:
             config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, attn_implementation="eager")
             )
-        method = get_method(config.method["name"])
-        mcfg = method_config(config.method)
-        model = build_model(
-            config,
-            self.tasks,
-            method,
-            mcfg,
-            seed,
-            pad_id=self.pad_id,
-            device=self.device,
-            sources=self.sources,
+        model = build_run_model(
+            config, self.run_tasks, seed, pad_id=self.pad_id, device=self.device
         )
         if stage > 0:
-            load_checkpoint(model, method, self.checkpoint(seed, stage))
+            load_checkpoint(model, get_method(config.method["name"]), self.checkpoint(seed, stage))
         return model.to(self.device).eval()
 
     def pretrained_backbone(self) -> torch.nn.Module:
@@ -172,14 +143,7 @@ def _device(name: str | None) -> torch.device:
 
 
 def load_run_config(run_dir: Path) -> Config:
-    from forgetlab.api import load_config  # the api validates method and regulariser keys
-
-    try:
-        return load_config(raw=yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-    except ConfigError as e:
-        raise ForgetlabError(
-            f"{run_dir}/config.yaml is not a valid config for this forgetlab version: {e}"
-        ) from e
+    return RunDir(run_dir).config()
 
 
 def _open(run_dir: Path, config: Config, metrics: dict, device: str | None) -> OpenRun:
@@ -190,22 +154,21 @@ def _open(run_dir: Path, config: Config, metrics: dict, device: str | None) -> O
         config=config,
         metrics=metrics,
         tokenizer=tokenizer,
-        tasks=prepare_tasks(config, tokenizer),
-        sources=prepare_tasks(config, tokenizer, config.source_tasks, offset=100),
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        run_tasks=prepare_run(config, tokenizer),
+        pad_id=pad_token_id(tokenizer),
         device=_device(device or config.training.device),
     )
 
 
 def open_run(run_dir: str | Path, device: str | None = None) -> OpenRun:
     """Check `run_dir` and load its config, tokenizer and tasks (same subsamples as the run)."""
-    run_dir = Path(run_dir)
-    metrics = check_run_dir(run_dir)
-    return _open(run_dir, load_run_config(run_dir), metrics, device)
+    run = RunDir(run_dir)
+    metrics = run.finished()
+    return _open(run.path, run.config(), metrics, device)
 
 
 def open_config(config: Config, device: str | None = None) -> OpenRun:
     """A config that has not run: only stage 0 (the model at init) can be rebuilt. What the
     Hessian at init needs to compare methods before training any of them."""
-    metrics = {"seeds": list(config.seeds), "version": forgetlab.__version__}
+    metrics = {"seeds": list(config.seeds), "version": __version__}
     return _open(Path(config.output.dir), config, metrics, device)

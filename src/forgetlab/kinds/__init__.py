@@ -1,31 +1,23 @@
 """Task kinds: how examples of a kind are encoded, batched, trained and scored.
 
-The training loop, the evaluator, regularisers and analyses only talk to a kind through this
-interface, one object per kind:
-
-    name, trainable             (False: scored only, e.g. multiple-choice probes)
-    encode(examples, tokenizer, max_length, pair_encoding, **options) -> split
-    train_batches(lengths, batch_size, rng, group) / eval_batches(lengths, batch_size)
-    collate(split, indices, pad_id, device) -> {"inputs": {...}, "labels": tensor}
-    loss(model, task, batch) -> scalar tensor
-    evaluate(model, task, split, EvalContext) -> {"score" (higher is better), "metric", "n", ...}
-    baseline(split) -> float | None   (majority class, chance level; None: compare with base)
+Every kind is one module holding one object that satisfies `forgetlab.kinds.base.TaskKind`
+(encode, train_batches/eval_batches, collate, loss, evaluate, baseline, and the flags
+trainable, packs, from_files); the scorers they use live in `forgetlab.kinds.scorers`. A new
+kind is one module, one line below and one row in the kinds' interface test.
 
 Encoders: classification. Causal LMs: instruction, text, perplexity, multiple_choice,
-generation (forgetlab/kinds/lm.py).
+generation.
 """
 
+from forgetlab.kinds.base import EvalContext, TaskKind
 from forgetlab.kinds.classification import CLASSIFICATION, EncodedSplit
-from forgetlab.kinds.lm import (
-    GENERATION,
-    INSTRUCTION,
-    MULTIPLE_CHOICE,
-    PERPLEXITY,
-    TEXT,
-    EvalContext,
-)
+from forgetlab.kinds.generation import GENERATION
+from forgetlab.kinds.instruction import INSTRUCTION
+from forgetlab.kinds.multiple_choice import MULTIPLE_CHOICE
+from forgetlab.kinds.perplexity import PERPLEXITY
+from forgetlab.kinds.text import TEXT
 
-KINDS = {
+KINDS: dict[str, TaskKind] = {
     "classification": CLASSIFICATION,
     "instruction": INSTRUCTION,
     "text": TEXT,
@@ -34,4 +26,10 @@ KINDS = {
     "generation": GENERATION,
 }
 
-__all__ = ["KINDS", "EncodedSplit", "EvalContext"]
+
+def file_kinds() -> tuple[str, ...]:
+    """The kinds a task of `type: file` may have (read from the user's own file), sorted."""
+    return tuple(sorted(name for name, kind in KINDS.items() if kind.from_files))
+
+
+__all__ = ["KINDS", "EncodedSplit", "EvalContext", "TaskKind", "file_kinds"]

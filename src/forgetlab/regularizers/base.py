@@ -56,7 +56,7 @@ class StageContext:
 
     @property
     def ops(self) -> Any:
-        """The kind's namespace: collate, loss, train_batches, ..."""
+        """The task kind (forgetlab.kinds.base.TaskKind): collate, loss, train_batches, ..."""
         return KINDS[self.kind]
 
 

@@ -5,22 +5,22 @@ Cells are HTML; every user-provided string (run, task and probe names) is escape
 
 from __future__ import annotations
 
-import contextlib
-import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forgetlab.report import figures
+from forgetlab.report.data import RunData, rank_entries, source_loss
+from forgetlab.report.format import e, num, pm, regularizer
+from forgetlab.report.summary import (
+    all_accuracy,
+    frontier_flags,
+    has_floorless,
+    probe_changes,
+    probe_sources,
+    run_point,
+    std_matrix,
+)
 
-if TYPE_CHECKING:
-    from forgetlab.report.html import RunData
-
-# Errors a malformed analysis (or probe block) raises while being read or drawn.
-ANALYSIS_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
-
-SIGNED = ("avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt", "fwt")
 METRIC_ROWS = (
     ("acc", "ACC: mean final accuracy R[T][j]"),
     ("initial_acc", "initial_acc: mean R[j][j], right after learning"),
@@ -35,43 +35,11 @@ NEG_NLL = (
 )
 
 
-def e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def num(value: object, signed: bool = False) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "n/a"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def pm(agg: dict, key: str) -> str:
-    item = agg.get(key) or {}
-    text = num(item.get("mean"), key in SIGNED)
-    if (item.get("n") or 0) > 1 and item.get("ci95") is not None:
-        text += f" ± {item['ci95']:.3f} <span class=note>(n={item['n']})</span>"
-    return text
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Cells are HTML already (callers escape user strings); headers are escaped here."""
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
-
-
-def regularizer(summary: dict) -> str:
-    reg = summary.get("regularizer")
-    if not isinstance(reg, dict) or reg.get("name") in (None, "none"):
-        return "none"
-    name = "-".join(str(x) for x in (reg["name"], reg.get("curvature")) if x)
-    lam = reg.get("lambda")
-    return name + (f" λ={lam:g}" if isinstance(lam, (int, float)) else "")
-
-
-def has_floorless(summary: dict) -> bool:
-    """A task without a majority baseline (−NLL): compared with the base model instead."""
-    return any(m is None for m in summary["majority_baseline"])
 
 
 def _learned_cell(k: int, n: int) -> str:
@@ -81,8 +49,8 @@ def _learned_cell(k: int, n: int) -> str:
 
 def metrics_table(summary: dict) -> str:
     agg = summary.get("aggregate") or {}
-    point = figures.run_point(summary)
-    score = not figures.all_accuracy(summary)
+    point = run_point(summary)
+    score = not all_accuracy(summary)
     rows = [
         [e(label.replace("accuracy", "score") if score else label), pm(agg, key)]
         for key, label in METRIC_ROWS
@@ -103,7 +71,7 @@ def metrics_table(summary: dict) -> str:
 def tasks_table(summary: dict) -> str:
     s = summary
     R = np.asarray(s["accuracy_matrix"], float)
-    std = figures.std_matrix(s, R.shape)
+    std = std_matrix(s, R.shape)
     T, n_seeds = len(s["tasks"]), len(s["seeds"])
     n_eval = s.get("n_eval")
     n_eval = n_eval if isinstance(n_eval, list) and len(n_eval) == T else ["n/a"] * T
@@ -153,8 +121,8 @@ def probes_table(summary: dict) -> str:
     metrics = summary.get("probe_metrics") or [None] * n
     chance = summary.get("probe_baseline") or [None] * n
     above = summary.get("probe_base_above_chance") or [None] * n
-    sources = figures.probe_sources(summary)
-    change = figures.probe_changes(summary)
+    sources = probe_sources(summary)
+    change = probe_changes(summary)
     rows = []
     for k, name in enumerate(probes):
         if above[k] is None:
@@ -198,26 +166,10 @@ def similarity_extra(data: dict) -> str:
     return table(["task", "forgetting R[j][j] − R[T][j]"], rows)
 
 
-def rank_entries(runs: list[RunData]) -> list[tuple[RunData, figures.RankSummary]]:
-    entries = []
-    for run in runs:
-        with contextlib.suppress(*ANALYSIS_ERRORS):  # a broken spectrum is noted per run
-            entries.append((run, figures.rank90_summary(run.analyses["spectrum"])))
-    return entries
-
-
-def source_loss(summary: dict) -> float | None:
-    """The run's source loss, None where it has none (no probe, or a malformed probe block)."""
-    try:
-        return figures.source_target_point(summary)[1]
-    except ANALYSIS_ERRORS:
-        return None
-
-
 def comparison(runs: list[RunData]) -> str:
     ranks = {id(r): s for r, s in rank_entries(runs)}
-    points = [figures.run_point(r.summary) for r in runs]
-    flags = figures.frontier_flags(points)  # the same stars as in the scatter
+    points = [run_point(r.summary) for r in runs]
+    flags = frontier_flags(points)  # the same stars as in the scatter
     probes = any(r.summary.get("probes") for r in runs)
     rows = []
     for run, point, best in zip(runs, points, flags):

@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from forgetlab.report.format import num, regularizer, text_num, text_pm
+from forgetlab.report.summary import target_gain
+
 LEARNED_TEST = "one-sided exact binomial test of R[j][j] against the majority baseline"
 PAIRED = "one-sided paired t-test of per-example held-out NLL, base vs after the task's stage"
 NEG_NLL_NOTE = (
     "neg_nll = −(mean NLL per token, nats) of held-out text or responses: higher is better; "
     "a forgetting of +0.1 is the NLL rising by 0.1"
 )
-
-
-SIGNED = ("avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt", "fwt", "source_loss")
-
-
-def target_gain(summary: dict) -> float:
-    """Mean over tasks of R[j][j] minus its floor: the majority baseline, or (a score with
-    none, e.g. −NLL) the base model's own score — what was learned."""
-    R = np.asarray(summary["accuracy_matrix"], float)
-    floors = [R[0, j] if m is None else m for j, m in enumerate(summary["majority_baseline"])]
-    return float(np.mean([R[j + 1, j] - floors[j] for j in range(R.shape[1])]))
-
-
-def _pm(agg: dict | None, key: str) -> str:
-    item = (agg or {}).get(key) or {}
-    mean = item.get("mean")
-    if mean is None:
-        return "n/a"
-    text = f"{mean:+.3f}" if key in SIGNED else f"{mean:.3f}"
-    if item.get("n", 1) > 1:
-        text += f" ± {item['std']:.3f} (95% CI ±{item['ci95']:.3f}, n={item['n']})"
-    return text
 
 
 # Shown beside the score: classification's usual metrics, the LM kinds' readable ones.
@@ -51,10 +32,6 @@ def _extras(summary: dict, task_index: int, row: int) -> str:
             if key in EXTRA_SCORES and isinstance(v, int | float):
                 values.setdefault(key, []).append(v)
     return " ".join(f"{k}={np.mean(v):.3f}" for k, v in values.items())
-
-
-def _num(v: float | None, fmt: str = ".3f") -> str:
-    return "-" if v is None else format(v, fmt)
 
 
 def format_run(summary: dict) -> str:
@@ -78,7 +55,7 @@ def format_run(summary: dict) -> str:
     labels = ["base"] + [f"after {t}" for t in tasks]
     for label, row in zip(labels, R):
         lines.append(f"{label:<16}" + "".join(f"{v:>{width}.3f}" for v in row))
-    lines.append(f"{'majority':<16}" + "".join(f"{_num(v):>{width}}" for v in majority))
+    lines.append(f"{'majority':<16}" + "".join(f"{text_num(v):>{width}}" for v in majority))
     if not all_accuracy:
         lines.append(f"{'score':<16}" + "".join(f"{m:>{width}}" for m in metrics))
         lines.append(f"  {NEG_NLL_NOTE}")
@@ -96,7 +73,7 @@ def format_run(summary: dict) -> str:
         flag = f"{verdict} {learned_seeds}/{len(seeds)}"
         forgot_text = "" if forgot is None else f"{forgot:+.3f}"
         lines.append(
-            f"{task:<10}{summary['n_eval'][j]:>7}{_num(majority[j]):>10}"
+            f"{task:<10}{summary['n_eval'][j]:>7}{text_num(majority[j]):>10}"
             f"{R[0, j]:>8.3f}{R[j + 1, j]:>9.3f}{flag:>10}{R[T, j]:>8.3f}{forgot_text:>8}"
             + (f"  {extra_now} -> {extra_end}" if extra_now else "")
         )
@@ -105,13 +82,13 @@ def format_run(summary: dict) -> str:
     lines += [
         f"  learned? = {'; or, without a majority baseline, '.join(tests)}; alpha 0.05, per seed",
         "",
-        f"Learning:   initial_acc (mean R[j][j]) {_pm(agg, 'initial_acc')}",
-        f"            acc (mean R[T][j])         {_pm(agg, 'acc')}",
-        f"Forgetting: avg_forgetting             {_pm(agg, 'avg_forgetting')}",
-        f"            max_forgetting             {_pm(agg, 'max_forgetting')}",
-        f"            chaudhry_forgetting        {_pm(agg, 'chaudhry_forgetting')}",
-        f"            bwt                        {_pm(agg, 'bwt')}",
-        f"Transfer:   fwt                        {_pm(agg, 'fwt')}",
+        f"Learning:   initial_acc (mean R[j][j]) {text_pm(agg, 'initial_acc')}",
+        f"            acc (mean R[T][j])         {text_pm(agg, 'acc')}",
+        f"Forgetting: avg_forgetting             {text_pm(agg, 'avg_forgetting')}",
+        f"            max_forgetting             {text_pm(agg, 'max_forgetting')}",
+        f"            chaudhry_forgetting        {text_pm(agg, 'chaudhry_forgetting')}",
+        f"            bwt                        {text_pm(agg, 'bwt')}",
+        f"Transfer:   fwt                        {text_pm(agg, 'fwt')}",
     ]
     if summary.get("probes"):
         lines += ["", *format_probes(summary)]
@@ -133,7 +110,7 @@ def format_probes(summary: dict) -> list[str]:
         above_text = "-" if above is None else "yes" if above else "NO"
         lines.append(
             f"{name:<{width}}{summary['probe_metrics'][k]:>12}"
-            f"{_num(summary['probe_baseline'][k]):>8}{P[0, k]:>8.3f}{above_text:>13}"
+            f"{text_num(summary['probe_baseline'][k]):>8}{P[0, k]:>8.3f}{above_text:>13}"
             f"{P[-1, k]:>8.3f}{P[-1, k] - P[0, k]:>+9.3f}"
         )
     lines.append(
@@ -144,27 +121,18 @@ def format_probes(summary: dict) -> list[str]:
     source = [p for p, keep in zip(probes, summary.get("probe_source") or []) if keep]
     lines.append(
         f"Source loss (−mean change over {', '.join(source) or 'no probe'}): "
-        f"{_pm(summary.get('aggregate'), 'source_loss')}"
+        f"{text_pm(summary.get('aggregate'), 'source_loss')}"
     )
     if any(m == "neg_nll" for m in summary["probe_metrics"]):
         lines.append(f"  {NEG_NLL_NOTE}")
     return lines
 
 
-def _regularizer_text(summary: dict) -> str:
-    reg = summary.get("regularizer") or {}
-    if not reg or reg.get("name") in (None, "none"):
-        return "-"
-    name = "-".join([reg["name"], *([reg["curvature"]] if reg.get("curvature") else [])])
-    lam = reg.get("lambda")
-    return name if lam is None else f"{name} λ={lam:g}"
-
-
 def format_comparison(summaries: list[dict]) -> str:
     if not summaries:
         return "no runs to compare"
     name_w = max(4, *(len(s["name"]) for s in summaries)) + 2
-    reg_w = max(12, *(len(_regularizer_text(s)) for s in summaries)) + 2
+    reg_w = max(12, *(len(regularizer(s, none="-")) for s in summaries)) + 2
     probes = any(s.get("probes") for s in summaries)
     header = (
         f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'lr':>9}{'seeds':>6}"
@@ -176,14 +144,14 @@ def format_comparison(summaries: list[dict]) -> str:
         agg = s.get("aggregate", {})
 
         def mean(key: str, agg=agg) -> str:
-            v = (agg.get(key) or {}).get("mean")
-            return "n/a" if v is None else f"{v:.3f}"
+            return num((agg.get(key) or {}).get("mean"))
 
         n_seeds = len(s["seeds"])
         learned = sum(1 for k in s["learned_seeds"] if k == n_seeds)
         learned_text = f"{learned}/{len(s['tasks'])}"
+        reg = regularizer(s, none="-")
         lines.append(
-            f"{s['name']:<{name_w}}{s['method']:<10}{_regularizer_text(s):<{reg_w}}"
+            f"{s['name']:<{name_w}}{s['method']:<10}{reg:<{reg_w}}"
             f"{s['lr']:>9.1e}{n_seeds:>6}{learned_text:>9}{mean('initial_acc'):>13}"
             f"{mean('acc'):>8}{mean('avg_forgetting'):>12}{mean('bwt'):>9}{mean('fwt'):>9}"
             + (f"{target_gain(s):>+13.3f}{mean('source_loss'):>13}" if probes else "")

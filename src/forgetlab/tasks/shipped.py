@@ -40,18 +40,23 @@ Row = tuple[int, list[str]]
 # --------------------------------------------------------------------------- reading
 
 
-def read_lines(path: Path, task: str) -> list[str]:
-    """The file's lines without line ends; BOM, CRLF and a missing final newline handled."""
+def read_text(path: Path, task: str, encoding: str = "utf-8") -> str:
+    """The whole file, unchanged (no line-end handling: chunk offsets must match the file)."""
     if not path.is_file():
         raise DataError(f"task {task}: data file not found: {path} ({DATA_HINT})")
     try:
-        # utf-8-sig drops MRPC's byte-order mark, which would otherwise glue itself to the
-        # first header name ("\ufeffQuality").
-        text = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode(encoding)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"task {task}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from exc
+
+
+def read_lines(path: Path, task: str) -> list[str]:
+    """The file's lines without line ends; BOM, CRLF and a missing final newline handled."""
+    # utf-8-sig drops MRPC's byte-order mark, which would otherwise glue itself to the
+    # first header name ("\ufeffQuality").
+    text = read_text(path, task, encoding="utf-8-sig")
     # Split on "\n" only: str.splitlines() would also break on \x1c, \x85, \u2028 ... that
     # can legitimately occur inside a sentence. MRPC and TREC use CRLF line ends.
     lines = [line.removesuffix("\r") for line in text.split("\n")]

@@ -1,0 +1,147 @@
+"""All the answers for a set of finished runs in one JSON-able dict (what a sweep saves as
+`<output.dir>/answers.json`), its tables in any format, and what `compare` prints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from forgetlab.answers import tables
+from forgetlab.answers.best import TOLERANCE, best_table
+from forgetlab.answers.frontier import frontier
+from forgetlab.answers.matched import N_LEVELS, RESAMPLES, matched_learning
+from forgetlab.answers.paired import find_point, paired_at_best, paired_test
+from forgetlab.answers.points import NotComparable, Point, load_points
+from forgetlab.atomic import atomic_write_json
+from forgetlab.errors import ForgetlabError
+
+ANSWERS_FILE = "answers.json"
+SECTIONS = ("best", "frontier", "hypervolume", "matched", "paired", "pairs")
+
+
+def _point_json(p: Point) -> dict[str, Any]:
+    return {
+        "run": p.run,
+        "name": p.name,
+        "method": p.method,
+        "label": p.label,
+        "settings": p.settings,
+        "seeds": p.seeds,
+        "learning": p.summary("learning"),
+        "forgetting": p.summary("forgetting"),
+    }
+
+
+def _why_excluded(p: Point, learning: str, forgetting: str) -> str:
+    if not p.seeds:
+        return "no finished seed"
+    missing = [m for m, v in ((learning, p.learning), (forgetting, p.forgetting)) if None in v]
+    return f"{' and '.join(missing)} undefined for some seed (one task? no probes?)"
+
+
+def answers(
+    run_dirs: Sequence[str | Path],
+    learning: str = "initial_acc",
+    forgetting: str = "avg_forgetting",
+    metric: str = "learning",
+    reference: str | None = "lora",
+    rate_key: str = "training.lr",
+    tolerance: float = TOLERANCE,
+    reference_point: tuple[float, float] | None = None,
+    levels: Sequence[float] | None = None,
+    n_levels: int = N_LEVELS,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    pairs: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """Best setting per method, the frontier and hypervolumes, forgetting at matched learning
+    and the paired tests, for finished run directories of one task sequence.
+
+    `learning` / `forgetting` name the per-seed metrics (see forgetlab.answers.points);
+    `metric` (learning or forgetting) picks each method's best point; `reference` is the
+    method label gaps and paired tests are taken against; `pairs` names further (a, b) runs
+    to test (by directory, run name or label). Runs without both metrics for every seed are
+    listed under `excluded`. Raises ForgetlabError when no run is left.
+    """
+    if metric not in ("learning", "forgetting"):
+        raise ForgetlabError(f"metric must be learning or forgetting, not {metric!r}")
+    everything = load_points(run_dirs, learning, forgetting)
+    points = [p for p in everything if p.complete()]
+    excluded = [
+        {"run": p.run, "why": _why_excluded(p, learning, forgetting)}
+        for p in everything
+        if not p.complete()
+    ]
+    if not points:
+        raise NotComparable(
+            f"no run has {learning} and {forgetting} for every seed: "
+            + "; ".join(f"{e['run']}: {e['why']}" for e in excluded)
+        )
+    return {
+        "learning": learning,
+        "forgetting": forgetting,
+        "swept": list(dict.fromkeys(k for p in points for k in p.settings)),
+        "points": [_point_json(p) for p in points],
+        "excluded": excluded,
+        "best": best_table(points, metric, reference, rate_key, tolerance),
+        "frontier": frontier(points, reference_point),
+        "matched": matched_learning(points, levels, n_levels, resamples, seed),
+        "paired": paired_at_best(points, metric, reference),
+        "pairs": [
+            paired_test(find_point(points, a), find_point(points, b), which)
+            for a, b in pairs
+            for which in ("learning", "forgetting")
+        ],
+    }
+
+
+def save_answers(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write `answers()`'s result to <out_dir>/answers.json (atomically); returns the path."""
+    path = Path(out_dir) / ANSWERS_FILE
+    atomic_write_json(path, result)
+    return path
+
+
+def answer_tables(result: dict[str, Any], sections: Sequence[str] = SECTIONS) -> list:
+    """The tables of `answers()`'s result, for the named sections (in SECTIONS order)."""
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ForgetlabError(f"unknown section(s) {unknown}: choose from {', '.join(SECTIONS)}")
+    best = tables.best_rows(result["best"], result["learning"], result["forgetting"])
+    best.notes += [f"left out: {e['run']}: {e['why']}" for e in result["excluded"]]
+    built = {
+        "best": [best],
+        "frontier": [tables.frontier_rows(result["frontier"])],
+        "hypervolume": [tables.hypervolume_rows(result["frontier"])],
+        "matched": [
+            tables.matched_rows(result["matched"]),
+            tables.difference_rows(result["matched"]),
+        ],
+        "paired": [tables.paired_rows(result["paired"])],
+        "pairs": [tables.paired_rows(result["pairs"], "pairs", "Paired tests between named runs")],
+    }
+    # a table with no rows (no level both methods reach, one method, no named pair): left out
+    return [t for s in SECTIONS if s in sections for t in built[s] if t.rows]
+
+
+def format_answers(
+    result: dict[str, Any], fmt: str = "table", sections: Sequence[str] = SECTIONS
+) -> str:
+    """`answers()`'s result as table (plain text), markdown, csv or json tables."""
+    return tables.render(answer_tables(result, sections), fmt)
+
+
+def compare_answers(run_dirs: Sequence[str | Path], fmt: str = "table", **options: Any) -> str:
+    """What `forgetlab compare` prints after its table: the best setting per method, the
+    frontier, the paired tests and — only when the runs span enough learning levels — the
+    forgetting at matched learning. Empty for fewer than two runs; one line saying why where
+    the runs cannot be answered together (e.g. different tasks). `options` go to answers()."""
+    if len(run_dirs) < 2:
+        return ""
+    try:
+        result = answers(run_dirs, **options)
+    except NotComparable as e:
+        return f"answers: none for these runs: {e}"
+    sections = [s for s in SECTIONS if s != "matched" or result["matched"]["spans_enough"]]
+    return format_answers(result, fmt, sections)

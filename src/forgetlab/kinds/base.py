@@ -1,0 +1,97 @@
+"""The interface every task kind implements, and what scoring is given beside the model.
+
+A kind is one module (`forgetlab/kinds/<kind>.py`) holding one object that satisfies
+`TaskKind`; the registry in `forgetlab/kinds/__init__.py` lists them. The training loop, the
+evaluator, regularisers and analyses talk to a task only through its kind's object.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from forgetlab.errors import ForgetlabError
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What scoring a task may need beyond the model and the split."""
+
+    batch_size: int
+    accelerator: object
+    pad_id: int
+    tokenizer: object = None
+    eval_cfg: object = None  # forgetlab.config.EvalConfig
+    extra_metrics: tuple[str, ...] = ()
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+@runtime_checkable
+class TaskKind(Protocol):
+    """How examples of one kind are encoded, batched, trained and scored."""
+
+    name: str  # the key of the kind in the registry (a task's `kind`)
+    trainable: bool  # False: scored only (listed under probes), e.g. multiple choice
+    packs: bool  # documents become fixed-length blocks: max_*_examples count blocks
+    from_files: bool  # a user's own file can hold tasks of this kind (`type: file`)
+
+    def encode(
+        self, examples: list, tokenizer: Any, max_length: int, pair_encoding: str, **options: Any
+    ) -> Any:
+        """The examples as a split (token ids, labels; `len(split)` examples and, for the
+        batchers, `split.lengths`). Options a kind does not use (long_prompts) are ignored."""
+        ...
+
+    def train_batches(
+        self, lengths: list[int], batch_size: int, rng: random.Random, group: bool = True
+    ) -> list[list[int]]:
+        """One epoch's batches of example indices, shuffled with `rng` (grouped by length)."""
+        ...
+
+    def eval_batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Batches of example indices for scoring (order does not matter, padding does)."""
+        ...
+
+    def collate(self, split: Any, indices: list[int], pad_id: int, device: Any) -> dict:
+        """The padded batch of `indices` on `device`: {"inputs": {...}, "labels": tensor}.
+        Kinds without a token loss raise ForgetlabError."""
+        ...
+
+    def loss(self, model: Any, task: str, batch: dict) -> torch.Tensor:
+        """The scalar training loss of a collated batch (raises for kinds without one)."""
+        ...
+
+    def evaluate(self, model: Any, task: str, split: Any, ctx: EvalContext) -> dict:
+        """Scores of the eval split: {"score" (higher is better), "metric", "n", ...}."""
+        ...
+
+    def baseline(self, split: Any) -> float | None:
+        """The score of a model that learned nothing (majority class, chance level), or None
+        when the score has no such floor (the learned test then compares with the base)."""
+        ...
+
+
+class ScoredOnly:
+    """collate and loss of a kind that is scored, not trained, and has no token loss to take
+    a Fisher from (multiple choice, generation): calling them raises."""
+
+    name: str
+    trainable = False
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise ForgetlabError(
+            f"tasks of kind {self.name!r} are scored, not trained: list them in probes"
+        )
+
+    collate = loss = _refuse
+
+
+def no_baseline(split: Any) -> None:
+    """No floor: the learned test is paired against the base model's scores."""
+    return None

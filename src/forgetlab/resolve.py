@@ -1,0 +1,74 @@
+"""Config resolution: a YAML file or dict, plus dotted overrides, to a validated `Config`.
+
+`forgetlab.config` checks the sections it owns (it imports nothing else of forgetlab); this
+module adds what needs the plug-in registries — the method's and the regulariser's own keys,
+the names `regularizer.source` may use — and expands a `variants:` comparison into one config
+per variant. Everything is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from forgetlab import config as _config
+from forgetlab.config import Config
+from forgetlab.errors import ConfigError
+from forgetlab.kinds import file_kinds
+from forgetlab.methods import method_config
+from forgetlab.regularizers import regularizer_config
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    raw: dict[str, Any] | None = None,
+) -> Config:
+    """Read a YAML file (or take `raw`, a dict), apply `a.b=value` overrides, validate all of
+    it, the method's own keys included."""
+    # A deep copy: overrides must not change the caller's dict.
+    data = _config.load_raw(path) if path is not None else copy.deepcopy(raw or {})
+    config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
+    validate_plugins(config)
+    variant_configs(config)  # every variant must be valid before anything runs
+    return config
+
+
+def validate_plugins(config: Config) -> None:
+    """What the registries decide: a file task's kind, the method's and the regulariser's own
+    keys (checked by their own config classes)."""
+    kinds = file_kinds()
+    for task in [*config.tasks, *config.source_tasks, *config.probes]:
+        if task.kind not in kinds:
+            raise ConfigError(
+                f"tasks[{task.name}].kind={task.kind!r} is not one of {', '.join(kinds)}"
+            )
+    method_config(config.method)
+    if config.regularizer is not None and config.regularizer.get("name") != "none":
+        reg = regularizer_config(config.regularizer)
+        known = config.task_names + [t.name for t in config.source_tasks]
+        unknown = set(getattr(reg, "source", None) or []) - set(known)
+        if unknown:
+            raise ConfigError(
+                f"regularizer.source names {', '.join(sorted(unknown))}, which is neither a task "
+                f"of this run nor in source_tasks (known: {', '.join(known)})"
+            )
+
+
+def variant_configs(config: Config) -> list[tuple[str, Config]]:
+    """The configs a `variants:` comparison runs: the base plus each variant's overrides,
+    each into <output.dir>/<variant name>. Empty for a plain config."""
+    out = []
+    for variant in config.variants:
+        raw = config.to_dict()
+        raw["variants"] = []
+        raw["output"]["dir"] = str(Path(config.output.dir) / variant.name)
+        raw["name"] = f"{config.name}/{variant.name}"
+        try:
+            child = _config.build_config(_config.apply_overrides(raw, variant.overrides))
+            validate_plugins(child)
+        except ConfigError as e:
+            raise ConfigError(f"variant {variant.name!r}: {e}") from e
+        out.append((variant.name, child))
+    return out

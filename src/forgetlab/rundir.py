@@ -1,0 +1,186 @@
+"""A run directory as one object: where each of its files lives, what it holds (a run? a
+finished run of this version? which checkpoints?) and how to read it.
+
+    <run>/config.yaml            the resolved config
+    <run>/metrics.json           all seeds: per-seed metrics and mean ± std ± 95% CI
+    <run>/run.log
+    <run>/seed-<s>/state.json    rows finished so far (what --resume continues from)
+    <run>/seed-<s>/metrics.json, accuracy_matrix.csv
+    <run>/seed-<s>/checkpoints/stage-<i>-<task>/   backbone (safetensors or PEFT adapter), heads
+    <run>/analyses/<name>.json   cached analyses
+
+The recipe writes these files (atomically, through `forgetlab.atomic`); the analyses, the
+report and `compare` read them through this class, so a layout or a check changes in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from forgetlab.atomic import read_json
+from forgetlab.config import Config
+from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.version import __version__
+
+# What a run-level metrics.json must hold to be tabulated, drawn or analysed.
+SUMMARY_KEYS = (
+    "name",
+    "method",
+    "model",
+    "lr",
+    "tasks",
+    "seeds",
+    "majority_baseline",
+    "accuracy_matrix",
+    "learned_seeds",
+    "aggregate",
+)
+# ... and, to rebuild its models, every seed's own metrics.
+FINISHED_KEYS = (*SUMMARY_KEYS, "per_seed")
+
+
+def major_minor(version: str) -> tuple[str, ...]:
+    """A run written by another major.minor version may have another layout or numbers."""
+    return tuple(str(version).split(".")[:2])
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- where each file lives -----------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "run.log"
+
+    @property
+    def analyses_dir(self) -> Path:
+        return self.path / "analyses"
+
+    def analysis_path(self, name: str) -> Path:
+        return self.analyses_dir / f"{name}.json"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.path / f"seed-{seed}"
+
+    def state_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "state.json"
+
+    def seed_metrics_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "metrics.json"
+
+    def matrix_csv_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "accuracy_matrix.csv"
+
+    def checkpoint_dir(self, seed: int, stage: int, task: str) -> Path:
+        """The model after `stage` (1-based), whose task was `task`."""
+        return self.seed_dir(seed) / "checkpoints" / f"stage-{stage}-{task}"
+
+    # ---- what it holds -------------------------------------------------------------------
+
+    def holds_results(self) -> bool:
+        """Anything computed: a config.yaml alone is a run that failed before computing
+        anything (e.g. a bad task name), and starting again over it loses nothing."""
+        return self.metrics_path.exists() or any(self.path.glob("seed-*"))
+
+    def summary(self) -> dict:
+        """The run-level metrics.json, checked to hold what a table or a figure reads (any
+        version); ForgetlabError names the path and what is wrong."""
+        if not self.path.is_dir():
+            why = "it is a file" if self.path.exists() else "no such directory"
+            raise ForgetlabError(f"{self.path} is not a run directory: {why}")
+        if not self.metrics_path.is_file():
+            raise ForgetlabError(f"{self.path} is not a run directory: metrics.json is missing")
+        return _checked_summary(self.metrics_path, read_json(self.metrics_path), SUMMARY_KEYS)
+
+    def finished(self) -> dict:
+        """The metrics.json of a finished run of this forgetlab version, every seed complete:
+        what rebuilding its models needs. Raises ForgetlabError saying what is wrong."""
+        if not self.path.is_dir():
+            raise ForgetlabError(f"{self.path} is not a directory")
+        if not self.config_path.is_file():
+            raise ForgetlabError(f"{self.path} is not a forgetlab run directory (no config.yaml)")
+        if not self.metrics_path.is_file():
+            raise ForgetlabError(
+                f"{self.path} holds an incomplete run (no metrics.json): finish it with "
+                f"`forgetlab run <config> --out {self.path} --resume` first"
+            )
+        metrics = _checked_summary(self.metrics_path, read_json(self.metrics_path), FINISHED_KEYS)
+        if major_minor(metrics["version"]) != major_minor(__version__):
+            raise ForgetlabError(
+                f"{self.path} was written by forgetlab {metrics['version']}; this is "
+                f"{__version__}: rerun it with this version to analyse it"
+            )
+        incomplete = [s for s, m in metrics["per_seed"].items() if not m.get("complete")]
+        if incomplete:
+            raise ForgetlabError(f"{self.path}: seed(s) {', '.join(incomplete)} did not finish")
+        return metrics
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def metrics(self) -> dict:
+        """metrics.json as it is (no checks)."""
+        return read_json(self.metrics_path)
+
+    def state(self, seed: int) -> dict | None:
+        """A seed's state.json (the rows finished so far), or None before its first row."""
+        path = self.state_path(seed)
+        return read_json(path) if path.is_file() else None
+
+    def saved_config(self) -> dict:
+        """config.yaml as a dict (not validated: what --resume compares against)."""
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+    def config(self) -> Config:
+        """config.yaml, validated as this version validates a config."""
+        from forgetlab.resolve import load_config  # the plug-in registries, loaded on demand
+
+        try:
+            return load_config(raw=self.saved_config())
+        except ConfigError as e:
+            raise ForgetlabError(
+                f"{self.path}/config.yaml is not a valid config for this forgetlab version: {e}"
+            ) from e
+
+    def config_text(self) -> str | None:
+        """config.yaml as text, for showing (odd bytes replaced, never fatal)."""
+        try:
+            return self.config_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+
+
+def _checked_summary(metrics: Path, summary: object, keys: tuple[str, ...]) -> dict:
+    stale = f"{metrics} was written by another version of forgetlab or is incomplete"
+    if not isinstance(summary, dict) or "version" not in summary:
+        raise ForgetlabError(f"{stale}: it has no 'version' key")
+    missing = [k for k in keys if k not in summary]
+    if missing:
+        raise ForgetlabError(f"{stale}: missing {', '.join(missing)}")
+    T = len(summary["tasks"]) if isinstance(summary["tasks"], list) else 0
+    try:
+        R = np.asarray(summary["accuracy_matrix"], float)
+        sizes = (len(summary["majority_baseline"]), len(summary["learned_seeds"]))
+    except (TypeError, ValueError) as e:
+        raise ForgetlabError(f"{stale}: {e}") from e
+    if T == 0 or R.shape != (T + 1, T) or sizes != (T, T):
+        raise ForgetlabError(
+            f"{stale}: accuracy_matrix is {R.shape}, majority_baseline/learned_seeds have "
+            f"{sizes} entries, for {T} tasks (expected ({T + 1}, {T}) and {T} each)"
+        )
+    return summary
