@@ -154,8 +154,12 @@ def test_a_run_without_prompts_or_a_bad_option_is_refused(run):
     with pytest.raises(ForgetlabError, match="temperature must be > 0"):
         forgetlab.analyze(run, ["diversity"], options={"diversity": {"temperature": 0.0}})
     opened = open_run(run)
-    reordered = dataclasses.replace(opened, tasks=opened.tasks[::-1])
+    reordered = dataclasses.replace(
+        opened, run_tasks=dataclasses.replace(opened.run_tasks, tasks=opened.tasks[::-1])
+    )
     assert diversity.prompt_task(reordered, None).name == "gsm8k"  # the first with prompts
-    text_only = dataclasses.replace(opened, tasks=opened.tasks[1:])
+    text_only = dataclasses.replace(
+        opened, run_tasks=dataclasses.replace(opened.run_tasks, tasks=opened.tasks[1:])
+    )
     with pytest.raises(ForgetlabError, match=r"needs a prompt → response task .* tinyshakespeare"):
         diversity.check(text_only, 1, dict(diversity.DEFAULTS))

@@ -38,8 +38,8 @@ SUMMARY_KEYS = (
     "learned_seeds",
     "aggregate",
 )
-# ... and, to rebuild its models, every seed's own metrics.
-FINISHED_KEYS = (*SUMMARY_KEYS, "per_seed")
+# What rebuilding a finished run's models needs (the analyses): its seeds and their metrics.
+FINISHED_KEYS = ("version", "tasks", "seeds", "accuracy_matrix", "per_seed")
 
 
 def major_minor(version: str) -> tuple[str, ...]:
@@ -120,7 +120,13 @@ class RunDir:
                 f"{self.path} holds an incomplete run (no metrics.json): finish it with "
                 f"`forgetlab run <config> --out {self.path} --resume` first"
             )
-        metrics = _checked_summary(self.metrics_path, read_json(self.metrics_path), FINISHED_KEYS)
+        metrics = read_json(self.metrics_path)
+        missing = [k for k in FINISHED_KEYS if not isinstance(metrics, dict) or k not in metrics]
+        if missing:
+            raise ForgetlabError(
+                f"{self.metrics_path} lacks {', '.join(missing)}: written by another version of "
+                "forgetlab, or damaged"
+            )
         if major_minor(metrics["version"]) != major_minor(__version__):
             raise ForgetlabError(
                 f"{self.path} was written by forgetlab {metrics['version']}; this is "
@@ -166,6 +172,7 @@ class RunDir:
 
 
 def _checked_summary(metrics: Path, summary: object, keys: tuple[str, ...]) -> dict:
+    """`summary` if it holds `keys` and a (T+1) x T matrix with T baselines and flags."""
     stale = f"{metrics} was written by another version of forgetlab or is incomplete"
     if not isinstance(summary, dict) or "version" not in summary:
         raise ForgetlabError(f"{stale}: it has no 'version' key")
