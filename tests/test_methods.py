@@ -183,7 +183,10 @@ def test_method_trains_saves_and_reloads(env, tmp_path, name, extra, lr, check):
         assert config["init_lora_weights"] is True and config["r"] == 2 * mcfg.r
     pretrained, _ = load_backbone(env.cfg.model)
     loaded = PeftModel.from_pretrained(pretrained, str(ckpt / "backbone"))
-    tol = 5e-4 if isinstance(method, ResidualLora) else 1e-6  # the conversion is fp32 math
+    # The residual conversion is fp32 math. AdaLoRA's reloaded adapter applies its rank
+    # scaling in another order: up to ~2e-5 apart (transformers 5.24, PEFT 0.21.2), while
+    # plain LoRA's reload stays within 1e-6.
+    tol = 5e-4 if isinstance(method, ResidualLora) else 1e-4 if name == "adalora" else 1e-6
     torch.testing.assert_close(
         _hidden(loaded, env.inputs), _hidden(model.backbone, env.inputs), rtol=0, atol=tol
     )

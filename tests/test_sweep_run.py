@@ -175,3 +175,22 @@ def test_a_failing_trial_is_recorded_with_its_error_and_resume_queues_it_again(t
     trials = json.loads((out / "sweep.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
     assert trials[0]["point"] == trials[1]["point"]
+
+
+def test_a_sweep_ends_with_its_answers_and_compare_prints_them(finished, capsys):
+    """answers.json holds what the trials show; `compare` of the sweep directory prints the
+    same best-setting table, and --format json gives the same numbers as data."""
+    saved = json.loads((finished.sweep_dir / "answers.json").read_text())
+    assert saved == json.loads(json.dumps(finished.answers))
+    best = saved["best"]["rows"]
+    assert [row["method"] for row in best] == ["lora"] and best[0]["points"] == 3
+    means = {t.point: t.values[0] for t in finished.complete}
+    assert best[0]["learning"]["mean"] == pytest.approx(max(means.values()))
+    from forgetlab.cli import main
+
+    assert main(["compare", str(finished.sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Best setting per method" in out and "Learning–forgetting frontier" in out
+    assert main(["compare", str(finished.sweep_dir), "--format", "json"]) == 0
+    tables = json.loads(capsys.readouterr().out)
+    assert tables["best"]["rows"][0]["points"] == 3

@@ -49,13 +49,32 @@ def load_run(run_dir: str | Path) -> dict:
     return RunDir(run_dir).metrics()
 
 
-def compare(run_dirs: list[str | Path] | None = None, store: str | Path | None = None) -> str:
+def compare(
+    run_dirs: list[str | Path] | None = None,
+    store: str | Path | None = None,
+    fmt: str = "table",
+) -> str:
     """A side-by-side table of finished runs, from their directories (a sweep directory: all
-    its trials) or from a results store (a path or an SQLAlchemy URL)."""
-    summaries = [load_run(d) for d in _run_dirs(run_dirs or [])]
+    its trials) or from a results store (a path or an SQLAlchemy URL), followed by what the
+    run directories show together (`forgetlab.answers`: the best setting per method, the
+    frontier, paired tests, and forgetting at matched learning when the runs span enough
+    learning levels). fmt: table, or markdown / csv / json for the answers' tables alone."""
+    from forgetlab.answers import compare_answers
+
+    if fmt not in ANSWER_FORMATS:
+        raise ConfigError(f"format {fmt!r} is not one of {', '.join(ANSWER_FORMATS)}")
+    dirs = _run_dirs(run_dirs or [])
+    answers = compare_answers(dirs, fmt)
+    if fmt != "table":
+        return answers
+    summaries = [load_run(d) for d in dirs]
     if store is not None:
         summaries += [r["metrics"] for r in ResultsStore(store).runs()]
-    return format_comparison(summaries)
+    table = format_comparison(summaries)
+    return f"{table}\n\n{answers}" if answers else table
+
+
+ANSWER_FORMATS = ("table", "markdown", "csv", "json")
 
 
 def _run_dirs(dirs: list[str | Path]) -> list[Path]:

@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--store", help="also list every run of this results store (a path or SQLAlchemy URL)"
     )
+    c.add_argument(
+        "--format",
+        choices=["table", "markdown", "csv", "json"],
+        default="table",
+        help="table (default): the comparison, then what the runs show; markdown, csv, json: "
+        "the answers' tables only (best setting per method, frontier, matched learning, "
+        "paired tests), for a paper or pandas",
+    )
 
     _sweep_parser(sub)
 
@@ -163,6 +171,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     print(result.format())
+    if result.answers is not None:
+        from forgetlab.answers import format_answers
+
+        print("\n" + format_answers(result.answers))
     print(f"\nsweep directory: {result.sweep_dir}  (forgetlab compare {result.sweep_dir})")
     if result.missing:
         print(
@@ -229,7 +241,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     if not args.run_dirs and not args.store:
         raise ForgetlabError("compare needs run directories or --store PATH")
-    print(api.compare(args.run_dirs, store=args.store))
+    print(api.compare(args.run_dirs, store=args.store, fmt=args.format))
     return 0
 
 

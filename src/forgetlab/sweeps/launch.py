@@ -7,6 +7,8 @@ A sweep directory (output.dir):
     <out>/trials/<point>/     one ordinary run directory per trial (config.yaml, metrics.json,
                               seed-<s>/ ...): a trial is one point with every seed of the sweep
     <out>/sweep.json          every trial: point, state, objectives, run directory
+    <out>/answers.json        what the finished trials show (forgetlab.answers): each method at
+                              its best setting, the frontier, matched learning, paired tests
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from forgetlab.answers import answers, save_answers
+from forgetlab.answers.points import FORGETTING, LEARNING, NotComparable
 from forgetlab.atomic import atomic_write_json, atomic_write_text
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.store import display_url, is_url
@@ -92,4 +96,23 @@ def run_sweep(
         expected=len(points) if spec.sampler == "grid" else spec.trials,
     )
     atomic_write_json(out / SUMMARY_FILE, result.to_dict())
+    result.answers = sweep_answers(result)
+    if result.answers is not None:
+        save_answers(result.answers, out)
     return result
+
+
+def sweep_answers(result: SweepResult) -> dict | None:
+    """The answers over the finished trials, on the sweep's own objectives where they are a
+    learning and a forgetting metric (else initial_acc / avg_forgetting); None with fewer
+    than two finished trials."""
+    runs = result.run_dirs
+    if len(runs) < 2:
+        return None
+    learning = next((m for m in result.objectives if m in LEARNING), "initial_acc")
+    forgetting = next((m for m in result.objectives if m in FORGETTING), "avg_forgetting")
+    try:
+        return answers(runs, learning=learning, forgetting=forgetting)
+    except NotComparable as e:
+        log.warning("no answers for this sweep: %s", e)
+        return None

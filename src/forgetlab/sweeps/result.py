@@ -39,6 +39,7 @@ class SweepResult:
     trials: list[TrialRecord] = field(default_factory=list)
     worker_exits: list[int] = field(default_factory=list)
     expected: int = 0  # trials the sweep asks for: its grid points, or sweep.trials
+    answers: dict | None = None  # forgetlab.answers over the finished trials (answers.json)
 
     @property
     def complete(self) -> list[TrialRecord]:
@@ -57,6 +58,7 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["sweep_dir"] = str(self.sweep_dir)
+        out.pop("answers")  # its own file: answers.json
         return out
 
     def format(self) -> str:
