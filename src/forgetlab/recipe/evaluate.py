@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from forgetlab.config import Config
 from forgetlab.kinds import KINDS, EvalContext
@@ -46,17 +47,33 @@ def eval_interval(every: float | None, total_steps: int) -> int | None:
     return int(every) if every >= 1 else max(1, round(every * total_steps))
 
 
+# (seed, stage, step, total_steps, scores of every task then probe)
+CurveCallback = Callable[[int, int, int, int, list[float]], None]
+
+
 class CurveHook:
     """Evaluate every task and probe during training (eval.every): the learning and
     forgetting curves over training duration. Points land in state["curves"]; the stage's
     end is the matrix row itself, so it is not repeated here. `eval_s` counts the seconds
-    spent evaluating (train_stage leaves them out of its own clock)."""
+    spent evaluating (train_stage leaves them out of its own clock). `on_curve(seed, stage,
+    step, total_steps, scores)`, if given, sees every point as it is measured (a sweep's
+    pruner); it may raise to stop the run there."""
 
-    def __init__(self, config: Config, state: dict, stage: int, model, scored, accelerator,
-                 pad_id: int, tokenizer) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        state: dict,
+        stage: int,
+        model,
+        scored: list[PreparedTask],
+        accelerator,
+        pad_id: int,
+        tokenizer,
+        on_curve: CurveCallback | None = None,
+    ) -> None:
         self.config, self.state, self.stage, self.model = config, state, stage, model
         self.scored, self.accelerator, self.pad_id = scored, accelerator, pad_id
-        self.tokenizer = tokenizer
+        self.tokenizer, self.on_curve = tokenizer, on_curve
         self.eval_s = 0.0
         if config.eval.every is not None:
             state.setdefault("curves", [])
@@ -77,6 +94,9 @@ class CurveHook:
              "scores": [cell["score"] for cell in row]}
         )  # fmt: skip
         log_row(self.state["seed"], f"  step {step}/{total_steps}", self.scored, row)
+        if self.on_curve is not None:
+            scores = [cell["score"] for cell in row]
+            self.on_curve(self.state["seed"], self.stage, step, total_steps, scores)
 
 
 def log_row(seed: int, label: str, tasks: list[PreparedTask], row: list[dict]) -> None:

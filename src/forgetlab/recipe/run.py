@@ -24,7 +24,7 @@ from forgetlab.methods import get_method, method_config
 from forgetlab.methods.base import count_parameters
 from forgetlab.models import load_tokenizer
 from forgetlab.recipe.build import build_run_model, load_checkpoint, save_checkpoint
-from forgetlab.recipe.evaluate import CurveHook, eval_row, log_row
+from forgetlab.recipe.evaluate import CurveCallback, CurveHook, eval_row, log_row
 from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
 from forgetlab.recipe.summary import seed_matrix_csv, seed_metrics, summarize
 from forgetlab.recipe.train import StageStats, make_accelerator, train_stage
@@ -45,8 +45,9 @@ class RunResult:
     seed_metrics: dict[int, dict] = field(default_factory=dict)
 
 
-def run(config: Config, resume: bool = False) -> RunResult:
-    """Run the sequential recipe for every seed in `config.seeds`; see the module docstring."""
+def run(config: Config, resume: bool = False, on_curve: CurveCallback | None = None) -> RunResult:
+    """Run the sequential recipe for every seed in `config.seeds`; see the module docstring.
+    `on_curve` sees every eval.every point as it is measured (see `CurveHook`)."""
     out = RunDir(config.output.dir)
     _prepare_out_dir(config, out, resume)
     handler = _attach_log_file(out.log_path)
@@ -58,7 +59,9 @@ def run(config: Config, resume: bool = False) -> RunResult:
         pad_id = pad_token_id(tokenizer)
         run_tasks = prepare_run(config, tokenizer)
         per_seed = {
-            seed: run_seed(config, run_tasks, seed, out, resume, accelerator, pad_id, tokenizer)
+            seed: run_seed(
+                config, run_tasks, seed, out, resume, accelerator, pad_id, tokenizer, on_curve
+            )
             for seed in config.seeds
         }
         summary = summarize(config, run_tasks.tasks, per_seed)
@@ -80,6 +83,7 @@ def run_seed(
     accelerator,
     pad_id: int,
     tokenizer=None,
+    on_curve: CurveCallback | None = None,
 ) -> dict:
     """One seed: build, score the base model, then train and score stage by stage. The
     seed's state.json is written after every row, so --resume continues after the last."""
@@ -124,7 +128,9 @@ def run_seed(
     # 3. one stage per task: train, score every task and probe, checkpoint, record the row
     for stage in range(len(state["rows"]), len(tasks) + 1):
         task = tasks[stage - 1]
-        curves = CurveHook(config, state, stage, model, scored, accelerator, pad_id, tokenizer)
+        curves = CurveHook(
+            config, state, stage, model, scored, accelerator, pad_id, tokenizer, on_curve
+        )
         try:
             stats: StageStats = train_stage(
                 model,

@@ -10,7 +10,7 @@ and the grid it expands to.
       seeds: [1, 2]                  # every point runs every seed
       objectives: [learning, forgetting]
       sampler: grid                  # grid | random | tpe | nsga2; trials: N for all but grid
-      pruner: none                   # median | hyperband: checked, not yet available
+      pruner: none                   # median | hyperband on the eval.every curve (learning)
 
 A grid point is one arm plus one value per axis; `per_method` replaces, adds or (null)
 removes axes of that arm only, so the grid is the union over arms of each arm's own product.
@@ -27,6 +27,7 @@ from typing import Any
 from forgetlab.config import VariantConfig, from_dict
 from forgetlab.errors import ConfigError
 from forgetlab.metrics import CONTINUAL_METRIC_KEYS
+from forgetlab.sweeps.prune import WATCHED
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("none", "median", "hyperband")
@@ -180,6 +181,7 @@ class SweepSpec:
     trials: int | None = None
     pruner: str = "none"
     prune_on: str | None = None  # the objective a pruner watches when there are two
+    prune_startup: int = 2  # median pruner: trials that complete before any is pruned
     study: str | None = None  # Optuna study name; default: the config's name
     sampler_seed: int = 0
     heartbeat_s: int = 10  # a killed worker's trial is failed and retried after 2× this
@@ -233,6 +235,14 @@ class SweepSpec:
         if len(set(self.metrics)) != len(self.metrics):
             raise ConfigError(f"sweep.objectives name one metric twice: {self.objectives}")
 
+    @property
+    def prune_metric(self) -> str | None:
+        """The metric a pruner watches: the only objective, or sweep.prune_on."""
+        if self.pruner == "none":
+            return None
+        name = self.prune_on or self.objectives[0]
+        return ALIASES.get(name, name)
+
     def _check_pruner(self) -> None:
         if self.pruner not in PRUNERS:
             raise ConfigError(f"sweep.pruner={self.pruner!r} is not one of {', '.join(PRUNERS)}")
@@ -251,12 +261,13 @@ class SweepSpec:
                 f"sweep.prune_on={self.prune_on!r} is not one of sweep.objectives "
                 f"({', '.join(self.objectives)})"
             )
-        # Pruning needs the run loop to hand each eval.every point to the trial as it is
-        # measured; until it has that hook, a pruner would never prune: say so.
-        raise ConfigError(
-            f"sweep.pruner={self.pruner}: pruning is not available yet (the run loop does not "
-            "report its eval.every curve to the trial); use pruner: none"
-        )
+        if self.prune_metric not in WATCHED:
+            raise ConfigError(
+                f"sweep.pruner={self.pruner} watches learning on the eval.every curve "
+                f"({' or '.join(WATCHED)}); {self.prune_metric} is not measured there"
+            )
+        if self.prune_startup < 0:
+            raise ConfigError("sweep.prune_startup must be >= 0")
 
     @property
     def metrics(self) -> list[str]:

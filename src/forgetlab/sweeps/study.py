@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from forgetlab.errors import ForgetlabError
 from forgetlab.store import display_url
+from forgetlab.sweeps.prune import make_pruner
 from forgetlab.sweeps.spec import Point, SweepSpec
 
 ATTR = "forgetlab"  # the study's user attribute that records what the sweep is
@@ -112,7 +113,7 @@ def open_study(
         )
     if not exists and resume:
         raise ForgetlabError(f"cannot resume: no study {name!r} in {where}")
-    kwargs = {"sampler": make_sampler(spec, points)}
+    kwargs = {"sampler": make_sampler(spec, points), "pruner": make_pruner(spec)}
     if not exists:
         study = optuna.create_study(
             storage=storage, study_name=name, directions=spec.directions, load_if_exists=True,
@@ -135,7 +136,12 @@ def open_study(
 
 def load(storage: RDBStorage, name: str, spec: SweepSpec, points: list[Point]) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(storage=storage, study_name=name, sampler=make_sampler(spec, points))
+    return optuna.load_study(
+        storage=storage,
+        study_name=name,
+        sampler=make_sampler(spec, points),
+        pruner=make_pruner(spec),
+    )
 
 
 def point_name(trial: FrozenTrial, points: list[Point]) -> str | None:

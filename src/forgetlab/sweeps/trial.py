@@ -71,6 +71,11 @@ class SweepConfig:
             config = self.point_config(point, self.out / "trials" / point.name, "-")
             if "source_loss" in self.spec.metrics and not config.probes:
                 raise ConfigError("sweep.objectives: source_loss needs probes: in the config")
+            if self.spec.pruner != "none" and config.eval.every is None:
+                raise ConfigError(
+                    f"sweep.pruner={self.spec.pruner} prunes on the eval.every curve: set "
+                    "eval.every (e.g. eval.every=0.25 for four points per stage)"
+                )
             forgets = {"avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt"}
             if forgets & set(self.spec.metrics) and len(config.tasks) < 2:
                 raise ConfigError("sweep.objectives: forgetting needs at least two tasks")
@@ -118,13 +123,14 @@ def _override_space(sweep: dict[str, Any], text: str) -> None:
     target[".".join(rest)] = value
 
 
-def run_trial(config: Config) -> dict:
+def run_trial(config: Config, on_curve=None) -> dict:
     """Run (or, when its directory already holds the start of it, resume) one trial, and
-    index it in the results store as `forgetlab.run` does; its metrics.json content."""
+    index it in the results store as `forgetlab.run` does; its metrics.json content.
+    `on_curve` sees every eval.every point (the pruner)."""
     from forgetlab.recipe.run import run  # torch and transformers load here, not at import
 
     resume = RunDir(config.output.dir).config_path.is_file()
-    result = run(config, resume=resume)
+    result = run(config, resume=resume, on_curve=on_curve)
     ResultsStore(config.output.store).record_run(
         result.run_dir,
         {k: v for k, v in result.metrics.items() if k != "per_seed"},

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from forgetlab.errors import ForgetlabError
 from forgetlab.sweeps import study as studies
+from forgetlab.sweeps.prune import CurveReporter
 from forgetlab.sweeps.spec import Point
 from forgetlab.sweeps.trial import (
     SweepConfig,
@@ -65,16 +66,26 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("torch_threads", torch_threads())
         log.info("trial %d: %s", trial.number, point.name)
+        reporter = CurveReporter(trial, spec) if spec.pruner != "none" else None
         try:
-            summary = run_trial(self.sweep.point_config(point, run_dir, self.store))
+            config = self.sweep.point_config(point, run_dir, self.store)
+            summary = run_trial(config, on_curve=reporter)
             values = objective_values(summary, spec.metrics)
             missing = [m for m, v in zip(spec.metrics, values) if v is None]
             if missing:
                 raise ForgetlabError(f"objective {missing[0]} is undefined for {run_dir}")
+        except optuna.TrialPruned as e:
+            trial.set_user_attr("pruned", str(e))
+            log.info("trial %d (%s) %s", trial.number, point.name, e)
+            raise
         except ForgetlabError as e:
+            if reporter is not None:
+                reporter.pruned()  # settles a two-objective sweep's companion trial
             trial.set_user_attr("error", str(e))
             log.error("trial %d (%s) failed: %s", trial.number, point.name, e)
             raise
+        if reporter is not None:
+            reporter.finish(values)
         log.info(
             "trial %d: %s  %s", trial.number, point.name,
             "  ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, values)),
