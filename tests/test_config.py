@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from forgetlab import load_config
 from forgetlab.errors import ConfigError
@@ -85,6 +86,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_validates(path):
+    if "sweep" in yaml.safe_load(path.read_text()):  # a sweep config: every point resolves
+        from forgetlab.sweeps.trial import load_sweep_config
+
+        assert load_sweep_config(path).spec.grid()
+        with pytest.raises(ConfigError, match="has a sweep: section: run it with"):
+            load_config(path)
+        return
     cfg = load_config(path)
     assert cfg.tasks
 

@@ -254,8 +254,16 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from forgetlab import api
-    from forgetlab.config import config_to_yaml
+    from forgetlab.config import config_to_yaml, load_raw
 
+    if "sweep" in load_raw(args.config):  # a sweep config: every point checked
+        from forgetlab.sweeps.trial import load_sweep_config
+
+        sweep = load_sweep_config(args.config, args.overrides)
+        print(config_to_yaml(sweep.base), end="")
+        points = sweep.spec.grid()
+        print(f"# sweep: {len(points)} points, each valid (forgetlab sweep --dry-run lists them)")
+        return 0
     print(config_to_yaml(api.load_config(args.config, args.overrides)), end="")
     return 0
 

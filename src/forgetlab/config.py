@@ -39,6 +39,8 @@ def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) 
 def _check_positive(section: str, key: str, value: float | int | None, allow_zero=False) -> None:
     if value is None:
         return
+    if value != value or value in (float("inf"), float("-inf")):  # NaN passes every check below
+        raise ConfigError(f"{section}.{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{section}.{key}={value!r} must be {bound}")
@@ -243,6 +245,10 @@ class Config:
         _check_choice("config", "heads", self.heads, HEAD_MODES)
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds: [1]")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            # one seed's folder would overwrite the other's, and one seed be counted twice
+            raise ConfigError(f"seeds repeat {', '.join(map(str, repeated))}: give each seed once")
         both = set(self.task_names) & {t.name for t in self.source_tasks}
         if both:
             raise ConfigError(f"source_tasks repeat tasks of the sequence: {', '.join(both)}")
@@ -395,11 +401,22 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where (its own text spans 7-8 lines
+    with the offending source lines drawn under it)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def build_config(raw: dict[str, Any]) -> Config:

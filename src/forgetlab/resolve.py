@@ -29,6 +29,12 @@ def load_config(
     it, the method's own keys included."""
     # A deep copy: overrides must not change the caller's dict.
     data = _config.load_raw(path) if path is not None else copy.deepcopy(raw or {})
+    if "sweep" in data:
+        where = path or "this config"
+        raise ConfigError(
+            f"{where} has a sweep: section: run it with `forgetlab sweep` (`forgetlab run` "
+            "runs one config)"
+        )
     config = _config.build_config(_config.apply_overrides(data, list(overrides or [])))
     validate_plugins(config)
     variant_configs(config)  # every variant must be valid before anything runs

@@ -15,6 +15,10 @@ report and `compare` read them through this class, so a layout or a check change
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +94,33 @@ class RunDir:
     def checkpoint_dir(self, seed: int, stage: int, task: str) -> Path:
         """The model after `stage` (1-based), whose task was `task`."""
         return self.seed_dir(seed) / "checkpoints" / f"stage-{stage}-{task}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for one writer: a second `forgetlab run` into it (another
+        shell, a sweep worker) is refused at once instead of interleaving its files with
+        this one's. An advisory lock on <run>/.lock, released when the process ends, however
+        it ends (a killed run leaves no stale lock)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise ForgetlabError(
+                    f"{self.path} is being written by another forgetlab process (pid {holder}); "
+                    "wait for it, or choose another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     # ---- what it holds -------------------------------------------------------------------
 

@@ -49,6 +49,14 @@ def run(config: Config, resume: bool = False, on_curve: CurveCallback | None = N
     """Run the sequential recipe for every seed in `config.seeds`; see the module docstring.
     `on_curve` sees every eval.every point as it is measured (see `CurveHook`)."""
     out = RunDir(config.output.dir)
+    check_writable(out.path)
+    with out.lock():
+        return _run_locked(config, out, resume, on_curve)
+
+
+def _run_locked(
+    config: Config, out: RunDir, resume: bool, on_curve: CurveCallback | None
+) -> RunResult:
     _prepare_out_dir(config, out, resume)
     handler = _attach_log_file(out.log_path)
     try:
@@ -234,7 +242,6 @@ def _diff_configs(old: dict, new: dict, prefix: tuple = ()) -> str | None:
 
 
 def _prepare_out_dir(config: Config, out: RunDir, resume: bool) -> None:
-    check_writable(out.path)
     if resume:
         if not out.config_path.is_file():
             raise ForgetlabError(f"cannot resume: {out.path} holds no run (no config.yaml)")
