@@ -118,7 +118,8 @@ def expected_rows(table) -> tuple[list[str], list[list[str]]]:
             text = cells[i]
             if isinstance(values[i], bool):  # the frontier flags
                 text = "yes" if values[i] else "no"
-            row.append(f"{text} ± {cells[i + 1]}" if joined else text)
+            ci = joined and values[i + 1] is not None
+            row.append(f"{text} ± {cells[i + 1]}" if ci else text)
     return header, rows
 
 
@@ -225,6 +226,23 @@ def test_figures_follow_the_answers(tmp_path, result, grid):
     one = [write_run(tmp_path, f"solo-{k}", "lora", spread(0.6, 0.05 * k)) for k in (1, 2)]
     view = answers_view(one)  # same lr: no curve, the frontier alone
     assert [p.fig_id for p in view.plots] == ["fig-frontier"]
+
+
+def test_one_seed_shows_the_mean_without_an_interval(tmp_path):
+    runs = [
+        write_run(tmp_path, "one-seed", "full", {1: (0.61, 0.04)}),
+        write_run(tmp_path, "three-seeds", "lora", spread(0.6, 0.05)),
+    ]
+    best = parsed(answers_view(runs).html).tables[0]
+    col = best[0].index("learning (initial_acc) ± CI95")
+    assert [r[col] for r in best[1:]] == ["0.610", f"0.600 ± {spread_ci(0.6):.3f}"]
+
+
+def spread_ci(learning: float) -> float:
+    """The 95% CI half-width of spread()'s three learning values."""
+    from forgetlab.metrics import aggregate_seeds
+
+    return aggregate_seeds([v[0] for v in spread(learning, 0.0).values()])["ci95"]
 
 
 def test_single_run_has_no_answers_section(tmp_path):

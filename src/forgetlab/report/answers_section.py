@@ -51,7 +51,8 @@ def _cell(value: Any, text: str) -> str:
 
 def html_table(t: Table, warnings: Sequence[str] = ()) -> str:
     """One answers table: its title, the cells as the text format shows them (a mean and the
-    CI column after it joined as "mean ± ci"), and its notes (`warnings` highlighted)."""
+    CI column after it joined as "mean ± ci", the mean alone for one seed), and its notes
+    (`warnings` highlighted)."""
     names = [c.name for c in t.columns]
     joined = [i for i in range(len(names) - 1) if names[i + 1].endswith(CI)]
     header, keep = [], []
@@ -65,7 +66,7 @@ def html_table(t: Table, warnings: Sequence[str] = ()) -> str:
         row = []
         for i in keep:
             text = _cell(values[i], cells[i])
-            if i in joined:
+            if i in joined and values[i + 1] is not None:  # one seed: no interval
                 text += f" ± {e(cells[i + 1])}"
             row.append(text)
         rows.append(row)
