@@ -4,6 +4,7 @@ per-run figures from `RUN_FIGURES`, each analysis's from its own module's `figur
 
 from __future__ import annotations
 
+import base64
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from forgetlab.analyses.spec import FigureContext
 from forgetlab.plotting import NothingToDraw
 from forgetlab.report import draw
 from forgetlab.report.data import ANALYSIS_ERRORS, RunData, rank_entries, slug, source_loss
+from forgetlab.report.format import e
 from forgetlab.report.summary import all_accuracy, has_floorless, run_point, source_target_point
 
 
@@ -31,6 +33,17 @@ class Plot:
 def png_size(png: bytes) -> tuple[int, int]:
     """Width and height from the PNG header (IHDR is always the first chunk)."""
     return struct.unpack(">II", png[16:24])
+
+
+def figure_html(plot: Plot) -> str:
+    """The plot as an HTML figure: an inline data: URI PNG with its alt text and caption."""
+    width, height = png_size(plot.png)
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (
+        f'<figure><img id="{plot.fig_id}" alt="{e(plot.alt)}" width="{width}" '
+        f'height="{height}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{e(plot.caption)}</figcaption></figure>"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,21 +169,26 @@ def _source_target_plot(runs: list[RunData]) -> Plot | None:
     )
 
 
-def overview_plots(runs: list[RunData]) -> list[Plot]:
+def _scatter_plot(runs: list[RunData]) -> Plot:
+    """Learning above the majority baseline against forgetting, one point per run."""
     points = [run_point(r.summary) for r in runs]
     floorless = any(has_floorless(r.summary) for r in runs)
-    plots = [
-        Plot(
-            "fig-learning-vs-forgetting",
-            "Scatter of learning above the majority baseline against forgetting, one point per "
-            "run, with the Pareto frontier",
-            "Each run: forgetting (avg_forgetting) against learning (initial_acc minus the mean "
-            "majority baseline). Stars and the dashed line: the Pareto frontier (no other run "
-            "learns more while forgetting less). Error bars: 95% CI over seeds."
-            + (FLOORLESS if floorless else ""),
-            draw.scatter_figure(points, floorless=floorless),
-        )
-    ]
+    return Plot(
+        "fig-learning-vs-forgetting",
+        "Scatter of learning above the majority baseline against forgetting, one point per "
+        "run, with the Pareto frontier",
+        "Each run: forgetting (avg_forgetting) against learning (initial_acc minus the mean "
+        "majority baseline). Stars and the dashed line: the Pareto frontier (no other run "
+        "learns more while forgetting less). Error bars: 95% CI over seeds."
+        + (FLOORLESS if floorless else ""),
+        draw.scatter_figure(points, floorless=floorless),
+    )
+
+
+def overview_plots(runs: list[RunData], scatter: bool = True) -> list[Plot]:
+    """The figures across runs; `scatter`: with the learning-vs-forgetting scatter (left out
+    where the Answers section draws the frontier instead)."""
+    plots = [_scatter_plot(runs)] if scatter else []
     source = _source_target_plot(runs)
     plots += [source] if source else []
     entries = rank_entries(runs)

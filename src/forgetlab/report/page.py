@@ -5,6 +5,10 @@ image, the CSS is inline, there is no script at all, and a Content-Security-Poli
 forbids anything else. The same figures are written as PNG files to `<stem>_figures/` beside
 the page. Every user-provided string (run, task and module names, the config) is escaped.
 
+With two or more runs, an Answers section follows the overview (see
+`forgetlab.report.answers_section`); where the runs can be answered together, its
+learning–forgetting frontier figure replaces the overview's learning-vs-forgetting scatter.
+
 All inputs are read and checked, and all figures drawn, before anything is written: a bad run
 directory raises ForgetlabError and leaves the output untouched. Analyses (analyses/*.json)
 are optional; a missing one is listed as absent and a malformed one becomes a note.
@@ -12,20 +16,20 @@ are optional; a missing one is listed as absent and a malformed one becomes a no
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from forgetlab.atomic import atomic_dir, atomic_write_bytes, atomic_write_text, now
 from forgetlab.errors import ForgetlabError
 from forgetlab.report import tables
+from forgetlab.report.answers_section import answers_view
 from forgetlab.report.data import ANALYSIS_ERRORS, PAGE_ORDER, RunData, load_runs
 from forgetlab.report.figures import (
     Plot,
     accuracy_plot,
     analysis_plots,
+    figure_html,
     overview_plots,
-    png_size,
     run_plot,
 )
 from forgetlab.report.format import e as _e
@@ -61,8 +65,8 @@ th{background:#f0f2f5}
 pre{background:#f3f4f6;padding:.75rem;overflow:auto;font-size:.8rem;max-height:30rem}
 .yes{color:#17663a;font-weight:600}.no{color:#a12622;font-weight:600}
 .some{color:#8a5a00;font-weight:600}.note{color:#5b6472;font-size:.85rem}
-.frontier{font-weight:600}nav a{margin-right:1rem}dl.defs dt{font-weight:600;margin-top:.5rem}
-dl.defs dd{margin-left:1.2rem}
+.warn{color:#8a5a00}.frontier{font-weight:600}nav a{margin-right:1rem}
+dl.defs dt{font-weight:600;margin-top:.5rem}dl.defs dd{margin-left:1.2rem}
 """
 
 # default-src 'none': no script, font, frame or fetch can run or load, even if some string
@@ -147,16 +151,6 @@ LM_DEFINITIONS = (
 )
 
 
-def _img(plot: Plot) -> str:
-    width, height = png_size(plot.png)
-    data = base64.b64encode(plot.png).decode("ascii")
-    return (
-        f'<figure><img id="{plot.fig_id}" alt="{_e(plot.alt)}" width="{width}" '
-        f'height="{height}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{_e(plot.caption)}</figcaption></figure>"
-    )
-
-
 def _meta(run: RunData) -> str:
     s = run.summary
     items = [
@@ -178,7 +172,7 @@ def _meta(run: RunData) -> str:
 def _analyses_html(run: RunData, plots: list[tuple[str, Plot]], notes: list[str]) -> str:
     parts = ["<h3>Analyses</h3>"]
     for stem, plot in plots:
-        parts.append(_img(plot))
+        parts.append(figure_html(plot))
         extra = ANALYSIS_TABLES.get(run.analyses[stem]["analysis"])
         if extra is not None:
             parts.append(extra(run.analyses[stem]))
@@ -208,14 +202,16 @@ def _lm_blocks(run: RunData) -> tuple[str, list[Plot]]:
     def curves() -> str:
         plot = run_plot(run, "curves")
         plots.extend([plot] if plot else [])
-        return "<h3>Learning and forgetting during training</h3>" + _img(plot) if plot else ""
+        return (
+            "<h3>Learning and forgetting during training</h3>" + figure_html(plot) if plot else ""
+        )
 
     def probes() -> str:
         if not run.summary.get("probes"):
             return ""
         table, plot = tables.probes_table(run.summary), run_plot(run, "probes")
         plots.extend([plot] if plot else [])
-        return "<h3>Source side: probes</h3>" + table + (_img(plot) if plot else "")
+        return "<h3>Source side: probes</h3>" + table + (figure_html(plot) if plot else "")
 
     parts.append(_guarded(run, "The curves during training (curves)", curves))
     parts.append(_guarded(run, "The probes (probe_matrix)", probes))
@@ -236,11 +232,12 @@ def _run_section(run: RunData) -> tuple[str, list[Plot]]:
         f'<section id="run-{run.slug}"><h2>Run: {_e(run.label)}</h2>',
         _meta(run),
         "<h3>Learning and forgetting</h3>",
-        f"<div class=pair><div>{_img(accuracy)}</div><div>{tables.metrics_table(s)}</div></div>",
+        f"<div class=pair><div>{figure_html(accuracy)}</div>"
+        f"<div>{tables.metrics_table(s)}</div></div>",
         tables.tasks_table(s),
         *([lm_html] if lm_html else []),
         "<h3>Training loss</h3>",
-        _img(loss) if loss else "<p class=note>No loss curves in metrics.json.</p>",
+        figure_html(loss) if loss else "<p class=note>No loss curves in metrics.json.</p>",
         _analyses_html(run, analysis, notes),
         "<h3>Configuration (config.yaml)</h3>",
         config,
@@ -253,9 +250,13 @@ def _run_section(run: RunData) -> tuple[str, list[Plot]]:
 def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, list[Plot]]:
     """The page and every plot in it (in page order); pure, writes nothing."""
     title = title or "forgetlab report: " + ", ".join(str(r.summary["name"]) for r in runs)
-    overview = overview_plots(runs)
+    found = answers_view([r.path for r in runs])
+    # the answers' frontier figure replaces the overview's learning-vs-forgetting scatter
+    frontier = found is not None and found.frontier_drawn
+    overview = overview_plots(runs, scatter=not frontier)
     sections = [_run_section(r) for r in runs]
-    links = [("overview", "Across runs")] + [(f"run-{r.slug}", r.label) for r in runs]
+    links = [("overview", "Across runs")] + ([("answers", "Answers")] if found else [])
+    links += [(f"run-{r.slug}", r.label) for r in runs]
     nav = "".join(f'<a href="#{a}">{_e(text)}</a>' for a, text in links)
     lm = any(is_lm(r.summary) for r in runs)
     defined = DEFINITIONS + (LM_DEFINITIONS if lm else ())
@@ -271,14 +272,21 @@ def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, lis
         f'<nav>{nav}<a href="#definitions">Definitions</a></nav>',
         '<section id="overview"><h2>Across runs</h2>',
         tables.comparison(runs),
-        *(_img(p) for p in overview),
+        *(
+            ["<p class=note>The learning–forgetting frontier is drawn under Answers.</p>"]
+            if frontier
+            else []
+        ),
+        *(figure_html(p) for p in overview),
         "</section>",
+        *([found.html] if found else []),
         *(html_text for html_text, _ in sections),
         '<section id="definitions"><h2>Metric definitions</h2>',
         f"<dl class=defs>{defs}</dl></section>",
         "</main></body></html>",
     ]
-    plots = overview + [p for _, section_plots in sections for p in section_plots]
+    answer_plots = found.plots if found else []
+    plots = overview + answer_plots + [p for _, section_plots in sections for p in section_plots]
     return "\n".join(page) + "\n", plots
 
 
