@@ -204,12 +204,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from forgetlab.sweeps.trial import load_sweep_config
 
         spec = load_sweep_config(args.config, overrides).spec  # every point checked
-        for point in spec.grid() if spec.sampler == "grid" else []:
+        for point in spec.grid() if spec.is_grid else []:
             print(f"{point.name}  {' '.join(point.overrides)}")
-        for arm in spec.arm_names if spec.sampler != "grid" else []:
+        for arm in spec.arm_names if not spec.is_grid else []:
             print(f"{arm}: " + ", ".join(a.describe() for a in spec.arm_space(arm).values()))
+        if spec.sampler == "predicted" and not spec.predict_lr.rates:
+            print(f"predicted: each arm runs {2 * spec.predict_lr.around + 1} of these rates, "
+                  "those nearest its prediction (computed when the sweep starts)")  # fmt: skip
         seeds = "the config's seeds" if spec.seeds is None else f"seeds {spec.seeds}"
-        size = f"{len(spec.grid())} points" if spec.sampler == "grid" else f"{spec.trials} trials"
+        size = f"{len(spec.grid())} points" if spec.is_grid else f"{spec.trials} trials"
         print(f"{size} ({spec.sampler}), each with {seeds}")
         return 0
     _quiet_libraries()
@@ -228,6 +231,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from forgetlab.answers import format_answers
 
         print("\n" + format_answers(result.answers))
+    from forgetlab.sweeps.predicted import prediction_text
+
+    prediction = prediction_text(result.sweep_dir)  # sweep.predict_lr
+    if prediction:
+        print("\n" + prediction)
     print(f"\nsweep directory: {result.sweep_dir}  (forgetlab compare {result.sweep_dir})")
     if result.missing:
         print(
