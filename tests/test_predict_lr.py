@@ -220,3 +220,31 @@ def test_predict_lr_on_minilm_beside_a_swept_grid(tiny_config, tmp_path, capsys)
     for d, o in result["ordering"].items():
         expected = dora["predicted"][d] < lora["predicted"][d]  # best: dora's rate is lower
         assert o["orders"] is expected and o["spearman"] == (1.0 if expected else -1.0)
+
+
+def test_a_predicted_sweep_records_its_rates_and_resume_reuses_them(tiny_config, tmp_path):
+    from forgetlab.atomic import atomic_write_json, read_json
+    from forgetlab.sweeps.predicted import PREDICTION_FILE, with_predictions
+    from forgetlab.sweeps.trial import load_sweep_config
+
+    raw = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
+    raw["sweep"] = {
+        "methods": ["lora", "full"],
+        "space": {"training.lr": {"log": [1e-6, 1e-2], "per_decade": 1}},
+        "sampler": "predicted",
+        "seeds": [1],
+        "objectives": ["learning"],
+        "predict_lr": {"examples": 8, "iters": 3, "around": 1, "reference": {"lora": 1e-3}},
+    }
+    sweep = with_predictions(load_sweep_config(raw=raw), resume=False)
+    saved = read_json(tmp_path / "out" / PREDICTION_FILE)
+    rates = sweep.spec.predict_lr.rates
+    assert rates == saved["rates"] and rates["lora"] == pytest.approx(1e-3)
+    assert sweep.sweep_raw["predict_lr"]["rates"] == rates  # what sweep.yaml will hold
+    lora = [p.params["training.lr"] for p in sweep.spec.grid() if p.arm == "lora"]
+    assert lora[0] == 1e-3 and sorted(lora) == [1e-4, 1e-3, 1e-2]
+    # --resume: the saved rates, not a new Hessian
+    atomic_write_json(tmp_path / "out" / PREDICTION_FILE, {**saved, "rates": {"lora": 1e-6,
+                      "full": 1e-2}})  # fmt: skip
+    again = with_predictions(load_sweep_config(raw=raw), resume=True)
+    assert [p.params["training.lr"] for p in again.spec.grid()] == [1e-6, 1e-5, 1e-2, 1e-3]
