@@ -373,5 +373,6 @@ def format_text(result: dict) -> list[str]:
     for d, o in (result["ordering"] or {}).items():
         rho = "undefined" if o["spearman"] is None else f"{o['spearman']:.2f}"
         verdict = "orders the swept best rates" if o["orders"] else "does NOT order them"
-        lines.append(f"  {d}: Spearman ρ = {rho} over {len(o['methods'])} methods: {verdict}")
+        weak = " (two methods: ρ is ±1 whatever the rates)" if len(o["methods"]) == 2 else ""
+        lines.append(f"  {d}: Spearman ρ = {rho} over {len(o['methods'])} methods: {verdict}{weak}")
     return lines
