@@ -138,6 +138,46 @@ def hessian(
     return _hessian(target, **options)
 
 
+def predict_lr(
+    config: str | Path | Config,
+    methods: list[str] | None,
+    reference: str | dict[str, float],
+    overrides: list[str] | None = None,
+    runs: list[str | Path] | None = None,
+    **options: Any,
+) -> dict:
+    """A learning rate per method from the loss Hessian at init: lr_m = lr_ref · λ_ref / λ_m,
+    λ_max per definition (module: one adapted module, trainable: all adapter parameters,
+    warmup: all after a few steps). `methods`: None takes a sweep config's sweep.methods.
+    `reference`: METHOD=RATE (or {method: rate}), a method of `methods`. `runs`: finished
+    runs of a grid (a sweep directory: its trials) for each method's swept best rate and
+    which definition orders them. Options: definitions, module,
+    warmup_steps, examples, batch_size, iters, rate_key, seed, device. See
+    `forgetlab.analyses.predict_lr`; nothing is written."""
+    from forgetlab.analyses.predict_lr import predict_lr as _predict
+    from forgetlab.config import load_raw
+
+    if isinstance(config, Config):
+        if overrides:
+            raise ConfigError("overrides apply to a config file, not to a loaded Config")
+        raw = config.to_dict()
+    else:
+        raw = load_raw(config)
+    sweep = raw.pop("sweep", None) or {}  # a sweep config: its run config, its methods
+    methods = list(methods or sweep.get("methods") or [])
+    if not methods:
+        raise ConfigError("predict_lr needs methods (--methods lora,pissa,...)")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown method {', '.join(unknown)} (known: {', '.join(sorted(METHODS))})"
+        )
+    configs = {
+        m: load_config(raw=raw, overrides=[*(overrides or []), f"method.name={m}"]) for m in methods
+    }
+    return _predict(configs, reference, run_dirs=_run_dirs(runs or []), **options)
+
+
 def lm_eval(target: str | Path, tasks: list[str], **options: Any) -> dict[str, dict]:
     """lm-evaluation-harness on a model: a finished run directory (its model after `stage`,
     default the last; base + adapter for LoRA-family runs), or a causal-LM name (hub id,
@@ -172,6 +212,7 @@ __all__ = [
     "load_config",
     "load_run",
     "metrics_from_csv",
+    "predict_lr",
     "report",
     "run",
     "sweep",

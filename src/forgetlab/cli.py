@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     _analysis_common(h)
 
+    _predict_lr_parser(sub)
+
     e = sub.add_parser("eval", help="score a run's model (or any causal LM) with lm-eval")
     e.add_argument("target", help="a finished run directory, or a causal-LM name / folder")
     e.add_argument(
@@ -141,6 +143,57 @@ def _sweep_parser(sub) -> None:
     s.add_argument("--dry-run", action="store_true", help="list the points (grid), run nothing")
 
 
+def _predict_lr_parser(sub) -> None:
+    from forgetlab.analyses.predict_lr import DEFINITIONS
+
+    p = sub.add_parser(
+        "predict-lr",
+        help="a learning rate per method from the loss Hessian at init (lr_ref · λ_ref / λ_m)",
+    )
+    p.add_argument("config", help="a run config (a sweep config: its methods by default)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.max_length=64")
+    p.add_argument("--methods", help="comma-separated methods (default: the sweep's methods)")
+    p.add_argument("--reference", required=True, help="METHOD=RATE, e.g. lora=1e-3")
+    p.add_argument(
+        "--definition",
+        dest="definitions",
+        help=f"comma-separated, of {', '.join(DEFINITIONS)} (default: all)",
+    )
+    p.add_argument("--module", help="regex: which adapted module 'module' takes (first match)")
+    p.add_argument("--warmup-steps", type=int, dest="warmup_steps", help="default 5")
+    p.add_argument("--examples", type=int, help="training examples in the loss (default 32)")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--iters", type=int, help="Lanczos iterations (default 10)")
+    p.add_argument("--runs", nargs="+", help="finished runs of a grid (a sweep dir): swept best")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu | cuda (default: the config's training.device)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _cmd_predict_lr(args: argparse.Namespace) -> int:
+    from forgetlab import api
+    from forgetlab.analyses.predict_lr import format_text
+
+    _quiet_libraries()
+    _log_to_stderr(args.quiet)
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    keys = ("definitions", "module", "warmup_steps", "examples", "batch_size", "iters")
+    options = {k: getattr(args, k) for k in keys}
+    result = api.predict_lr(
+        args.config,
+        methods or None,
+        args.reference,
+        args.overrides,
+        runs=args.runs,
+        seed=args.seed,
+        device=args.device,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    print(json.dumps(result, indent=2) if args.json else "\n".join(format_text(result)))
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from forgetlab import api
 
@@ -151,12 +204,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from forgetlab.sweeps.trial import load_sweep_config
 
         spec = load_sweep_config(args.config, overrides).spec  # every point checked
-        for point in spec.grid() if spec.sampler == "grid" else []:
+        for point in spec.grid() if spec.is_grid else []:
             print(f"{point.name}  {' '.join(point.overrides)}")
-        for arm in spec.arm_names if spec.sampler != "grid" else []:
+        for arm in spec.arm_names if not spec.is_grid else []:
             print(f"{arm}: " + ", ".join(a.describe() for a in spec.arm_space(arm).values()))
+        if spec.sampler == "predicted" and not spec.predict_lr.rates:
+            print(f"predicted: each arm runs {2 * spec.predict_lr.around + 1} of these rates, "
+                  "those nearest its prediction (computed when the sweep starts)")  # fmt: skip
         seeds = "the config's seeds" if spec.seeds is None else f"seeds {spec.seeds}"
-        size = f"{len(spec.grid())} points" if spec.sampler == "grid" else f"{spec.trials} trials"
+        size = f"{len(spec.grid())} points" if spec.is_grid else f"{spec.trials} trials"
         print(f"{size} ({spec.sampler}), each with {seeds}")
         return 0
     _quiet_libraries()
@@ -175,6 +231,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from forgetlab.answers import format_answers
 
         print("\n" + format_answers(result.answers))
+    from forgetlab.sweeps.predicted import prediction_text
+
+    prediction = prediction_text(result.sweep_dir)  # sweep.predict_lr
+    if prediction:
+        print("\n" + prediction)
     print(f"\nsweep directory: {result.sweep_dir}  (forgetlab compare {result.sweep_dir})")
     if result.missing:
         print(
@@ -395,6 +456,7 @@ COMMANDS = {
     "validate": _cmd_validate,
     "analyze": _cmd_analyze,
     "hessian": _cmd_hessian,
+    "predict-lr": _cmd_predict_lr,
     "report": _cmd_report,
     "eval": _cmd_eval,
     "methods": _cmd_methods,

@@ -89,8 +89,13 @@ def check(run: OpenRun, seed: int, params: dict) -> None:
 
 
 def compute(run: OpenRun, seed: int, params: dict) -> dict:
+    return eigenvalues(run, run.model_at(seed, params["stage"], eager=True), seed, params)
+
+
+def eigenvalues(run: OpenRun, model, seed: int, params: dict) -> dict:
+    """`compute` on a model given (built with eager attention), e.g. one trained a few steps
+    further than any saved stage: params' `stage` only picks the task whose loss is used."""
     task = _task(run, params)
-    model = run.model_at(seed, params["stage"], eager=True)
     batches = run.probe_batches(task, params["examples"], params["batch_size"], "train", seed)
     loss = KINDS[task.kind].loss
     groups = _own_task_only(model, parameter_groups(model, params["group"]), task.name)

@@ -9,6 +9,8 @@ A sweep directory (output.dir):
     <out>/sweep.json          every trial: point, state, objectives, run directory
     <out>/answers.json        what the finished trials show (forgetlab.answers): each method at
                               its best setting, the frontier, matched learning, paired tests
+    <out>/predict_lr.json     with sweep.predict_lr: the rate predicted per arm from the Hessian
+                              at init, beside each arm's swept best (sweeps.predicted)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from forgetlab.answers.points import FORGETTING, LEARNING, NotComparable
 from forgetlab.atomic import atomic_write_json, atomic_write_text
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.store import display_url, is_url
+from forgetlab.sweeps import predicted
 from forgetlab.sweeps import study as studies
 from forgetlab.sweeps.result import SUMMARY_FILE, SWEEP_FILE, SweepResult, collect
 from forgetlab.sweeps.trial import SweepConfig, load_sweep_config
@@ -61,6 +64,8 @@ def run_sweep(
     sweep_file = out / SWEEP_FILE
     if sweep_file.is_file() and not resume:
         raise ForgetlabError(f"{out} already holds a sweep: use --resume to continue it")
+    config = predicted.with_predictions(config, resume)  # sweep.predict_lr: rates per arm
+    spec, points = config.spec, config.spec.grid()
     url = storage or studies.default_storage(out)
     if storage is not None and not is_url(storage):
         raise ConfigError(f"--storage must be an SQLAlchemy URL (sqlite:///x.db, "
@@ -72,11 +77,11 @@ def run_sweep(
     mark = studies.fingerprint(spec, points, config.raw)
     study = studies.open_study(rdb, name, spec, points, mark, resume)
     atomic_write_text(sweep_file, yaml.safe_dump(config.to_raw(), sort_keys=False))
-    if resume and spec.sampler == "grid":
+    if resume and spec.is_grid:
         queued = studies.queue_failed_points(study, points)
         if queued:
             log.info("resume: %d failed point(s) queued again: %s", len(queued), ", ".join(queued))
-    size = f"{len(points)} points" if spec.sampler == "grid" else f"{spec.trials} trials"
+    size = f"{len(points)} points" if spec.is_grid else f"{spec.trials} trials"
     log.info("sweep %r: %s, %d worker(s), storage %s", name, size, workers, display_url(url))
     # Always fresh processes, --workers 1 too: torch may already be loaded here with threads
     # that spin-wait (on a busy machine a 1-worker sweep in this process ran 4x slower).
@@ -93,12 +98,17 @@ def run_sweep(
         directions=spec.directions,
         trials=collect(study, points),
         worker_exits=exits,
-        expected=len(points) if spec.sampler == "grid" else spec.trials,
+        expected=len(points) if spec.is_grid else spec.trials,
     )
     atomic_write_json(out / SUMMARY_FILE, result.to_dict())
     result.answers = sweep_answers(result)
     if result.answers is not None:
         save_answers(result.answers, out)
+    if spec.predict_lr is not None:
+        try:
+            predicted.after_sweep(out, result.run_dirs)
+        except ForgetlabError as e:
+            log.warning("no swept best rates beside the prediction: %s", e)
     return result
 
 

@@ -9,11 +9,17 @@ and the grid it expands to.
       per_method: {full: {training.lr: {log: [1.0e-6, 1.0e-3], per_decade: 4}, method.r: null}}
       seeds: [1, 2]                  # every point runs every seed
       objectives: [learning, forgetting]
-      sampler: grid                  # grid | random | tpe | nsga2; trials: N for all but grid
+      sampler: grid                  # grid | random | tpe | nsga2 | predicted; trials: N for
+                                     # random, tpe, nsga2
+      predict_lr: true               # or {reference: {lora: 1.0e-3}, definition, around, ...}
       pruner: none                   # median | hyperband on the eval.every curve (learning)
 
 A grid point is one arm plus one value per axis; `per_method` replaces, adds or (null)
 removes axes of that arm only, so the grid is the union over arms of each arm's own product.
+
+`sampler: predicted` is a grid too: each arm's learning rates are cut down to the `around`
+values on each side of the value nearest that arm's predicted rate (`predict_lr`, from the
+Hessian at init, computed when the sweep starts and recorded as `predict_lr.rates`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from forgetlab.errors import ConfigError
 from forgetlab.metrics import CONTINUAL_METRIC_KEYS
 from forgetlab.sweeps.prune import WATCHED
 
-SAMPLERS = ("grid", "random", "tpe", "nsga2")
+SAMPLERS = ("grid", "random", "tpe", "nsga2", "predicted")
+GRID_SAMPLERS = ("grid", "predicted")  # samplers that run a list of points
+RATE_KEY = "training.lr"  # the axis `predicted` cuts down
 PRUNERS = ("none", "median", "hyperband")
 # Higher is better for these; lower for every other objective.
 MAXIMIZE = ("acc", "initial_acc", "bwt", "fwt", "target_gain")
@@ -170,6 +178,48 @@ def _yaml_value(v: Any) -> str:
 
 
 @dataclass
+class PredictSpec:
+    """`sweep.predict_lr`: a rate per arm from the loss Hessian at init
+    (forgetlab.analyses.predict_lr), lr_arm = lr_ref · λ_ref / λ_arm."""
+
+    reference: dict[str, float] = field(default_factory=dict)  # {arm: rate}; {}: first arm at
+    # the config's training.lr
+    definition: str = "trainable"  # module | trainable | warmup
+    around: int = 2  # `predicted`: grid values each side of the one nearest the prediction
+    examples: int = 32
+    iters: int = 10
+    warmup_steps: int = 5
+    rates: dict[str, float] | None = None  # the predictions; written when the sweep starts
+
+    def __post_init__(self) -> None:
+        if self.definition not in ("module", "trainable", "warmup"):
+            raise ConfigError(
+                f"sweep.predict_lr.definition={self.definition!r} is not one of module, "
+                "trainable, warmup"
+            )
+        if len(self.reference) > 1:
+            raise ConfigError("sweep.predict_lr.reference names one arm: {lora: 1.0e-3}")
+        numbers = [*self.reference.values(), *(self.rates or {}).values()]
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in numbers):
+            raise ConfigError("sweep.predict_lr: rates must be positive numbers")
+        for key in ("around", "examples", "iters", "warmup_steps"):
+            low = 0 if key == "around" else 1
+            if getattr(self, key) < low:
+                raise ConfigError(f"sweep.predict_lr.{key} must be >= {low}")
+
+
+def search_values(values: list[Any], rate: float, around: int) -> list[float]:
+    """The grid values a `predicted` arm runs: the one nearest `rate` (in log space) and up
+    to `around` on each side of it (fewer at the grid's edge), nearest to `rate` first."""
+    grid = sorted({float(v) for v in values})
+    if not grid or grid[0] <= 0 or rate <= 0:
+        raise ConfigError("sampler predicted needs positive learning rates")
+    near = min(range(len(grid)), key=lambda k: abs(math.log(grid[k] / rate)))
+    window = grid[max(0, near - around) : near + around + 1]
+    return sorted(window, key=lambda v: (abs(math.log(v / rate)), v))
+
+
+@dataclass
 class SweepSpec:
     methods: list[str] = field(default_factory=list)
     variants: list[VariantConfig] = field(default_factory=list)
@@ -179,6 +229,7 @@ class SweepSpec:
     objectives: list[str] = field(default_factory=lambda: ["learning", "forgetting"])
     sampler: str = "grid"
     trials: int | None = None
+    predict_lr: Any = None  # true, or a mapping (PredictSpec); `sampler: predicted` sets it
     pruner: str = "none"
     prune_on: str | None = None  # the objective a pruner watches when there are two
     prune_startup: int = 2  # median pruner: trials that complete before any is pruned
@@ -213,15 +264,56 @@ class SweepSpec:
         self._check_objectives()
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sweep.sampler={self.sampler!r} is not one of {', '.join(SAMPLERS)}")
-        if self.sampler == "grid" and self.trials is not None:
-            raise ConfigError("sweep.trials is for random, tpe and nsga2: a grid runs every point")
-        if self.sampler != "grid" and (self.trials is None or self.trials < 1):
+        if self.is_grid and self.trials is not None:
+            raise ConfigError(
+                f"sweep.trials is for random, tpe and nsga2: {self.sampler} runs every point"
+            )
+        if not self.is_grid and (self.trials is None or self.trials < 1):
             raise ConfigError(f"sweep.sampler={self.sampler} needs sweep.trials: N (N >= 1)")
         if self.sampler != "grid" and not self.space and not any(self.per_method.values()):
             raise ConfigError(f"sweep.sampler={self.sampler} needs a sweep.space to sample")
+        self._check_predict()
         self._check_pruner()
         if self.heartbeat_s < 1 or self.max_retry < 0:
             raise ConfigError("sweep.heartbeat_s must be >= 1 and sweep.max_retry >= 0")
+
+    def _check_predict(self) -> None:
+        raw = self.predict_lr
+        if self.sampler == "predicted" and raw in (None, False):
+            raw = True
+        if raw in (None, False):
+            self.predict_lr = None
+            return
+        if raw is not True and not isinstance(raw, dict | PredictSpec):
+            raise ConfigError(f"sweep.predict_lr must be true or a mapping, got {raw!r}")
+        if not isinstance(raw, PredictSpec):
+            raw = from_dict(PredictSpec, {} if raw is True else raw, "sweep.predict_lr")
+        self.predict_lr = raw
+        if not self.methods:
+            raise ConfigError("sweep.predict_lr predicts a rate per method: list sweep.methods")
+        stray = sorted(set(raw.reference) - set(self.methods))
+        if stray:
+            raise ConfigError(
+                f"sweep.predict_lr.reference: {stray[0]!r} is not one of sweep.methods "
+                f"({', '.join(self.methods)})"
+            )
+        if self.sampler != "predicted":
+            return
+        for arm in self.methods:
+            axis = self.arm_space(arm).get(RATE_KEY)
+            if axis is None or len(axis.values) < 2:
+                raise ConfigError(
+                    f"sampler predicted searches {RATE_KEY} around the prediction: arm {arm} "
+                    f"needs a {RATE_KEY} axis of two or more values in sweep.space"
+                )
+        missing = [a for a in self.methods if a not in (raw.rates or {})]
+        if raw.rates is not None and missing:
+            raise ConfigError(f"sweep.predict_lr.rates has no rate for {', '.join(missing)}")
+
+    @property
+    def is_grid(self) -> bool:
+        """Runs a list of points (grid, predicted) rather than sampled trials."""
+        return self.sampler in GRID_SAMPLERS
 
     def _check_objectives(self) -> None:
         if not self.objectives or len(self.objectives) > 2:
@@ -295,10 +387,17 @@ class SweepSpec:
         return {k: a for k, a in merged.items() if a is not None}
 
     def grid(self) -> list[Point]:
-        """Every point: for each arm (or the config as it is), the product of its axes."""
+        """Every point: for each arm (or the config as it is), the product of its axes;
+        `predicted` (once its rates are known): each arm's rates cut down by search_values."""
         points: list[Point] = []
         for arm in self.arm_names or [None]:
             axes = self.arm_space(arm)
+            rates = self.predict_lr.rates if self.sampler == "predicted" else None
+            if rates:  # before the predictions (checking every point): the whole grid
+                old = axes[RATE_KEY]
+                axes[RATE_KEY] = Axis(
+                    RATE_KEY, values=search_values(old.values, rates[arm], self.predict_lr.around)
+                )
             for values in itertools.product(*(a.values for a in axes.values())):
                 points.append(
                     Point(len(points), arm or "base", dict(zip(axes, values)),

@@ -53,7 +53,7 @@ def open_storage(url: str, spec: SweepSpec) -> RDBStorage:
 
 def make_sampler(spec: SweepSpec, points: list[Point]) -> optuna.samplers.BaseSampler:
     seed = spec.sampler_seed
-    if spec.sampler == "grid":
+    if spec.is_grid:
         return optuna.samplers.GridSampler({"point": [p.name for p in points]}, seed=seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -72,7 +72,7 @@ def fingerprint(spec: SweepSpec, points: list[Point], base: dict) -> dict[str, A
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()
     space = (
         [p.key for p in points]
-        if spec.sampler == "grid"
+        if spec.is_grid
         else {arm or "base": {k: [a.values, a.low, a.high] for k, a in spec.arm_space(arm).items()}
               for arm in spec.arm_names or [None]}
     )  # fmt: skip
@@ -175,7 +175,7 @@ def next_step(study: optuna.Study, spec: SweepSpec, points: list[Point]) -> str:
     if any(t.state == TrialState.WAITING for t in trials):
         return "run"
     running = sum(t.state == TrialState.RUNNING for t in trials)
-    if spec.sampler == "grid":
+    if spec.is_grid:
         progress = grid_progress(study, points)
         if any(not ts for ts in progress.values()):
             return "run"

@@ -50,7 +50,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.sweep.spec
-        if spec.sampler == "grid":
+        if spec.is_grid:
             point = self.by_name[trial.suggest_categorical("point", list(self.by_name))]
             if self._taken(trial, point.name):
                 trial.set_user_attr("surplus", True)
