@@ -97,7 +97,7 @@ def _sweep_raw(out: Path, lrs: list[float]) -> dict:
 def _fake_worker(sweep_file: str, url: str, study_name: str) -> None:
     from forgetlab.sweeps import workers
 
-    def fake_run_trial(config) -> dict:
+    def fake_run_trial(config, on_curve=None) -> dict:
         run_dir = Path(config.output.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "executions.txt", "a") as f:
