@@ -123,6 +123,13 @@ class PadToLongest:
         return {k: torch.tensor(v) for k, v in out.items()}
 
 
+def batch(split, rows: list[int], width: int, pad_id: int) -> tuple[dict, torch.Tensor]:
+    """(model inputs, labels) of `rows`, padded to `width`."""
+    items = [Padded(split, width, pad_id)[i] for i in rows]
+    inputs = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "labels"}
+    return inputs, torch.stack([it["labels"] for it in items])
+
+
 @torch.no_grad()
 def accuracy(model, split, pad_id: int, width: int | None, batch_size: int = 64) -> float:
     """Accuracy on an eval split. Batches are length-sorted and padded to their longest row
@@ -133,12 +140,10 @@ def accuracy(model, split, pad_id: int, width: int | None, batch_size: int = 64)
     correct = 0
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        w = width or max(len(split.input_ids[i]) for i in rows)
-        batch = Padded(split, w, pad_id)
-        items = [batch[i] for i in rows]
-        inputs = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "labels"}
-        preds = model(**inputs).logits.argmax(-1)
-        correct += int((preds == torch.stack([it["labels"] for it in items])).sum())
+        inputs, labels = batch(
+            split, rows, width or max(len(split.input_ids[i]) for i in rows), pad_id
+        )
+        correct += int((model(**inputs).logits.argmax(-1) == labels).sum())
     return correct / len(split)
 
 
@@ -210,8 +215,7 @@ def check_padding(args, tasks: list[PreparedTask], pad_id: int) -> None:
         rows = list(range(min(32, len(t.eval))))
         out = []
         for width in (max(len(t.eval.input_ids[i]) for i in rows), args.max_length):
-            items = [Padded(t.eval, width, pad_id)[i] for i in rows]
-            inputs = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "labels"}
+            inputs, _ = batch(t.eval, rows, width, pad_id)
             with torch.no_grad():
                 out.append(model(**inputs).logits)
         diff = (out[0] - out[1]).abs().max().item()
