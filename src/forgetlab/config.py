@@ -29,6 +29,7 @@ PAIR_ENCODING = ("pair", "concat")
 CHECKPOINTS = ("all", "last", "none")
 MODEL_TYPES = ("auto", "encoder", "causal")
 LONG_PROMPTS = ("truncate", "reject")
+HEAD_INITS = ("torch", "hf")
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -62,9 +63,16 @@ class ModelConfig:
     # Eager attention trains faster than SDPA on CPU here and has a double backward (HVPs).
     attn_implementation: str = "eager"
     head_dropout: float = 0.1
+    # How the sequence's heads start. torch: nn.Linear's kaiming-uniform weights and uniform
+    # bias (forgetlab's original init, kept as the default so that earlier runs reproduce);
+    # hf: normal(0, the backbone's initializer_range) weights and zero bias, drawn first after
+    # the seed — bit-identical to AutoModelForSequenceClassification's new classifier (the
+    # reference study's head).
+    head_init: str = "torch"
 
     def __post_init__(self) -> None:
         _check_choice("model", "pooling", self.pooling, POOLING)
+        _check_choice("model", "head_init", self.head_init, HEAD_INITS)
         _check_choice("model", "type", self.type, MODEL_TYPES)
         _check_positive("model", "max_length", self.max_length)
         if not 0 <= self.head_dropout < 1:

@@ -83,6 +83,9 @@ def build_model(
         head_dropout=config.model.head_dropout,
         shared_head=config.heads == "shared",
         probe_heads={t.name: t.data.num_labels for t in sources},
+        head_init=config.model.head_init,
+        # HF's classifier init scale: the backbone config's initializer_range (BERT: 0.02)
+        init_std=float(getattr(backbone.config, "initializer_range", 0.02)),
     )
     for t in sources:  # before `prepare`: the probe reads the untouched pretrained features
         loss = fit_probe_head(model, t.name, t.kind, t.train, pad_id or 0, device, seed)
