@@ -84,29 +84,13 @@ def _run_dirs(dirs: list[str | Path]) -> list[Path]:
     return [run for d in dirs for run in trial_run_dirs(d)]
 
 
-def sweep(
-    config: str | Path,
-    overrides: list[str] | None = None,
-    *,
-    workers: int = 1,
-    storage: str | None = None,
-    store: str | None = None,
-    resume: bool = False,
-    quiet: bool = False,
-):
+def sweep(config: str | Path, overrides: list[str] | None = None, **options: Any):
     """Every trial of a sweep config (a run config plus `sweep:`) on Optuna; returns a
-    `SweepResult`. See `forgetlab.sweeps.launch.run_sweep` and docs/sweeps.md."""
+    `SweepResult`. Options: workers (1), storage (an SQLAlchemy URL shared by many machines),
+    store, resume, quiet. See `forgetlab.sweeps.launch.run_sweep` and docs/sweeps.md."""
     from forgetlab.sweeps.launch import run_sweep
 
-    return run_sweep(
-        config,
-        overrides,
-        workers=workers,
-        storage=storage,
-        store=store,
-        resume=resume,
-        quiet=quiet,
-    )
+    return run_sweep(config, overrides, **options)
 
 
 def analyze(run_dir: str | Path, which: list[str] | None = None, **options: Any) -> dict[str, dict]:
