@@ -14,11 +14,12 @@ truth (the store can be rebuilt from it). Run-directory files are written by
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from forgetlab.atomic import now
@@ -90,7 +91,7 @@ class ResultsStore:
                 else {}
             )
             engine = sa.create_engine(self.url, **kwargs)
-            _META.create_all(engine)
+            _create_tables(engine)
         except (OSError, ArgumentError, SQLAlchemyError, ImportError) as e:
             raise ForgetlabError(f"cannot open results store {where}: {_first_line(e)}") from e
         self._engine = engine
@@ -189,3 +190,17 @@ class ResultsStore:
 def _first_line(e: BaseException) -> str:
     """SQLAlchemy's messages run to SQL text and a help link; the first line says why."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    """CREATE TABLE IF NOT EXISTS, safe when several workers open one new PostgreSQL store at
+    once: PostgreSQL's check-then-create is not atomic, and the loser of that race gets a
+    unique violation on its catalog (pg_type) although the tables now exist. Try again."""
+    for attempt in range(attempts):
+        try:
+            _META.create_all(engine)
+            return
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forgetlab.analyses import hessian
+import forgetlab.analyses.hessian as hessian
 from forgetlab.analyses.model_hessian import parameter_groups
 from forgetlab.analyses.runs import OpenRun, open_config
 from forgetlab.config import Config
