@@ -148,3 +148,34 @@ def test_answers_of_the_two_golden_runs(tmp_path):
     assert got["matched"]["spans_enough"] is False
     printed = compare_answers(runs)
     assert "Best setting per method" in printed and "matched learning" not in printed
+
+
+def test_one_task_runs_get_the_best_setting_table_and_learning_tests_only(tmp_path):
+    """A single-task grid ("Learning Rate Matters" on SST-2) has no forgetting: the answers
+    are each method at its own tuned rate and the paired learning tests, not an error."""
+    import json
+
+    from forgetlab.answers import answers, format_answers
+    from tests.answers_fixtures import write_run
+
+    runs = []
+    for method, lrs in (("lora", {1e-3: 0.60, 1e-2: 0.70}), ("full", {1e-5: 0.65, 1e-4: 0.62})):
+        for lr, learn in lrs.items():
+            run = write_run(
+                tmp_path, f"{method}-{lr}", method, {1: (learn, 0.0), 2: (learn, 0.0)}, lr
+            )
+            summary = json.loads((run / "metrics.json").read_text())
+            for seed in summary["per_seed"].values():
+                seed["avg_forgetting"] = None  # what a one-task run records
+            (run / "metrics.json").write_text(json.dumps(summary))
+            runs.append(run)
+    result = answers(runs)
+    best = {row["method"]: row for row in result["best"]["rows"]}
+    assert (
+        best["lora"]["settings"]["training.lr"] == 1e-2
+        and best["full"]["settings"]["training.lr"] == 1e-5
+    )
+    assert best["lora"]["edge"] and result["frontier"]["points"] == []
+    assert [t["metric"] for t in result["paired"]] == ["learning"]
+    text = format_answers(result)
+    assert "Best setting per method" in text and "frontier" not in text.lower()

@@ -73,6 +73,12 @@ def answers(
         for p in everything
         if not p.complete()
     ]
+    learned = [p for p in everything if p.seeds and None not in p.learning]
+    one_task = forgetting != "source_loss" and all(set(p.forgetting) == {None} for p in learned)
+    if not points and learned and one_task:
+        # One task (or no probes for source_loss): nothing can be forgotten, and what is left
+        # is the study's first question — each method at its own tuned rate.
+        return _learning_only(learned, learning, forgetting, reference, rate_key, tolerance)
     if not points:
         raise NotComparable(
             f"no run has {learning} and {forgetting} for every seed: "
@@ -96,6 +102,36 @@ def answers(
     }
 
 
+def _learning_only(
+    points: list, learning: str, forgetting: str, reference, rate_key: str, tolerance: float
+) -> dict[str, Any]:
+    why = f"{forgetting} is undefined for every run (one task: nothing to forget): learning only"
+    return {
+        "learning": learning,
+        "forgetting": forgetting,
+        "swept": list(dict.fromkeys(k for p in points for k in p.settings)),
+        "points": [_point_json(p) for p in points],
+        "excluded": [],
+        "best": best_table(points, "learning", reference, rate_key, tolerance),
+        "frontier": {"reference_point": None, "hypervolume": {}, "points": [], "note": why},
+        "matched": {
+            "levels": [],
+            "resamples": 0,
+            "seed": 0,
+            "spans_enough": False,
+            "why": why,
+            "notes": [why],
+            "methods": {},
+            "rows": [],
+            "differences": [],
+        },
+        "paired": [
+            t for t in paired_at_best(points, "learning", reference) if t["metric"] == "learning"
+        ],  # fmt: skip
+        "pairs": [],
+    }
+
+
 def save_answers(result: dict[str, Any], out_dir: str | Path) -> Path:
     """Write `answers()`'s result to <out_dir>/answers.json (atomically); returns the path."""
     path = Path(out_dir) / ANSWERS_FILE
@@ -113,7 +149,11 @@ def answer_tables(result: dict[str, Any], sections: Sequence[str] = SECTIONS) ->
     built = {
         "best": [best],
         "frontier": [tables.frontier_rows(result["frontier"])],
-        "hypervolume": [tables.hypervolume_rows(result["frontier"])],
+        "hypervolume": (
+            [tables.hypervolume_rows(result["frontier"])]
+            if result["frontier"]["reference_point"] is not None
+            else []
+        ),
         "matched": [
             tables.matched_rows(result["matched"]),
             tables.difference_rows(result["matched"]),
