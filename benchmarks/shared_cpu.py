@@ -1,6 +1,7 @@
 """A shared CPU: examples/s of 1, 2 and 3 forgetlab trainings running at once, with
-forgetlab's thread settings (forgetlab.threads: a passive OpenMP wait policy) against the same
-runs with torch's defaults (FORGETLAB_THREADS=torch: spin-waiting threads).
+forgetlab's thread settings (forgetlab.threads: a passive OpenMP wait policy when other
+processes keep the CPU busy, torch's default otherwise) against the same runs with torch's
+defaults (FORGETLAB_THREADS=torch: spin-waiting threads).
 
 Each run is its own process (as two configs at once, sweep workers, or the test suite beside
 a run are): it loads MiniLM and a task untimed, then trains `--steps` steps of batch 16, LoRA or
