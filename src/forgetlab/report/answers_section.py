@@ -100,6 +100,8 @@ def _plots(result: dict[str, Any]) -> list[Plot]:
             )
         )
     ref = result["frontier"]["reference_point"]
+    if ref is None:  # one task: nothing can be forgotten, no frontier to draw
+        return plots
     plots.append(
         Plot(
             FRONTIER_ID,
@@ -146,7 +148,7 @@ def answers_view(run_dirs: Sequence[str | Path]) -> AnswersView | None:
     tables = answer_tables(result, sections)
     for t in tables:
         parts.append(html_table(t, edges))
-        if t.key == "best" and plots[0].fig_id == RATE_ID:
+        if t.key == "best" and plots and plots[0].fig_id == RATE_ID:
             parts.append(figure_html(plots[0]))
         if t.key == "hypervolume":
             parts.append(figure_html(plots[-1]))
