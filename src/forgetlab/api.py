@@ -12,7 +12,7 @@ from forgetlab.metrics import metrics_from_csv
 from forgetlab.report.text import format_comparison, format_run
 from forgetlab.resolve import load_config, variant_configs
 from forgetlab.rundir import RunDir
-from forgetlab.store import ResultsStore
+from forgetlab.store import ResultsStore, record_result
 
 
 def run(config: Config | str | Path, resume: bool = False):
@@ -27,12 +27,7 @@ def run(config: Config | str | Path, resume: bool = False):
     result = _run(config, resume=resume)
     # After the recipe: index the finished run in the results store (the run directory stays
     # the source of truth).
-    ResultsStore(config.output.store).record_run(
-        result.run_dir,
-        {k: v for k, v in result.metrics.items() if k != "per_seed"},
-        config.to_dict(),
-        result.seed_metrics,
-    )
+    record_result(result)
     return result
 
 

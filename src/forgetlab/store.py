@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -24,6 +25,9 @@ from sqlalchemy.pool import NullPool
 
 from forgetlab.atomic import now
 from forgetlab.errors import ForgetlabError
+
+if TYPE_CHECKING:
+    from forgetlab.recipe.run import RunResult
 
 _META = sa.MetaData()
 RUNS = sa.Table(
@@ -204,3 +208,14 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def record_result(result: RunResult) -> None:
+    """Index a finished run (`forgetlab.recipe.run.run`'s result) in its config's results
+    store: what `forgetlab.run` and every sweep trial do after the recipe."""
+    ResultsStore(result.config.output.store).record_run(
+        result.run_dir,
+        {k: v for k, v in result.metrics.items() if k != "per_seed"},
+        result.config.to_dict(),
+        result.seed_metrics,
+    )

@@ -18,7 +18,7 @@ from forgetlab.errors import ConfigError
 from forgetlab.metrics import target_gain
 from forgetlab.resolve import load_config
 from forgetlab.rundir import RunDir
-from forgetlab.store import ResultsStore
+from forgetlab.store import record_result
 from forgetlab.sweeps.spec import Point, SweepSpec, parse_sweep
 
 
@@ -131,12 +131,7 @@ def run_trial(config: Config, on_curve=None) -> dict:
 
     resume = RunDir(config.output.dir).config_path.is_file()
     result = run(config, resume=resume, on_curve=on_curve)
-    ResultsStore(config.output.store).record_run(
-        result.run_dir,
-        {k: v for k, v in result.metrics.items() if k != "per_seed"},
-        config.to_dict(),
-        result.seed_metrics,
-    )
+    record_result(result)
     return result.metrics
 
 
