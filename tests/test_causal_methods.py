@@ -14,6 +14,8 @@ pytestmark = needs_data
 
 # Learning rates that move a 2-layer random Llama within 4 steps (not tuned for anything else).
 LR = {"full": 3e-3, "freeze": 3e-3, "vera": 5e-2, "adalora": 2e-2}
+# Methods without a rank `r` (the others get r=4).
+NO_RANK = ("full", "freeze", "adalora", "prefix", "prompt", "ia3")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def _raw(llama, out, method: str, **extra) -> dict:
         "data": {"max_train_examples": 32, "max_eval_examples": 8},
         "method": {
             "name": method,
-            **({"r": 4} if method not in ("full", "freeze", "adalora") else {}),
+            **({"r": 4} if method not in NO_RANK else {}),
         },  # fmt: skip
         "training": {
             "lr": LR.get(method, 1e-2),

@@ -18,6 +18,7 @@ from forgetlab.methods.eva import Eva
 from forgetlab.methods.freeze import FreezeLowerLayers
 from forgetlab.methods.full import FullFineTuning
 from forgetlab.methods.gaussian import GaussianLora
+from forgetlab.methods.ia3 import Ia3
 from forgetlab.methods.init_ab import InitAB
 from forgetlab.methods.lora import Lora
 from forgetlab.methods.lora_ga import LoraGa
@@ -25,6 +26,8 @@ from forgetlab.methods.loraplus import LoraPlus
 from forgetlab.methods.milora import Milora
 from forgetlab.methods.olora import Olora
 from forgetlab.methods.pissa import Pissa
+from forgetlab.methods.prefix import PrefixTuning
+from forgetlab.methods.prompt import PromptTuning
 from forgetlab.methods.rslora import RsLora
 from forgetlab.methods.vera import Vera
 
@@ -49,6 +52,10 @@ METHODS: dict[str, Method] = {
         LoraGa(),
         Corda(),
         Eva(),
+        # other PEFT families: virtual tokens, rescaling vectors
+        PrefixTuning(),
+        PromptTuning(),
+        Ia3(),
     )
 }
 
