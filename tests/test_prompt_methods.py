@@ -215,6 +215,26 @@ def test_decoder_logits_are_one_row_per_real_token_and_ignore_padding(llama, nam
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
 
 
+@torch.no_grad()
+def test_decoder_generation_continues_the_trained_forward_or_is_refused(llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama)
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "left"
+    batch = dict(tokenizer(["The quick brown fox", "A cat"], padding=True, return_tensors="pt"))
+    model = _prepare(_decoder(llama), "prompt", num_virtual_tokens=N)
+    _perturb(model)
+    out = model.backbone.generate(
+        **batch, max_new_tokens=1, do_sample=False, output_scores=True,
+        return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    # PEFT's generate injects the prompt itself: its first step is our forward's last row.
+    torch.testing.assert_close(out.scores[0], model(**batch)[:, -1], rtol=0, atol=1e-4)
+    prefix = _prepare(_decoder(llama), "prefix", num_virtual_tokens=N)
+    with pytest.raises(ForgetlabError, match="method prefix cannot generate text with a decoder"):
+        prefix.backbone.generate(**batch, max_new_tokens=1)
+
+
 # --------------------------------------------------------------------------------------
 # step 0
 

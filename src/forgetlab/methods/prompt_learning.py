@@ -14,7 +14,8 @@ Both methods freeze the whole backbone and train a small prompt encoder (PEFT's
 PEFT's own wrappers drop `token_type_ids` under prompt learning (with a warning); the
 encoder wrapper keeps them (segment A for the virtual tokens), so sentence-pair tasks still
 tell their two segments apart. Neither method starts at the pretrained model: the runner's
-row 0 scores the model with its initial virtual tokens.
+row 0 scores the model with its initial virtual tokens. A decoder under prefix tuning refuses
+to generate text (`prefix_generation_error`); likelihood scoring is unaffected.
 
 Checkpoints are PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`), which
 `PeftModel.from_pretrained(base, path)` loads. With `prefix_projection` the trainable state is
@@ -64,6 +65,21 @@ def unsupported(method: str, backbone: nn.Module, reason: str) -> ForgetlabError
     return ForgetlabError(
         f"method {method} does not support model type {model_type(backbone)!r}: {reason} "
         f"(PEFT {peft.__version__}, transformers {transformers.__version__})"
+    )
+
+
+def prefix_generation_error(backbone: nn.Module) -> ForgetlabError:
+    """PEFT 0.21.2's `generate` under prefix tuning (transformers 5.24) gives the real tokens
+    other positions than the forward that trains the prefix: the first new token's scores
+    differ from the forward's last row. Refused rather than generating from another model."""
+    import peft
+    import transformers
+
+    return ForgetlabError(
+        f"method prefix cannot generate text with a decoder (model type "
+        f"{model_type(backbone)!r}): PEFT {peft.__version__}'s generate places the real tokens "
+        "at other positions than the forward that trains the prefix (transformers "
+        f"{transformers.__version__}); score such tasks by likelihood or use method prompt"
     )
 
 
@@ -121,7 +137,8 @@ def _wrappers() -> dict[bool, type]:
 
     class PromptedDecoder(PeftModelForCausalLM):
         """A causal LM under prefix/prompt tuning: PEFT's forward, one logit row per real
-        token (`generate` is PEFT's own and handles the virtual tokens itself)."""
+        token. `generate` is PEFT's own, which handles prompt tuning's virtual tokens itself;
+        under prefix tuning it is refused (see `prefix_generation_error`)."""
 
         def forward(self, *args, **kwargs):
             outputs = super().forward(*args, **kwargs)
@@ -129,6 +146,11 @@ def _wrappers() -> dict[bool, type]:
             if config.peft_type == PeftType.PREFIX_TUNING:
                 return outputs
             return drop_virtual_positions(outputs, config.num_virtual_tokens)
+
+        def generate(self, *args, **kwargs):
+            if self.active_peft_config.peft_type == PeftType.PREFIX_TUNING:
+                raise prefix_generation_error(self.get_base_model())
+            return super().generate(*args, **kwargs)
 
     return {False: PromptedEncoder, True: PromptedDecoder}
 
