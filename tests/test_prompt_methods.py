@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_data
 from tiny_llama import tiny_llama
 
+import forgetlab
 from forgetlab.config import ModelConfig
 from forgetlab.errors import ForgetlabError
 from forgetlab.methods import get_method, method_config
@@ -308,6 +310,42 @@ def test_decoder_checkpoint_reloads_in_peft_and_resumes(llama, tmp_path, name, e
     state = fresh.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "extra", [{"name": "prefix", "prefix_projection": True}, {"name": "prompt"}]
+)
+def test_an_interrupted_decoder_run_resumes_to_the_same_numbers(
+    llama, tmp_path, monkeypatch, extra
+):
+    import forgetlab.recipe.run as runner
+
+    raw = {
+        "model": {"name": str(llama), "max_length": 32},
+        "tasks": ["tinyshakespeare", "stdlib_code"],
+        "data": {"max_train_examples": 16, "max_eval_examples": 8},
+        "method": {**extra, "num_virtual_tokens": N},
+        "training": {"lr": 1e-2, "epochs": 1, "batch_size": 8, "mixed_precision": "no",
+                     "progress_bar": False},
+        "output": {"dir": str(tmp_path / "straight"), "store": str(tmp_path / "s.sqlite"),
+                   "checkpoints": "last"},
+    }  # fmt: skip
+    straight = forgetlab.run(forgetlab.load_config(raw=raw)).metrics["accuracy_matrix"]
+    real = runner.train_stage
+
+    def interrupted(*args, **kwargs):
+        if kwargs["stage"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    raw["output"]["dir"] = str(tmp_path / "resumed")
+    monkeypatch.setattr(runner, "train_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        forgetlab.run(forgetlab.load_config(raw=raw))
+    monkeypatch.setattr(runner, "train_stage", real)
+    resumed = forgetlab.run(forgetlab.load_config(raw=raw), resume=True).metrics
+    assert resumed["accuracy_matrix"] == straight
 
 
 def test_a_checkpoint_of_another_size_is_refused(tmp_path):
