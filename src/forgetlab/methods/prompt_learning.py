@@ -192,13 +192,9 @@ class PromptLearning(Method):
     def peft_config(self, backbone: nn.Module, cfg: VirtualTokensConfig, decoder: bool):
         raise NotImplementedError
 
-    def check_model(self, backbone: nn.Module) -> None:
-        """Raise `unsupported(...)` for a model type this method cannot adapt."""
-
     def prepare(self, model: TaskModel, cfg: VirtualTokensConfig) -> None:
         decoder = bool(getattr(model, "is_causal", False))
         backbone = model.backbone
-        self.check_model(backbone)
         limit = getattr(getattr(backbone, "config", None), "max_position_embeddings", None)
         if limit is not None and cfg.num_virtual_tokens >= limit:
             raise ConfigError(
