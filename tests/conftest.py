@@ -40,3 +40,19 @@ def tiny_raw(out_dir, method: str = "lora", tasks=("rte", "sst2"), **training) -
         },
         "output": {"dir": str(out_dir), "store": str(out_dir.parent / "store.sqlite")},
     }
+
+
+def interrupt_stage(monkeypatch, stage: int):
+    """Make the runner's `train_stage` raise KeyboardInterrupt at `stage` (a run stopped
+    there, for the --resume tests); returns a function that undoes it."""
+    import forgetlab.recipe.run as runner
+
+    real = runner.train_stage
+
+    def interrupted(*args, **kwargs):
+        if kwargs["stage"] == stage:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_stage", interrupted)
+    return lambda: monkeypatch.setattr(runner, "train_stage", real)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import needs_data
+from conftest import interrupt_stage, needs_data
 from tiny_llama import tiny_llama
 
 import forgetlab
@@ -319,8 +319,6 @@ def test_decoder_checkpoint_reloads_in_peft_and_resumes(llama, tmp_path, name, e
 def test_an_interrupted_decoder_run_resumes_to_the_same_numbers(
     llama, tmp_path, monkeypatch, extra
 ):
-    import forgetlab.recipe.run as runner
-
     raw = {
         "model": {"name": str(llama), "max_length": 32},
         "tasks": ["tinyshakespeare", "stdlib_code"],
@@ -332,18 +330,11 @@ def test_an_interrupted_decoder_run_resumes_to_the_same_numbers(
                    "checkpoints": "last"},
     }  # fmt: skip
     straight = forgetlab.run(forgetlab.load_config(raw=raw)).metrics["accuracy_matrix"]
-    real = runner.train_stage
-
-    def interrupted(*args, **kwargs):
-        if kwargs["stage"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     raw["output"]["dir"] = str(tmp_path / "resumed")
-    monkeypatch.setattr(runner, "train_stage", interrupted)
+    undo = interrupt_stage(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         forgetlab.run(forgetlab.load_config(raw=raw))
-    monkeypatch.setattr(runner, "train_stage", real)
+    undo()
     resumed = forgetlab.run(forgetlab.load_config(raw=raw), resume=True).metrics
     assert resumed["accuracy_matrix"] == straight
 
