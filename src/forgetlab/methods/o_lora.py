@@ -90,11 +90,11 @@ def overlap_penalty(backbone: nn.Module, new: str, old: list[str]) -> torch.Tens
     terms = []
     with torch.autocast(device_type=next(backbone.parameters()).device.type, enabled=False):
         for layer in lora_modules(backbone):
-            if new not in layer.lora_A:
+            earlier = [layer.lora_A[n].weight.float() for n in old if n in layer.lora_A]
+            if new not in layer.lora_A or not earlier:
                 continue
-            a_new = layer.lora_A[new].weight.float()
             # The earlier A's stacked: one product gives every (old adapter, row) pair.
-            a_old = torch.cat([layer.lora_A[n].weight.float() for n in old if n in layer.lora_A])
+            a_old, a_new = torch.cat(earlier), layer.lora_A[new].weight.float()
             terms.append((a_old @ a_new.T).abs().sum())
     return torch.stack(terms).sum()
 
