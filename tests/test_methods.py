@@ -124,6 +124,8 @@ ROWS = [
     ("corda", {}, 2e-3, None),
     ("corda", {"corda_method": "ipm"}, 1e-3, None),
     ("eva", {}, 2e-3, None),
+    # stage 1 of O-LoRA is one LoRA; its later stages: tests/test_o_lora.py
+    ("o_lora", {}, 2e-3, None),
 ]
 
 
@@ -548,6 +550,7 @@ def test_dora_and_vera_and_adalora_build_their_own_layers():
         ({"name": "eva", "calibration_task": 3}, "calibration_task"),
         ({"name": "eva", "rho": 0.5}, "rho"),
         ({"name": "eva", "tau": 0}, "tau"),
+        ({"name": "o_lora", "lambda_orth": -0.5}, "lambda_orth"),
     ],
 )
 def test_bad_hyper_parameters_name_the_key(section, key):

@@ -23,6 +23,7 @@ from forgetlab.methods.lora import Lora
 from forgetlab.methods.lora_ga import LoraGa
 from forgetlab.methods.loraplus import LoraPlus
 from forgetlab.methods.milora import Milora
+from forgetlab.methods.o_lora import OLora
 from forgetlab.methods.olora import Olora
 from forgetlab.methods.pissa import Pissa
 from forgetlab.methods.rslora import RsLora
@@ -49,6 +50,8 @@ METHODS: dict[str, Method] = {
         LoraGa(),
         Corda(),
         Eva(),
+        # continual learning: one adapter per task
+        OLora(),
     )
 }
 

@@ -98,6 +98,8 @@ def train_stage(
     rng = random.Random(stage_seed(seed, stage))  # batch order
     ops = KINDS[kind]
     device = accelerator.device
+    # Before the optimizer is built: parameters a method adds for this stage must be in it.
+    method.on_stage_start(model, method_cfg, stage, task)
     model.to(device).train()
 
     batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -142,6 +144,8 @@ def train_stage(
         with accelerator.autocast():
             task_loss = ops.loss(model, task, batch)
             penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
+            if (own := method.penalty(model, method_cfg)) is not None:  # e.g. O-LoRA's overlap
+                penalties.append(own)
             penalty = torch.stack(penalties).sum() if penalties else None
         total = task_loss if penalty is None else task_loss + penalty
         if not torch.isfinite(total):
