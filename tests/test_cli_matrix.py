@@ -35,6 +35,7 @@ METHOD_ROWS = {
     "eva": ["method.calibration_batches=1", "method.calibration_batch_size=8"],
     "vera": ["training.lr=2e-2"],
     "adalora": ["method.total_step=8", "method.tinit=1", "method.tfinal=2"],
+    "adapter": [],
 }
 REGULARIZER_ROWS = {
     "l2_init": ["regularizer.lambda=1"],
