@@ -36,6 +36,7 @@ METHOD_ROWS = {
     "vera": ["training.lr=2e-2"],
     "adalora": ["method.total_step=8", "method.tinit=1", "method.tfinal=2"],
     "o_lora": [],
+    "adapter": [],
 }
 REGULARIZER_ROWS = {
     "l2_init": ["regularizer.lambda=1"],

@@ -11,6 +11,7 @@ from typing import Any
 from forgetlab.config import from_dict
 from forgetlab.errors import ConfigError
 from forgetlab.methods.adalora import AdaLora
+from forgetlab.methods.adapter import Adapter
 from forgetlab.methods.base import Calibration, Method, MethodConfig
 from forgetlab.methods.corda import Corda
 from forgetlab.methods.dora import Dora
@@ -52,6 +53,8 @@ METHODS: dict[str, Method] = {
         Eva(),
         # continual learning: one adapter per task
         OLora(),
+        # not LoRA: bottleneck adapters (our own module, not PEFT)
+        Adapter(),
     )
 }
 
