@@ -17,7 +17,7 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 from forgetlab import load_config, run
 from forgetlab.cli import main
 from forgetlab.errors import ConfigError
-from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.kinds import EncodedSplit
 from forgetlab.models.causal_model import CausalTaskModel
 from forgetlab.models.task_model import TaskModel
 from forgetlab.strategies import (
@@ -31,22 +31,11 @@ from forgetlab.strategies import (
     build_strategies,
 )
 from forgetlab.strategies.replay import build_buffer, replay_size, reservoir_sample
-from tests.conftest import needs_data
+from tests.conftest import interrupt_at_stage, needs_data, tiny_raw
+from tests.test_regularizers import CPU, OPS, PAD, _one_thread  # noqa: F401 (an autouse fixture)
 
 # PEFT calls a transformers method deprecated in v5; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-
-OPS = KINDS["classification"]
-PAD = 0
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_split(n: int, low: int, high: int, seed: int) -> EncodedSplit:
@@ -193,7 +182,7 @@ def test_lwf_is_zero_at_the_previous_model_and_matches_brute_force(shared):
     after = {t.name: model(t.name, **batch["inputs"]) for t in EARLIER}
     ref = 0.5 * sum(kl_reference(before[n], after[n], 2.0) for n in before)
     got = lwf.loss(model, batch, ctx)
-    assert float(got) > 0
+    assert float(got.detach()) > 0
     torch.testing.assert_close(got, ref)
     lwf.on_stage_end(ctx)
     assert lwf.previous is None
@@ -284,22 +273,11 @@ def test_every_registered_strategy_has_a_row():
 
 
 def tiny_run_raw(out, **extra) -> dict:
-    return {
-        "name": out.name,
-        "tasks": ["rte", "sst2"],
-        "model": {"max_length": 32},
-        "data": {"max_train_examples": 16, "max_eval_examples": 16},
-        "method": {"name": "lora"},
-        "training": {
-            "lr": 2e-3,
-            "epochs": 1,
-            "batch_size": 8,
-            "log_every": 1,
-            "progress_bar": False,
-        },
-        "output": {"dir": str(out), "store": str(out.parent / "store.sqlite")},
-        **extra,
-    }
+    """LoRA on RTE then SST-2, 16 examples each: two steps per stage."""
+    raw = tiny_raw(out, "lora", epochs=1, batch_size=8)
+    raw["model"]["max_length"] = 32
+    raw["data"] = {"max_train_examples": 16, "max_eval_examples": 16}
+    return {**raw, "name": out.name, **extra}
 
 
 @needs_data
@@ -310,20 +288,8 @@ def test_strategy_acts_and_resume_repeats_the_uninterrupted_run(section, tmp_pat
     extra = [[p[2] for p in s["loss_curve"]] for s in straight["stages"]]
     assert all(x == 0 for x in extra[0]) and all(x > 0 for x in extra[1])
 
-    import forgetlab.recipe.run as runner
-
-    real = runner.train_stage
-
-    def interrupted(*args, **kwargs):
-        if kwargs["stage"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     raw["output"]["dir"] = str(tmp_path / "resumed")
-    monkeypatch.setattr(runner, "train_stage", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(load_config(raw=raw))
-    monkeypatch.setattr(runner, "train_stage", real)
+    interrupt_at_stage(monkeypatch, raw, 2)
     resumed = run(load_config(raw=raw), resume=True).seed_metrics[1]
     assert resumed["accuracy_matrix"] == straight["accuracy_matrix"]
     assert [s["loss_curve"] for s in resumed["stages"]] == [
