@@ -19,7 +19,6 @@ from forgetlab.models.model_cache import STAMP_FILE
 from forgetlab.models.split_zip import (
     JoinedFile,
     PackagedSplitZip,
-    cached_split_model,
     resolve_split_model,
     split_pieces,
     unpack_split_zip,
@@ -188,11 +187,9 @@ def test_packaged_name_finds_the_pieces_in_installed_wheels(tmp_path, cache, mon
         "fake.zip.002",
         "fake.zip.003",
     ]
-    assert cached_split_model("packaged:fake") is None  # never unpacks
     path = resolve_model_path("packaged:fake")
     assert Path(path) == cache / "fk" == resolve_split_model("packaged:fake")
     assert (Path(path) / "config.json").is_file()
-    assert cached_split_model("packaged:fake") == cache / "fk"
 
 
 def test_missing_wheels_name_the_pip_command(tmp_path, cache, monkeypatch):

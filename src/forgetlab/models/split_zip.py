@@ -84,16 +84,6 @@ def split_pieces(name: str) -> list[Path]:
     return pieces
 
 
-def cached_split_model(name: str) -> Path | None:
-    """The unpacked folder if it is already current, else None (never unpacks)."""
-    try:
-        pieces = split_pieces(name)
-    except ForgetlabError:
-        return None
-    dest = cache_dir() / _entry(name).folder
-    return dest if is_current(dest, _stamp(pieces), STAMP_KEYS) else None
-
-
 def _entry(name: str) -> PackagedSplitZip:
     key = name.split(":", 1)[1]
     if key not in PACKAGED_SPLIT_MODELS:
