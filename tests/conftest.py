@@ -40,3 +40,22 @@ def tiny_raw(out_dir, method: str = "lora", tasks=("rte", "sst2"), **training) -
         },
         "output": {"dir": str(out_dir), "store": str(out_dir.parent / "store.sqlite")},
     }
+
+
+def interrupt_at_stage(monkeypatch, raw: dict, stage: int) -> None:
+    """Run the config `raw` until `stage` starts, then stop it as Ctrl-C would: the stages
+    before it are finished (their rows and checkpoints written), what --resume continues."""
+    from forgetlab import load_config, run
+    from forgetlab.recipe import run as runner
+
+    real = runner.train_stage
+
+    def interrupted(*args, **kwargs):
+        if kwargs["stage"] == stage:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "train_stage", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(load_config(raw=raw))

@@ -24,6 +24,7 @@ from forgetlab.cli import main
 from forgetlab.config import from_dict
 from forgetlab.methods import METHODS
 from forgetlab.regularizers import REGULARIZERS
+from forgetlab.strategies import STRATEGIES
 from forgetlab.tasks.registry import TASK_REGISTRY
 from tests.conftest import needs_data
 
@@ -51,12 +52,13 @@ def _block(text: str, name: str) -> str:
     return "\n".join(lines[start:end])
 
 
-def test_methods_lists_every_method_and_regulariser_with_paper_and_keys(capsys):
+def test_methods_lists_every_method_regulariser_and_strategy_with_paper_and_keys(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out
     assert _entries(text) == {
         "methods": sorted(METHODS),
         "regularizers": sorted(REGULARIZERS),
+        "strategies": sorted(STRATEGIES),
     }
     assert "Hu et al. 2021, arXiv:2106.09685" in text
     lora = _block(text, "lora")
@@ -171,6 +173,23 @@ def test_validate_without_regulariser_prints_none(tmp_path, capsys):
     assert main(["validate", str(path)]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["method"] == {"name": "full"} and printed["regularizer"] == {"name": "none"}
+    assert printed["strategy"] is None
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_validate_resolves_a_strategy_or_a_list_of_them(tmp_path, capsys, as_list):
+    replay = {"name": "replay", "ratio": 0.5}
+    value = [replay, {"name": "lwf"}] if as_list else replay
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["rte", "sst2"], "strategy": value}))
+    assert main(["validate", str(path)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["strategy"]
+    expected = [
+        {"name": s.name, **catalog.config_keys(s.config_cls)}
+        for s in (STRATEGIES["replay"], STRATEGIES["lwf"])
+    ]
+    expected[0]["ratio"] = 0.5
+    assert printed == (expected if as_list else expected[0])
 
 
 def test_the_quickstart_validates_on_mpnet_by_one_override(capsys):

@@ -29,7 +29,7 @@ def _raw(llama, out, method: str, **extra) -> dict:
         "data": {"max_train_examples": 32, "max_eval_examples": 8},
         "method": {
             "name": method,
-            **({"r": 4} if method not in ("full", "freeze", "adalora") else {}),
+            **({"r": 4} if method not in ("full", "freeze", "adalora", "adapter") else {}),
         },  # fmt: skip
         "training": {
             "lr": LR.get(method, 1e-2),
@@ -43,9 +43,16 @@ def _raw(llama, out, method: str, **extra) -> dict:
     }
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_a_decoder(llama, tmp_path, method):
+# Every method with its defaults, plus the variants that adapt other modules.
+CASES = [(m, {}) for m in sorted(METHODS)] + [("adapter", {"style": "pfeiffer"})]
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"), CASES, ids=[m + "".join(f"-{v}" for v in e.values()) for m, e in CASES]
+)
+def test_every_method_trains_a_decoder(llama, tmp_path, method, extra):
     raw = _raw(llama, tmp_path / method, method)
+    raw["method"].update(extra)
     if method == "freeze":
         raw["method"]["num_trainable_layers"] = 1
     if method == "adalora":

@@ -1,5 +1,5 @@
 """What a config can name, for the commands that list it: `forgetlab methods` (methods,
-regularisers — and each plug-in family added later — with their keys, defaults and paper),
+regularisers, strategies — each plug-in family — with their keys, defaults and paper),
 `forgetlab tasks` (each task's kind, split sizes, floor and source) and the resolved plug-in
 keys that `forgetlab validate` prints.
 
@@ -25,6 +25,7 @@ from forgetlab.metrics import majority_baseline
 from forgetlab.recipe.prepare import load_task_data
 from forgetlab.regularizers import NONE, REGULARIZERS, regularizer_config
 from forgetlab.resolve import variant_configs
+from forgetlab.strategies import STRATEGIES, strategy_configs
 from forgetlab.tasks.hub import HUB_TASKS, LM_HUB_TASKS
 from forgetlab.tasks.registry import TASK_REGISTRY, default_data_dir
 
@@ -47,7 +48,8 @@ class Section:
     key: str
     note: str  # how the section is written
     plugins: Callable[[], list[Plugin]]
-    resolve: Callable[[dict], dict | None]  # a section -> its keys with defaults (None: off)
+    # a section's value -> the same with every key and its default (None: off)
+    resolve: Callable[[Any], dict | list | None]
 
 
 def config_keys(cls: type, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -98,6 +100,13 @@ def _resolve_regularizer(section: dict) -> dict | None:
     return resolved_keys(regularizer_config(section), REG_RENAMES)
 
 
+def _resolve_strategies(value: Any) -> dict | list | None:
+    configs = [resolved_keys(c) for c in strategy_configs(value)]
+    if not configs:
+        return None
+    return configs[0] if isinstance(value, dict) else configs  # the form the config used
+
+
 SECTIONS: list[Section] = [
     Section(
         "methods",
@@ -113,9 +122,15 @@ SECTIONS: list[Section] = [
         lambda: registry_plugins(REGULARIZERS, REG_RENAMES),
         _resolve_regularizer,
     ),
-    # ---- more plug-in families: one Section each, e.g. the strategies (registry STRATEGIES
-    # in forgetlab.strategies) and the guard (its one config dataclass as a single Plugin,
-    # name "guard"), each with the function that validates its config section.
+    Section(
+        "strategies",
+        "strategy",
+        "strategy.name=<name>, or a list of them to combine; none (the default): no strategy",
+        lambda: registry_plugins(STRATEGIES),
+        _resolve_strategies,
+    ),
+    # ---- more plug-in families: one Section each, e.g. the guard (its one config dataclass
+    # as a single Plugin named "guard"), with the function that validates its config section.
 ]
 
 
@@ -144,7 +159,7 @@ def format_plugins(sections: list[Section] = SECTIONS) -> str:
     for section in sections:
         out.append(f"{section.title} ({section.note})")
         for p in section.plugins():
-            out.append(f"  {p.name:<12}{p.summary}")
+            out += _wrap_items(p.summary.split(" "), f"  {p.name:<12}", detail, joiner=" ")
             if p.reference:
                 out.append(detail + p.reference)
             items = [f"{k}={show(v)}" for k, v in p.keys.items()] or ["none"]
@@ -153,11 +168,14 @@ def format_plugins(sections: list[Section] = SECTIONS) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _wrap_items(items: list[str], first: str, indent: str, width: int = 100) -> list[str]:
-    """`items` joined by ', ' into lines of at most `width`, never breaking an item."""
+def _wrap_items(
+    items: list[str], first: str, indent: str, width: int = 100, joiner: str = ", "
+) -> list[str]:
+    """`items` joined by `joiner` into lines of at most `width` (the first line starts with
+    `first`, the others with `indent`), never breaking an item."""
     lines, line = [], first
     for i, item in enumerate(items):
-        piece = item + ("," if i < len(items) - 1 else "")
+        piece = item + (joiner.rstrip() if i < len(items) - 1 else "")
         if line.strip() and len(line) + len(piece) + 1 > width and line not in (first, indent):
             lines.append(line.rstrip())
             line = indent
@@ -170,7 +188,7 @@ def resolved_sections(config: Config) -> dict[str, dict]:
     out = {}
     for section in SECTIONS:
         given = getattr(config, section.key, None)
-        if isinstance(given, dict):
+        if given is not None:
             resolved = section.resolve(given)
             if resolved is not None:
                 out[section.key] = resolved

@@ -227,6 +227,10 @@ class Config:
     # Optional penalty against forgetting, e.g. {name: ewc, lambda: 5000}; validated by the
     # regulariser's own config class (forgetlab.regularizers).
     regularizer: dict[str, Any] | None = None
+    # Optional continual-learning strategies, e.g. {name: replay} or a list of them to combine
+    # ([{name: replay}, {name: lwf}]); validated by their own config classes
+    # (forgetlab.strategies). `strategy_sections` reads either form.
+    strategy: dict[str, Any] | list[dict[str, Any]] | None = None
     # Tasks that are not trained, only used as a regulariser's source data (any registry task
     # or own file); each gets a linear-probe head on the pretrained features.
     source_tasks: list[TaskConfig] = field(default_factory=list)
@@ -431,6 +435,13 @@ def build_config(raw: dict[str, Any]) -> Config:
     """Validate the sections this module owns; `forgetlab.resolve.load_config` adds the
     method's own keys (kept out of here so that config never imports the methods)."""
     return from_dict(Config, raw)
+
+
+def strategy_sections(value: Any) -> list[dict[str, Any]]:
+    """A `strategy:` value as a list of sections: a mapping is one strategy, a list several,
+    None (or {name: none}) none. Non-mapping items are kept, for the validator to refuse."""
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    return [s for s in items if not (isinstance(s, dict) and s.get("name") == "none")]
 
 
 def config_to_yaml(config: Config) -> str:

@@ -1,9 +1,9 @@
 """Config resolution: a YAML file or dict, plus dotted overrides, to a validated `Config`.
 
 `forgetlab.config` checks the sections it owns (it imports nothing else of forgetlab); this
-module adds what needs the plug-in registries — the method's and the regulariser's own keys,
-the names `regularizer.source` may use — and expands a `variants:` comparison into one config
-per variant. Everything is checked before anything runs.
+module adds what needs the plug-in registries — the method's, the regulariser's and the
+strategies' own keys, the names `regularizer.source` may use — and expands a `variants:`
+comparison into one config per variant. Everything is checked before anything runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from forgetlab.errors import ConfigError
 from forgetlab.kinds import file_kinds
 from forgetlab.methods import method_config
 from forgetlab.regularizers import regularizer_config
+from forgetlab.strategies import strategy_configs
 
 
 def load_config(
@@ -42,8 +43,8 @@ def load_config(
 
 
 def validate_plugins(config: Config) -> None:
-    """What the registries decide: a file task's kind, the method's and the regulariser's own
-    keys (checked by their own config classes)."""
+    """What the registries decide: a file task's kind, the method's, the regulariser's and
+    the strategies' own keys (checked by their own config classes)."""
     kinds = file_kinds()
     for task in [*config.tasks, *config.source_tasks, *config.probes]:
         if task.kind not in kinds:
@@ -51,6 +52,7 @@ def validate_plugins(config: Config) -> None:
                 f"tasks[{task.name}].kind={task.kind!r} is not one of {', '.join(kinds)}"
             )
     method_config(config.method)
+    strategy_configs(config.strategy)
     if config.regularizer is not None and config.regularizer.get("name") != "none":
         reg = regularizer_config(config.regularizer)
         known = config.task_names + [t.name for t in config.source_tasks]

@@ -30,6 +30,7 @@ from forgetlab.recipe.summary import seed_matrix_csv, seed_metrics, summarize
 from forgetlab.recipe.train import StageStats, make_accelerator, train_stage
 from forgetlab.regularizers import build_regularizer
 from forgetlab.rundir import RunDir
+from forgetlab.strategies import EarlierTask, build_strategies
 
 log = logging.getLogger("forgetlab")
 
@@ -101,10 +102,11 @@ def run_seed(
         log.info("seed %d: already complete, skipped", seed)
         return read_json(out.seed_metrics_path(seed))
 
-    # 1. build the model (and the regulariser: fresh estimates per seed)
+    # 1. build the model (and the regulariser and strategies: fresh estimates per seed)
     method, mcfg = get_method(config.method["name"]), method_config(config.method)
     model = build_run_model(config, run_tasks, seed, pad_id=pad_id, device=accelerator.device)
     reg = build_regularizer(config.regularizer, model=model)
+    strategies = build_strategies(config.strategy)
     trainable, total = count_parameters(model)
     log.info(
         "seed %d: %s, %d of %d parameters trainable (%.2f%%)",
@@ -154,6 +156,8 @@ def run_seed(
                 pad_id=pad_id,
                 regularizers=[reg] if reg else [],
                 source_data=source_data(config, tasks, stage, run_tasks.sources),
+                strategies=strategies,
+                earlier_tasks=[EarlierTask(t.name, t.kind, t.train) for t in tasks[: stage - 1]],
                 on_step=curves if config.eval.every is not None else None,
             )
         except TrainingDiverged as e:

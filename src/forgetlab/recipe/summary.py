@@ -138,6 +138,7 @@ def summarize(config: Config, tasks: list[PreparedTask], per_seed: dict[int, dic
         "method": config.method["name"],
         "method_config": config.method,
         "regularizer": config.regularizer,
+        "strategy": config.strategy,
         "model": config.model.name,
         "heads": config.heads,
         "lr": config.training.lr,

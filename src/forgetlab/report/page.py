@@ -33,7 +33,7 @@ from forgetlab.report.figures import (
     run_plot,
 )
 from forgetlab.report.format import e as _e
-from forgetlab.report.format import regularizer
+from forgetlab.report.format import regularizer, strategy
 from forgetlab.report.summary import is_lm
 
 # Shown under its analysis's figure: an HTML table of the result (analysis name -> builder).
@@ -156,6 +156,7 @@ def _meta(run: RunData) -> str:
     items = [
         ("method", s["method"]),
         ("regularizer", regularizer(s)),
+        ("strategy", strategy(s)),
         ("model", s["model"]),
         ("heads", s.get("heads", "n/a")),
         ("learning rate", s["lr"]),

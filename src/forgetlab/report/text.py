@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forgetlab.report.format import num, regularizer, text_num, text_pm
+from forgetlab.report.format import num, regularizer, strategy, text_num, text_pm
 from forgetlab.report.summary import target_gain
 
 LEARNED_TEST = "one-sided exact binomial test of R[j][j] against the majority baseline"
@@ -47,7 +47,8 @@ def format_run(summary: dict) -> str:
     lines = [
         f"run {summary['name']!r}: method={summary['method']} model={summary['model']} "
         f"heads={summary['heads']} lr={summary['lr']} seeds={seeds}"
-        + (f" regularizer={summary['regularizer']}" if summary.get("regularizer") else ""),
+        + (f" regularizer={summary['regularizer']}" if summary.get("regularizer") else "")
+        + (f" strategy={strategy(summary)}" if strategy(summary, none="") else ""),
         "",
         f"{title} R[stage, task] (mean over {len(seeds)} seed(s); row 0 = base model):",
         " " * 16 + "".join(f"{t:>{width}}" for t in tasks),
@@ -133,9 +134,11 @@ def format_comparison(summaries: list[dict]) -> str:
         return "no runs to compare"
     name_w = max(4, *(len(s["name"]) for s in summaries)) + 2
     reg_w = max(12, *(len(regularizer(s, none="-")) for s in summaries)) + 2
+    strat_w = max(9, *(len(strategy(s, none="-")) for s in summaries)) + 2
     probes = any(s.get("probes") for s in summaries)
     header = (
-        f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'lr':>9}{'seeds':>6}"
+        f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'strategy':<{strat_w}}"
+        f"{'lr':>9}{'seeds':>6}"
         f"{'learned':>9}{'initial_acc':>13}{'acc':>8}{'avg_forget':>12}{'bwt':>9}{'fwt':>9}"
         + (f"{'target_gain':>13}{'source_loss':>13}" if probes else "")
     )
@@ -149,9 +152,9 @@ def format_comparison(summaries: list[dict]) -> str:
         n_seeds = len(s["seeds"])
         learned = sum(1 for k in s["learned_seeds"] if k == n_seeds)
         learned_text = f"{learned}/{len(s['tasks'])}"
-        reg = regularizer(s, none="-")
+        reg, strat = regularizer(s, none="-"), strategy(s, none="-")
         lines.append(
-            f"{s['name']:<{name_w}}{s['method']:<10}{reg:<{reg_w}}"
+            f"{s['name']:<{name_w}}{s['method']:<10}{reg:<{reg_w}}{strat:<{strat_w}}"
             f"{s['lr']:>9.1e}{n_seeds:>6}{learned_text:>9}{mean('initial_acc'):>13}"
             f"{mean('acc'):>8}{mean('avg_forgetting'):>12}{mean('bwt'):>9}{mean('fwt'):>9}"
             + (f"{target_gain(s):>+13.3f}{mean('source_loss'):>13}" if probes else "")
