@@ -252,6 +252,7 @@ def load_adapters(backbone: nn.Module, folder: Path) -> nn.Module:
 class Adapter(Method):
     name = "adapter"
     summary = "bottleneck adapters after attention+FFN (houlsby) or the FFN (pfeiffer); base frozen"
+    reference = "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2020, arXiv:2005.00247"
     config_cls = AdapterMethodConfig
 
     def prepare(self, model: TaskModel, cfg: AdapterMethodConfig) -> None:

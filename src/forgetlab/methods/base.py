@@ -139,6 +139,7 @@ def calibrating(model: nn.Module, device: torch.device) -> Iterator[None]:
 class Method:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `forgetlab methods`
+    reference: ClassVar[str] = ""  # the paper, e.g. "Hu et al. 2021, arXiv:2106.09685"
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     # True: `prepare` computes the init from data and must get a `Calibration`.
     needs_calibration: ClassVar[bool] = False

@@ -105,6 +105,7 @@ class OLora(Lora):
         "a new LoRA per task, earlier ones frozen and kept; penalty on the new A's overlap "
         "with the earlier A's (O-LoRA)"
     )
+    reference = "Wang et al. 2023, arXiv:2310.14152"
     config_cls = OLoraConfig
 
     def on_stage_start(self, model: TaskModel, cfg: OLoraConfig, stage: int, task: str) -> None:

@@ -27,5 +27,6 @@ class OloraConfig(LoraMethodConfig):
 class Olora(ResidualLora):
     name = "olora"
     summary = "LoRA initialised from a QR decomposition of W, residual frozen (OLoRA)"
+    reference = "Büyükakyüz 2024, arXiv:2406.01775"
     config_cls = OloraConfig
     peft_extra = {"init_lora_weights": "olora"}
