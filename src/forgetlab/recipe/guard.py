@@ -26,35 +26,36 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
-from forgetlab.config import Config
+from forgetlab.config import GuardConfig
 from forgetlab.errors import ForgetlabError
-from forgetlab.recipe.evaluate import eval_row
 from forgetlab.recipe.prepare import PreparedTask, RunTasks
 
 log = logging.getLogger("forgetlab")
 
+# scores these tasks with the model as it is: one cell each, as recipe.evaluate.eval_row
+Scorer = Callable[[list[PreparedTask]], list[dict]]
+
 
 class StageGuard:
     """The guard of one stage, called as train_stage's `on_step(step, total_steps)`: True
-    ends the stage. `eval_s` counts the seconds spent scoring."""
+    ends the stage. `score` scores the watched tasks with `model` as it is (eval_row);
+    `eval_s` counts the seconds spent in it."""
 
     def __init__(
         self,
-        config: Config,
+        cfg: GuardConfig,
         state: dict,
         stage: int,
-        model,
+        model: nn.Module,
         run_tasks: RunTasks,
-        accelerator,
-        pad_id: int,
-        tokenizer=None,
+        score: Scorer,
     ) -> None:
-        self.cfg = config.guard
-        self.config, self.state, self.stage, self.model = config, state, stage, model
-        self.accelerator, self.pad_id, self.tokenizer = accelerator, pad_id, tokenizer
+        self.cfg, self.state, self.stage, self.model, self.score = cfg, state, stage, model, score
         self.eval_s = 0.0
         self.saved: dict[str, torch.Tensor] = {}
         self.saved_step: int | None = None
@@ -144,8 +145,7 @@ class StageGuard:
         previous = self.state["rows"][-1]
         todo = [t for t, col in self.watched if step > 0 or col is None]
         start = time.perf_counter()
-        cfg = (self.config, self.accelerator, self.pad_id, self.tokenizer)
-        row = eval_row(self.model, todo, *cfg) if todo else []
+        row = self.score(todo) if todo else []
         self.eval_s += time.perf_counter() - start
         scored = {t.name: cell["score"] for t, cell in zip(todo, row)}
         return {

@@ -143,10 +143,13 @@ def run_seed(
         curves = CurveHook(
             config, state, stage, model, scored, accelerator, pad_id, tokenizer, on_curve
         )
-        guard = (
-            StageGuard(config, state, stage, model, run_tasks, accelerator, pad_id, tokenizer)
-            if config.guard
-            else None
+        guard = config.guard and StageGuard(
+            config.guard,
+            state,
+            stage,
+            model,
+            run_tasks,
+            lambda todo: eval_row(model, todo, config, accelerator, pad_id, tokenizer),
         )
         hooks = [h for h in (curves if config.eval.every is not None else None, guard) if h]
         try:
