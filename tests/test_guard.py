@@ -290,6 +290,7 @@ def test_a_decoder_run_rolls_back_within_its_nll_budget(tmp_path):
     raw = decoder_raw(llama, tmp_path / "run", "full", probes=["agnews_text"])
     # a rate this high makes the random tiny Llama overshoot: stage 2 raises gsm8k's NLL
     raw["training"].update(max_steps=4, lr=5e-2)
+    raw["eval"]["every"] = 2  # the curve hook and the guard both watch the stage
     raw["guard"] = {"watch": ["gsm8k", "agnews_text"], "max_loss": 0.0, "every": 1,
                     "action": "rollback", "reduce": "max"}  # fmt: skip
     m = forgetlab.run(forgetlab.load_config(raw=raw)).metrics
@@ -305,5 +306,8 @@ def test_a_decoder_run_rolls_back_within_its_nll_budget(tmp_path):
         assert worst <= 1e-6, (stage, record)
         assert all(math.isfinite(c["loss"]) for c in record["checks"])
     assert [c["stage"] for c in m["guard_crossings"]] == [2]
+    # stage 1 ran its 4 steps (a curve point at step 2); stage 2 ended at step 1, before any
+    assert [(c["stage"], c["step"]) for c in seed["curves"]] == [(1, 2)]
+    assert [s["steps"] for s in seed["stages"]] == [4, 1]
     crossed = records[1]["crossed"]
     assert crossed["loss"] == max(crossed["losses"].values()) > 0  # reduce: max
