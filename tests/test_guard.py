@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import needs_data, tiny_raw
+from conftest import interrupt_at_stage, needs_data, tiny_raw
 from torch import nn
 
 import forgetlab
@@ -253,21 +253,9 @@ def test_compare_shows_where_the_guard_stopped(guarded, capsys):
 
 @needs_data
 def test_resume_after_a_guarded_stage(guarded, tmp_path, monkeypatch):
-    import forgetlab.recipe.run as runner
-
     straight = guarded["stop"]
     raw = guarded_raw(tmp_path / "resumed", "stop")
-    real = runner.train_stage
-
-    def interrupted(*args, **kwargs):
-        if kwargs["stage"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "train_stage", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        forgetlab.run(forgetlab.load_config(raw=raw))
-    monkeypatch.setattr(runner, "train_stage", real)
+    interrupt_at_stage(monkeypatch, raw, 2)
     path = tmp_path / "resumed.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--resume", "--quiet"]) == 0
