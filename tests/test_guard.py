@@ -158,6 +158,7 @@ def guarded_raw(out, action: str) -> dict:
     raw["data"] = {"max_train_examples": 48, "max_eval_examples": 32}
     raw["probes"] = ["sst2"]
     raw["source_tasks"] = ["trec"]  # scored with its linear-probe head on the base features
+    raw["strategy"] = {"name": "replay", "examples_per_task": 8}  # the guard beside a strategy
     raw["guard"] = {"watch": ["sst2", "rte", "trec"], "max_loss": 0.0, "every": 1,
                     "action": action}  # fmt: skip
     return raw
