@@ -2,8 +2,8 @@
 
 `forgetlab.config` checks the sections it owns (it imports nothing else of forgetlab); this
 module adds what needs the plug-in registries — the method's, the regulariser's and the
-strategies' own keys, the names `regularizer.source` may use — and expands a `variants:`
-comparison into one config per variant. Everything is checked before anything runs.
+strategies' own keys, the names `regularizer.source` and `guard.watch` may use — and expands
+a `variants:` comparison into one config per variant. Everything is checked before anything runs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def load_config(
 
 def validate_plugins(config: Config) -> None:
     """What the registries decide: a file task's kind, the method's, the regulariser's and
-    the strategies' own keys (checked by their own config classes)."""
+    the strategies' own keys (checked by their own config classes); and the names
+    `regularizer.source` and `guard.watch` may use."""
     kinds = file_kinds()
     for task in [*config.tasks, *config.source_tasks, *config.probes]:
         if task.kind not in kinds:
@@ -62,6 +63,26 @@ def validate_plugins(config: Config) -> None:
                 f"regularizer.source names {', '.join(sorted(unknown))}, which is neither a task "
                 f"of this run nor in source_tasks (known: {', '.join(known)})"
             )
+    if config.guard is not None:
+        _check_guard_names(config)
+
+
+def _check_guard_names(config: Config) -> None:
+    """guard.watch names tasks of the sequence, source tasks or probes, and at least one of
+    them is ever watched (a task of the sequence only in the stages after its own)."""
+    known = [*config.task_names, *(t.name for t in config.source_tasks)]
+    known += [t.name for t in config.probes]
+    unknown = [w for w in config.guard.watch if w not in known]
+    if unknown:
+        raise ConfigError(
+            f"guard.watch names {', '.join(unknown)}, which is not a task, source task or probe "
+            f"of this run (known: {', '.join(known)})"
+        )
+    if config.guard.watch == config.task_names[-1:]:
+        raise ConfigError(
+            f"guard.watch names only {config.guard.watch[0]}, the last task of the sequence: it "
+            "is never an earlier task while the model trains, so nothing would be watched"
+        )
 
 
 def variant_configs(config: Config) -> list[tuple[str, Config]]:

@@ -95,13 +95,14 @@ def train_stage(
     source_data: list[tuple[str, EncodedSplit]] | None = None,
     strategies: Sequence[Strategy] = (),
     earlier_tasks: Sequence[EarlierTask] = (),
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int], bool | None] | None = None,
 ) -> StageStats:
     """Train `model` on one task's data; `source_data` (earlier tasks' training splits) is
     what regularisers may estimate old-task curvature from; `earlier_tasks` (the sequence's
     tasks before this stage) what strategies replay or distil. `on_step(step, total_steps)`
-    runs after every optimizer step (evaluation during training); its time is not training
-    time."""
+    runs at the stage's start (step 0) and after every optimizer step (evaluation during
+    training, the forgetting guard); its time is not training time, and a true return value
+    ends the stage there (`stats.steps` counts the steps taken)."""
     set_seed(stage_seed(seed, stage))  # dropout, heads' RNG state
     rng = random.Random(stage_seed(seed, stage))  # batch order
     ops = KINDS[kind]
@@ -149,9 +150,22 @@ def train_stage(
         total=total_steps, desc=f"stage {stage} {task}", disable=not cfg.progress_bar, leave=False
     )
     start = time.perf_counter()
+
+    def hook(step: int) -> bool:
+        nonlocal start
+        if on_step is None:
+            return False
+        paused = time.perf_counter()
+        stop = bool(on_step(step, total_steps))
+        start += time.perf_counter() - paused
+        return stop
+
     stream = batch_stream()
     step = 0
+    stop = hook(0)
     for micro in range(micro_batches):
+        if stop:
+            break
         indices = next(stream)
         batch = ops.collate(data, indices, pad_id, device)
         with accelerator.autocast():
@@ -205,10 +219,7 @@ def train_stage(
                 stats.tokens / elapsed,
             )
             accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
-        if on_step is not None:
-            paused = time.perf_counter()
-            on_step(step, total_steps)
-            start += time.perf_counter() - paused
+        stop = hook(step)
     bar.close()
     for reg in regularizers:
         reg.on_stage_end(ctx)

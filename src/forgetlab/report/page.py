@@ -35,6 +35,7 @@ from forgetlab.report.figures import (
 from forgetlab.report.format import e as _e
 from forgetlab.report.format import regularizer, strategy
 from forgetlab.report.summary import is_lm
+from forgetlab.report.text import format_guard
 
 # Shown under its analysis's figure: an HTML table of the result (analysis name -> builder).
 ANALYSIS_TABLES: dict[str, Callable[[dict], str]] = {"similarity": tables.similarity_extra}
@@ -165,6 +166,8 @@ def _meta(run: RunData) -> str:
         ("run directory", run.path),
         ("forgetlab version", s["version"]),
     ]
+    if s.get("guard"):  # the forgetting budget, and the stages it ended
+        items.append(("forgetting guard", "; ".join(line.strip() for line in format_guard(s))))
     return (
         "<dl class=meta>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
     )

@@ -93,7 +93,29 @@ def format_run(summary: dict) -> str:
     ]
     if summary.get("probes"):
         lines += ["", *format_probes(summary)]
+    if summary.get("guard"):
+        lines += ["", *format_guard(summary)]
     return "\n".join(lines)
+
+
+def format_guard(summary: dict, name: str = "") -> list[str]:
+    """The forgetting budget: one line per stage it ended (what was learned up to there is
+    that stage's row of the matrix)."""
+    g = summary["guard"]
+    where = f"{name}: " if name else ""
+    crossings = summary.get("guard_crossings") or []
+    lines = [
+        f"{where}guard {g['action']} at loss > {g['max_loss']:g} on {', '.join(g['watch'])} "
+        f"(checked every {g['every']} steps, {g['reduce']}): "
+        + (f"{len(crossings)} stage(s) ended early" if crossings else "never crossed")
+    ]
+    for c in crossings:
+        kept = f", rolled back to step {c['kept_step']}" if c["kept_step"] != c["step"] else ""
+        lines.append(
+            f"  {where}seed {c['seed']} stage {c['stage']} ({c['task']}) stopped at step "
+            f"{c['step']}/{c['total_steps']}: loss {c['loss']:.4f}{kept}"
+        )
+    return lines
 
 
 def format_probes(summary: dict) -> list[str]:
@@ -172,4 +194,7 @@ def format_comparison(summaries: list[dict]) -> str:
             "−NLL scores, minus the base model's score); source_loss = −mean change of the "
             "probes the base model passed (see each run's probe table)"
         )
+    guarded = [line for s in summaries if s.get("guard") for line in format_guard(s, s["name"])]
+    if guarded:
+        lines += ["", *guarded]
     return "\n".join(lines)
