@@ -59,7 +59,9 @@ def test_methods_lists_every_method_regulariser_and_strategy_with_paper_and_keys
         "methods": sorted(METHODS),
         "regularizers": sorted(REGULARIZERS),
         "strategies": sorted(STRATEGIES),
+        "guard": ["guard"],
     }
+    assert "keys: watch=[], max_loss=0.02, every=50, action=stop" in _block(text, "guard")
     assert "Hu et al. 2021, arXiv:2106.09685" in text
     lora = _block(text, "lora")
     assert "keys: r=8, lora_alpha=16, lora_dropout=0.05, target_modules=[query, value]" in lora
@@ -190,6 +192,16 @@ def test_validate_resolves_a_strategy_or_a_list_of_them(tmp_path, capsys, as_lis
     ]
     expected[0]["ratio"] = 0.5
     assert printed == (expected if as_list else expected[0])
+
+
+def test_validate_resolves_the_guard(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    raw = {"tasks": ["rte", "sst2"], "guard": {"watch": ["rte"], "action": "rollback"}}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["guard"]
+    assert printed == {"watch": ["rte"], "max_loss": 0.02, "every": 50, "action": "rollback",
+                       "reduce": "mean"}  # fmt: skip
 
 
 def test_the_quickstart_validates_on_mpnet_by_one_override(capsys):

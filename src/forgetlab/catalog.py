@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from forgetlab.config import Config, TaskConfig
+from forgetlab.config import Config, GuardConfig, TaskConfig
 from forgetlab.errors import ForgetlabError
 from forgetlab.methods import METHODS, method_config
 from forgetlab.metrics import majority_baseline
@@ -91,6 +91,12 @@ def resolved_keys(cfg: Any, renames: Mapping[str, str] | None = None) -> dict:
     return {renames.get(k, k): v for k, v in dataclasses.asdict(cfg).items()}
 
 
+GUARD_SUMMARY = (
+    "score the watched tasks/probes every N steps during training; stop (or roll back) a "
+    "stage when their loss exceeds the budget"
+)
+GUARD_REFERENCE = "forgetlab's own; monitoring advised by Biderman et al. 2024 (arXiv:2405.09673)"
+
 REG_RENAMES = {"lam": "lambda"}  # the YAML key of the regulariser's strength
 
 
@@ -129,8 +135,14 @@ SECTIONS: list[Section] = [
         lambda: registry_plugins(STRATEGIES),
         _resolve_strategies,
     ),
-    # ---- more plug-in families: one Section each, e.g. the guard (its one config dataclass
-    # as a single Plugin named "guard"), with the function that validates its config section.
+    Section(
+        "guard",
+        "guard",
+        "a forgetting budget: guard: {watch: [rte], max_loss: 0.02, action: stop|rollback}",
+        lambda: [Plugin("guard", GUARD_SUMMARY, GUARD_REFERENCE, config_keys(GuardConfig))],
+        resolved_keys,  # Config.guard is already a validated GuardConfig
+    ),
+    # ---- more plug-in families: one Section each, with the function that validates it.
 ]
 
 
