@@ -268,10 +268,11 @@ def main() -> None:
         timing: dict[str, float] = {}
         if args.side in ("both", "reference"):
             start = time.perf_counter()
-            results["reference"] = {
-                s: reference_seed(args, tasks, s, pad_id, out) for s in args.seeds
-            }
-            timing["reference"] = time.perf_counter() - start
+            results["reference"] = {}
+            for s in args.seeds:  # kept seed by seed: an hour of work survives a later crash
+                results["reference"][s] = reference_seed(args, tasks, s, pad_id, out)
+                timing["reference"] = time.perf_counter() - start
+                write_partial(args, results, timing)
         if args.side in ("both", "forgetlab"):
             start = time.perf_counter()
             run = forgetlab.run(config)
@@ -279,6 +280,7 @@ def main() -> None:
                 s: m["accuracy_matrix"] for s, m in sorted(run.seed_metrics.items())
             }
             timing["forgetlab"] = time.perf_counter() - start
+            write_partial(args, results, timing)
     names = [x.name for x in tasks]
     for seed in args.seeds:
         print(f"seed {seed}")
@@ -295,6 +297,14 @@ def main() -> None:
         report["sides"][side] = {"matrices": matrices, **s, "seconds": timing[side]}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+
+
+def write_partial(args: argparse.Namespace, results: dict, timing: dict) -> None:
+    """The matrices finished so far, beside --json (FILE.partial.json)."""
+    if args.json:
+        partial = {"args": {k: str(v) for k, v in vars(args).items()}, "matrices": results,
+                   "seconds": timing}  # fmt: skip
+        args.json.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ def tiny_raw(out_dir, method: str = "lora", tasks=("rte", "sst2"), **training) -
     }
 
 
-def interrupt_stage(monkeypatch, stage: int):
-    """Make the runner's `train_stage` raise KeyboardInterrupt at `stage` (a run stopped
-    there, for the --resume tests); returns a function that undoes it."""
-    import forgetlab.recipe.run as runner
+def interrupt_at_stage(monkeypatch, raw: dict, stage: int) -> None:
+    """Run the config `raw` until `stage` starts, then stop it as Ctrl-C would: the stages
+    before it are finished (their rows and checkpoints written), what --resume continues."""
+    from forgetlab import load_config, run
+    from forgetlab.recipe import run as runner
 
     real = runner.train_stage
 
@@ -54,5 +55,7 @@ def interrupt_stage(monkeypatch, stage: int):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_stage", interrupted)
-    return lambda: monkeypatch.setattr(runner, "train_stage", real)
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "train_stage", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(load_config(raw=raw))

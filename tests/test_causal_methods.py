@@ -15,7 +15,7 @@ pytestmark = needs_data
 # Learning rates that move a 2-layer random Llama within 4 steps (not tuned for anything else).
 LR = {"full": 3e-3, "freeze": 3e-3, "vera": 5e-2, "adalora": 2e-2}
 # Methods without a rank `r` (the others get r=4).
-NO_RANK = ("full", "freeze", "adalora", "prefix", "prompt", "ia3")
+NO_RANK = ("full", "freeze", "adalora", "adapter", "prefix", "prompt", "ia3")
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,16 @@ def _raw(llama, out, method: str, **extra) -> dict:
     }
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_a_decoder(llama, tmp_path, method):
+# Every method with its defaults, plus the variants that adapt other modules.
+CASES = [(m, {}) for m in sorted(METHODS)] + [("adapter", {"style": "pfeiffer"})]
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"), CASES, ids=[m + "".join(f"-{v}" for v in e.values()) for m, e in CASES]
+)
+def test_every_method_trains_a_decoder(llama, tmp_path, method, extra):
     raw = _raw(llama, tmp_path / method, method)
+    raw["method"].update(extra)
     if method == "freeze":
         raw["method"]["num_trainable_layers"] = 1
     if method == "adalora":

@@ -1,6 +1,7 @@
-"""Every registered method and regulariser runs from the CLI on the quickstart sequence
-(a tiny subsample): it trains (loss goes down), evaluates every task after every stage,
-and saves a checkpoint. One row each; a new method or regulariser adds one row."""
+"""Every registered method, regulariser and strategy runs from the CLI on the quickstart
+sequence (a tiny subsample): it trains (loss goes down), evaluates every task after every
+stage, and saves a checkpoint. One row each; a new method, regulariser or strategy adds one
+row."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 from forgetlab.cli import main
 from forgetlab.methods import METHODS
 from forgetlab.regularizers import REGULARIZERS
+from forgetlab.strategies import STRATEGIES
 from tests.conftest import needs_data
 
 pytestmark = needs_data
@@ -35,12 +37,25 @@ METHOD_ROWS = {
     "eva": ["method.calibration_batches=1", "method.calibration_batch_size=8"],
     "vera": ["training.lr=2e-2"],
     "adalora": ["method.total_step=8", "method.tinit=1", "method.tfinal=2"],
+    "o_lora": [],
+    "adapter": [],
+    "prefix": ["training.lr=1e-2", "method.num_virtual_tokens=4"],
+    "prompt": ["training.lr=1e-2", "method.num_virtual_tokens=4"],
+    "ia3": ["training.lr=1e-2"],
 }
 REGULARIZER_ROWS = {
     "l2_init": ["regularizer.lambda=1"],
     "ewc": ["regularizer.lambda=100", "regularizer.fisher_samples=8"],
     "laplace": ["method.name=lora", "regularizer.lambda=100", "regularizer.source_examples=16"],
 }
+STRATEGY_ROWS = {
+    "replay": ["strategy.examples_per_task=8", "strategy.ratio=0.5"],
+    "lwf": [],
+}
+
+
+def test_every_registered_strategy_has_a_row():
+    assert set(STRATEGY_ROWS) == set(STRATEGIES)
 
 
 def test_every_registered_method_and_regulariser_has_a_row():
@@ -98,3 +113,14 @@ def test_regulariser_runs_from_the_cli(tmp_path, name):
     _check(metrics, tmp_path / "run")
     penalties = [p[2] for s in metrics["stages"] for p in s["loss_curve"]]
     assert any(p > 0 for p in penalties)  # the penalty acted and was logged beside the loss
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_ROWS))
+def test_strategy_runs_from_the_cli(tmp_path, name):
+    overrides = [f"strategy.name={name}", *STRATEGY_ROWS[name], "training.lr=1e-4"]
+    metrics = _run(tmp_path, overrides)
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["strategy"]["name"] == name
+    _check(metrics, tmp_path / "run")
+    added = [[p[2] for p in s["loss_curve"]] for s in metrics["stages"]]
+    assert all(x == 0 for x in added[0]) and all(x > 0 for s in added[1:] for x in s)

@@ -1,6 +1,6 @@
-"""The adaptation methods: one table row per PEFT-based method (train, save, reload on the
-original base model, resume), then each method's own property, bad hyper-parameters, the
-PEFT features the methods rely on, and `forgetlab methods`.
+"""The adaptation methods: one table row per adapter method, PEFT-based or our own bottleneck
+adapters (train, save, reload on the original base model, resume), then each method's own
+property, bad hyper-parameters, the PEFT features the methods rely on, and `forgetlab methods`.
 
 Kept tiny for 2 shared CPU cores: 8 SST-2 examples of <= 32 tokens, one batch, 8 steps.
 """
@@ -26,6 +26,7 @@ from forgetlab.config import ModelConfig, TrainingConfig
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import METHODS, get_method, method_config
+from forgetlab.methods.adapter import load_adapters
 from forgetlab.methods.base import Calibration, sample_calibration
 from forgetlab.methods.lora import ADAPTER, ResidualLora, base_weight, lora_layers
 from forgetlab.methods.lora_ga import gradient_factors
@@ -35,7 +36,7 @@ from forgetlab.recipe.prepare import prepare_tasks
 from forgetlab.recipe.train import _optimizer, make_accelerator, train_stage
 from tests.conftest import needs_data, tiny_raw
 
-# Methods that are not PEFT adapters (tested in test_run.py).
+# Methods that save no adapter, only full weights (tested in test_run.py).
 NOT_PEFT = {"full", "freeze"}
 RESIDUAL = ("pissa", "olora", "milora", "init_ab", "lora_ga", "corda")
 # Inits computed from data: prepare gets a Calibration (build_model draws it).
@@ -106,7 +107,7 @@ def _check_adalora(model: TaskModel, mcfg, ckpt: Path) -> None:
     assert pattern and sum(sum(v) for v in pattern.values()) == kept
 
 
-# (method, method config, lr, extra check). Every PEFT method in METHODS needs a row.
+# (method, method config, lr, extra check). Every adapter method in METHODS needs a row.
 ROWS = [
     ("lora", {}, 2e-3, None),
     ("rslora", {}, 2e-3, None),
@@ -126,6 +127,11 @@ ROWS = [
     ("corda", {}, 2e-3, None),
     ("corda", {"corda_method": "ipm"}, 1e-3, None),
     ("eva", {}, 2e-3, None),
+    # stage 1 of O-LoRA is one LoRA; its later stages: tests/test_o_lora.py
+    ("o_lora", {}, 2e-3, None),
+    # bottleneck adapters: our own module and checkpoint format, not PEFT
+    ("adapter", {}, 2e-3, None),
+    ("adapter", {"style": "pfeiffer"}, 2e-3, None),
     # other PEFT families (own properties: tests/test_prompt_methods.py)
     ("prefix", {"num_virtual_tokens": 4}, 1e-2, None),
     ("prefix", {"prefix_projection": True, "encoder_hidden_size": 32}, 1e-2, None),
@@ -183,18 +189,8 @@ def test_method_trains_saves_and_reloads(env, tmp_path, name, extra, lr, check):
     if check is not None:
         check(model, mcfg, ckpt)
 
-    # The checkpoint is a PEFT adapter for the *original* pretrained weights.
-    from peft import PeftModel
-
-    config = json.loads((ckpt / "backbone" / "adapter_config.json").read_text())
-    if isinstance(method, ResidualLora):  # converted to plain LoRA: [B, -B0] @ [A; A0]
-        assert config["init_lora_weights"] is True and config["r"] == 2 * mcfg.r
-    pretrained, _ = load_backbone(env.cfg.model)
-    loaded = PeftModel.from_pretrained(pretrained, str(ckpt / "backbone"))
-    # The residual conversion is fp32 math. AdaLoRA's reloaded adapter applies its rank
-    # scaling in another order: up to ~2e-5 apart (transformers 5.24, PEFT 0.21.2), while
-    # plain LoRA's reload stays within 1e-6.
-    tol = 5e-4 if isinstance(method, ResidualLora) else 1e-4 if name == "adalora" else 1e-6
+    # The checkpoint loads onto the *original* pretrained weights.
+    loaded, tol = _reload_on_pretrained(env.cfg.model, method, mcfg, ckpt / "backbone")
     ours = _hidden(model.backbone, env.inputs)
     # PEFT's own prompt-tuning wrapper keeps the virtual positions in front; ours drops them.
     theirs = _hidden(loaded, env.inputs)[:, -ours.shape[1] :]
@@ -206,6 +202,26 @@ def test_method_trains_saves_and_reloads(env, tmp_path, name, extra, lr, check):
     fresh_state = fresh.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, fresh_state[key]), key
+
+
+def _reload_on_pretrained(model_cfg, method, mcfg, folder: Path) -> tuple[nn.Module, float]:
+    """(the pretrained backbone with the checkpoint's adapter, the tolerance its hidden states
+    meet against the trained model's)."""
+    pretrained, _ = load_backbone(model_cfg)
+    if method.name == "adapter":  # safetensors + JSON; the same float ops: bit-identical
+        return load_adapters(pretrained, folder), 0.0
+    # A PEFT adapter.
+    from peft import PeftModel
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if isinstance(method, ResidualLora):  # converted to plain LoRA: [B, -B0] @ [A; A0]
+        assert config["init_lora_weights"] is True and config["r"] == 2 * mcfg.r
+    loaded = PeftModel.from_pretrained(pretrained, str(folder))
+    # The residual conversion is fp32 math. AdaLoRA's reloaded adapter applies its rank
+    # scaling in another order: up to ~2e-5 apart (transformers 5.24, PEFT 0.21.2), while
+    # plain LoRA's reload stays within 1e-6.
+    tol = 5e-4 if isinstance(method, ResidualLora) else 1e-4 if method.name == "adalora" else 1e-6
+    return loaded, tol
 
 
 # --------------------------------------------------------------------------------------
@@ -557,6 +573,15 @@ def test_dora_and_vera_and_adalora_build_their_own_layers():
         ({"name": "eva", "calibration_task": 3}, "calibration_task"),
         ({"name": "eva", "rho": 0.5}, "rho"),
         ({"name": "eva", "tau": 0}, "tau"),
+        ({"name": "o_lora", "lambda_orth": -0.5}, "lambda_orth"),
+        ({"name": "adapter", "style": "parallel"}, "style"),
+        ({"name": "adapter", "reduction_factor": 0}, "reduction_factor"),
+        ({"name": "adapter", "activation": "swish"}, "activation"),
+        ({"name": "adapter", "layers": []}, "layers"),
+        ({"name": "adapter", "layers": [0, 0]}, "layers"),
+        ({"name": "adapter", "layers": [-1]}, "layers"),
+        ({"name": "adapter", "init_std": 0}, "init_std"),
+        ({"name": "adapter", "r": 8}, "r"),
         ({"name": "prefix", "num_virtual_tokens": 0}, "num_virtual_tokens"),
         ({"name": "prefix", "encoder_hidden_size": 64}, "encoder_hidden_size"),
         (
@@ -592,6 +617,8 @@ def test_bad_hyper_parameters_name_the_key(section, key):
         ("lora_ga", {"r": 200}, "method.r=200"),  # LoRA-GA takes 2r singular vectors
         ("corda", {"r": 500}, "method.r=500"),
         ("eva", {"rho": 100}, "method.rho=100"),
+        ("adapter", {"layers": [6]}, "method.layers"),  # MiniLM has layers 0-5
+        ("adapter", {"reduction_factor": 500}, "method.reduction_factor=500"),
         ("ia3", {"target_modules": ["nope"]}, "method.target_modules"),
         ("prompt", {"num_virtual_tokens": 512}, "method.num_virtual_tokens=512"),
     ],
@@ -771,5 +798,7 @@ def test_peft_still_has_the_features_we_use():
 
 def test_cli_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
-    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    text = capsys.readouterr().out
+    methods = text[: text.index("\nregularizers")].splitlines()[1:]
+    listed = {line.split()[0] for line in methods if line[:3].strip() and line.startswith("  ")}
     assert listed == set(METHODS)

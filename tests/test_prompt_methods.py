@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_stage, needs_data
+from conftest import interrupt_at_stage, needs_data
 from tiny_llama import tiny_llama
 
 import forgetlab
@@ -331,10 +331,7 @@ def test_an_interrupted_decoder_run_resumes_to_the_same_numbers(
     }  # fmt: skip
     straight = forgetlab.run(forgetlab.load_config(raw=raw)).metrics["accuracy_matrix"]
     raw["output"]["dir"] = str(tmp_path / "resumed")
-    undo = interrupt_stage(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        forgetlab.run(forgetlab.load_config(raw=raw))
-    undo()
+    interrupt_at_stage(monkeypatch, raw, 2)
     resumed = forgetlab.run(forgetlab.load_config(raw=raw), resume=True).metrics
     assert resumed["accuracy_matrix"] == straight
 

@@ -17,7 +17,7 @@ from forgetlab.models import load_tokenizer
 from forgetlab.recipe.build import build_model
 from forgetlab.recipe.prepare import prepare_tasks
 from forgetlab.recipe.train import make_accelerator, train_stage
-from tests.conftest import interrupt_stage, needs_data, tiny_raw
+from tests.conftest import interrupt_at_stage, needs_data, tiny_raw
 
 pytestmark = needs_data
 
@@ -128,12 +128,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     straight = run(load_config(raw=raw)).seed_metrics[1]
 
     raw["output"]["dir"] = str(tmp_path / "resumed")
-    undo = interrupt_stage(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run(load_config(raw=raw))
+    interrupt_at_stage(monkeypatch, raw, 2)
     state = json.loads((tmp_path / "resumed" / "seed-1" / "state.json").read_text())
     assert len(state["rows"]) == 2  # base + stage 1 finished before the interruption
-    undo()
 
     config_path = _write(tmp_path, raw)
     assert main(["run", config_path, "--resume", "--quiet"]) == 0

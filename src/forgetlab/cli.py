@@ -101,8 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--screenshot", help="also save a PNG of the page top (needs chromium)")
     rp.add_argument("--screenshot-height", type=int, default=1600, help="pixels (default 1600)")
 
-    sub.add_parser("methods", help="list the adaptation methods")
-    sub.add_parser("tasks", help="list the registered tasks")
+    sub.add_parser(
+        "methods", help="list the methods and regularisers: their keys, defaults and papers"
+    )
+    t = sub.add_parser(
+        "tasks", help="list the tasks: kind, split sizes, majority or chance level, source"
+    )
+    t.add_argument("config", nargs="?", help="a config: its tasks, source tasks and probes")
+    t.add_argument("overrides", nargs="*", help="dotted overrides (for a config)")
     return p
 
 
@@ -315,17 +321,18 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from forgetlab import api
-    from forgetlab.config import config_to_yaml, load_raw
+    from forgetlab.catalog import resolved_yaml
+    from forgetlab.config import load_raw
 
     if "sweep" in load_raw(args.config):  # a sweep config: every point checked
         from forgetlab.sweeps.trial import load_sweep_config
 
         sweep = load_sweep_config(args.config, args.overrides)
-        print(config_to_yaml(sweep.base), end="")
+        print(resolved_yaml(sweep.base), end="")
         points = sweep.spec.grid()
         print(f"# sweep: {len(points)} points, each valid (forgetlab sweep --dry-run lists them)")
         return 0
-    print(config_to_yaml(api.load_config(args.config, args.overrides)), end="")
+    print(resolved_yaml(api.load_config(args.config, args.overrides)), end="")
     return 0
 
 
@@ -432,19 +439,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from forgetlab import api
+    from forgetlab.catalog import format_plugins
 
-    for name, summary in api.list_methods().items():
-        print(f"{name:<10} {summary}")
+    print(format_plugins(), end="")
     return 0
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from forgetlab.tasks.registry import TASK_REGISTRY
+    from forgetlab import api
+    from forgetlab.catalog import format_tasks, task_rows
 
-    for name in TASK_REGISTRY:
-        print(name)
-    print("(own data: a task with type: file, train/eval paths and column names)")
+    config = api.load_config(args.config, args.overrides) if args.config else None
+    print(format_tasks(task_rows(config)), end="")
+    print(
+        "\ntrain/eval: the full splits (text kinds: documents), before data.max_*_examples.\n"
+        "floor: what learning nothing scores on the whole eval split (the majority class, or\n"
+        "guessing for multiple choice); '-': the learned test compares with the base model."
+    )
+    if config is None:
+        print("own data: a task with type: file, train/eval paths and column names")
     return 0
 
 

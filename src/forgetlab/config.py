@@ -30,6 +30,8 @@ CHECKPOINTS = ("all", "last", "none")
 MODEL_TYPES = ("auto", "encoder", "causal")
 LONG_PROMPTS = ("truncate", "reject")
 HEAD_INITS = ("torch", "hf")
+GUARD_ACTIONS = ("stop", "rollback")
+GUARD_REDUCE = ("mean", "max")
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -201,6 +203,35 @@ class OutputConfig:
 
 
 @dataclass
+class GuardConfig:
+    """A forgetting budget (forgetlab.recipe.guard): every `every` optimizer steps score the
+    watched tasks and probes; when their loss exceeds `max_loss`, `stop` ends the stage there
+    and `rollback` first restores the weights of the last check within budget. A watched
+    task's loss is its score after its own stage minus its score now (the metrics'
+    forgetting); a probe's or source task's, its base-model score minus its score now (the
+    metrics' source loss). `reduce` combines the watched losses: their mean or their max."""
+
+    watch: list[str] = field(default_factory=list)  # sequence tasks, source_tasks, probes
+    max_loss: float = 0.02  # in score units: 0.02 = two accuracy points, or +0.02 nats NLL
+    every: int = 50  # optimizer steps between checks (the stage's last step is checked too)
+    action: str = "stop"
+    reduce: str = "mean"
+
+    def __post_init__(self) -> None:
+        if not self.watch or not all(self.watch):
+            raise ConfigError(
+                "guard.watch must name the tasks or probes to watch, e.g. watch: [rte]"
+            )
+        repeated = sorted({w for w in self.watch if self.watch.count(w) > 1})
+        if repeated:
+            raise ConfigError(f"guard.watch repeats {', '.join(repeated)}: name each once")
+        _check_positive("guard", "max_loss", self.max_loss, allow_zero=True)
+        _check_positive("guard", "every", self.every)
+        _check_choice("guard", "action", self.action, GUARD_ACTIONS)
+        _check_choice("guard", "reduce", self.reduce, GUARD_REDUCE)
+
+
+@dataclass
 class VariantConfig:
     """One arm of a comparison: the base config plus these overrides, run into <out>/<name>."""
 
@@ -227,6 +258,10 @@ class Config:
     # Optional penalty against forgetting, e.g. {name: ewc, lambda: 5000}; validated by the
     # regulariser's own config class (forgetlab.regularizers).
     regularizer: dict[str, Any] | None = None
+    # Optional continual-learning strategies, e.g. {name: replay} or a list of them to combine
+    # ([{name: replay}, {name: lwf}]); validated by their own config classes
+    # (forgetlab.strategies). `strategy_sections` reads either form.
+    strategy: dict[str, Any] | list[dict[str, Any]] | None = None
     # Tasks that are not trained, only used as a regulariser's source data (any registry task
     # or own file); each gets a linear-probe head on the pretrained features.
     source_tasks: list[TaskConfig] = field(default_factory=list)
@@ -242,6 +277,9 @@ class Config:
     # A comparison in one command: every variant is this config plus its overrides (e.g. each
     # method at its own learning rate), run into <output.dir>/<variant name>.
     variants: list[VariantConfig] = field(default_factory=list)
+    # A forgetting budget watched during training; the names it watches are checked by
+    # forgetlab.resolve.
+    guard: GuardConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -431,6 +469,13 @@ def build_config(raw: dict[str, Any]) -> Config:
     """Validate the sections this module owns; `forgetlab.resolve.load_config` adds the
     method's own keys (kept out of here so that config never imports the methods)."""
     return from_dict(Config, raw)
+
+
+def strategy_sections(value: Any) -> list[dict[str, Any]]:
+    """A `strategy:` value as a list of sections: a mapping is one strategy, a list several,
+    None (or {name: none}) none. Non-mapping items are kept, for the validator to refuse."""
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    return [s for s in items if not (isinstance(s, dict) and s.get("name") == "none")]
 
 
 def config_to_yaml(config: Config) -> str:

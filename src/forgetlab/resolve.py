@@ -1,9 +1,9 @@
 """Config resolution: a YAML file or dict, plus dotted overrides, to a validated `Config`.
 
 `forgetlab.config` checks the sections it owns (it imports nothing else of forgetlab); this
-module adds what needs the plug-in registries — the method's and the regulariser's own keys,
-the names `regularizer.source` may use — and expands a `variants:` comparison into one config
-per variant. Everything is checked before anything runs.
+module adds what needs the plug-in registries — the method's, the regulariser's and the
+strategies' own keys, the names `regularizer.source` and `guard.watch` may use — and expands
+a `variants:` comparison into one config per variant. Everything is checked before anything runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from forgetlab.errors import ConfigError
 from forgetlab.kinds import file_kinds
 from forgetlab.methods import method_config
 from forgetlab.regularizers import regularizer_config
+from forgetlab.strategies import strategy_configs
 
 
 def load_config(
@@ -42,8 +43,9 @@ def load_config(
 
 
 def validate_plugins(config: Config) -> None:
-    """What the registries decide: a file task's kind, the method's and the regulariser's own
-    keys (checked by their own config classes)."""
+    """What the registries decide: a file task's kind, the method's, the regulariser's and
+    the strategies' own keys (checked by their own config classes); and the names
+    `regularizer.source` and `guard.watch` may use."""
     kinds = file_kinds()
     for task in [*config.tasks, *config.source_tasks, *config.probes]:
         if task.kind not in kinds:
@@ -51,6 +53,7 @@ def validate_plugins(config: Config) -> None:
                 f"tasks[{task.name}].kind={task.kind!r} is not one of {', '.join(kinds)}"
             )
     method_config(config.method)
+    strategy_configs(config.strategy)
     if config.regularizer is not None and config.regularizer.get("name") != "none":
         reg = regularizer_config(config.regularizer)
         known = config.task_names + [t.name for t in config.source_tasks]
@@ -60,6 +63,26 @@ def validate_plugins(config: Config) -> None:
                 f"regularizer.source names {', '.join(sorted(unknown))}, which is neither a task "
                 f"of this run nor in source_tasks (known: {', '.join(known)})"
             )
+    if config.guard is not None:
+        _check_guard_names(config)
+
+
+def _check_guard_names(config: Config) -> None:
+    """guard.watch names tasks of the sequence, source tasks or probes, and at least one of
+    them is ever watched (a task of the sequence only in the stages after its own)."""
+    known = [*config.task_names, *(t.name for t in config.source_tasks)]
+    known += [t.name for t in config.probes]
+    unknown = [w for w in config.guard.watch if w not in known]
+    if unknown:
+        raise ConfigError(
+            f"guard.watch names {', '.join(unknown)}, which is not a task, source task or probe "
+            f"of this run (known: {', '.join(known)})"
+        )
+    if config.guard.watch == config.task_names[-1:]:
+        raise ConfigError(
+            f"guard.watch names only {config.guard.watch[0]}, the last task of the sequence: it "
+            "is never an earlier task while the model trains, so nothing would be watched"
+        )
 
 
 def variant_configs(config: Config) -> list[tuple[str, Config]]:

@@ -13,14 +13,22 @@ truth (the store can be rebuilt from it). Run-directory files are written by
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import NullPool
 
 from forgetlab.atomic import now
@@ -95,6 +103,8 @@ class ResultsStore:
                 else {}
             )
             engine = sa.create_engine(self.url, **kwargs)
+            if self.url.startswith("sqlite"):
+                sa.event.listen(engine, "connect", _sqlite_pragmas)
             _create_tables(engine)
         except (OSError, ArgumentError, SQLAlchemyError, ImportError) as e:
             raise ForgetlabError(f"cannot open results store {where}: {_first_line(e)}") from e
@@ -123,18 +133,15 @@ class ResultsStore:
             {"run_dir": key, "seed": int(s), "metrics": json.dumps(m, default=str)}
             for s, m in seeds.items()
         ]
-        engine = self._connect()
-        try:
-            with engine.begin() as conn:  # one transaction: the run and its seeds, or nothing
-                conn.execute(RUNS.delete().where(RUNS.c.run_dir == key))
-                conn.execute(RUNS.insert(), [row])
-                conn.execute(SEED_RUNS.delete().where(SEED_RUNS.c.run_dir == key))
-                if seed_rows:
-                    conn.execute(SEED_RUNS.insert(), seed_rows)
-        except SQLAlchemyError as e:
-            raise ForgetlabError(
-                f"cannot record run in {display_url(self.target)}: {_first_line(e)}"
-            ) from e
+
+        def write(conn: sa.Connection) -> None:  # one transaction: the run and its seeds
+            conn.execute(RUNS.delete().where(RUNS.c.run_dir == key))
+            conn.execute(RUNS.insert(), [row])
+            conn.execute(SEED_RUNS.delete().where(SEED_RUNS.c.run_dir == key))
+            if seed_rows:
+                conn.execute(SEED_RUNS.insert(), seed_rows)
+
+        self._write("record run", write)
 
     def runs(self) -> list[dict]:
         if not self._exists():
@@ -157,16 +164,35 @@ class ResultsStore:
             "updated": now(),
             "result": json.dumps(result),
         }
+
+        def write(conn: sa.Connection) -> None:
+            match = (ANALYSES.c.run_dir == key) & (ANALYSES.c.name == name)
+            conn.execute(ANALYSES.delete().where(match))
+            conn.execute(ANALYSES.insert(), [row])
+
+        self._write("record analysis", write)
+
+    def _write(self, what: str, write, attempts: int = 8) -> None:
+        """Run `write(conn)` as one transaction. Concurrent writers (runs, sweep workers)
+        wait for each other: SQLite's busy timeout covers most waits, but a writer can still
+        be refused at once (SQLITE_BUSY on a snapshot another writer moved, PostgreSQL's
+        serialization failures): such a refusal is retried with back-off, and only a
+        lasting one reaches the user."""
         engine = self._connect()
-        try:
-            with engine.begin() as conn:
-                match = (ANALYSES.c.run_dir == key) & (ANALYSES.c.name == name)
-                conn.execute(ANALYSES.delete().where(match))
-                conn.execute(ANALYSES.insert(), [row])
-        except SQLAlchemyError as e:
-            raise ForgetlabError(
-                f"cannot record analysis in {display_url(self.target)}: {_first_line(e)}"
-            ) from e
+        for attempt in range(attempts):
+            try:
+                with engine.begin() as conn:
+                    write(conn)
+                return
+            except OperationalError as e:
+                if attempt == attempts - 1 or not _transient(e):
+                    raise self._write_error(what, e) from e
+                time.sleep(min(0.05 * 2**attempt, 2.0))
+            except SQLAlchemyError as e:
+                raise self._write_error(what, e) from e
+
+    def _write_error(self, what: str, e: SQLAlchemyError) -> ForgetlabError:
+        return ForgetlabError(f"cannot {what} in {display_url(self.target)}: {_first_line(e)}")
 
     def analyses(self, run_dir: Path | None = None) -> list[dict]:
         if not self._exists():
@@ -191,6 +217,21 @@ class ResultsStore:
             ) from e
 
 
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    """WAL: readers (compare, reports) never block the writers, and a writer waits only for
+    another writer; busy_timeout: that wait lasts up to 30 s instead of failing at once."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    with contextlib.suppress(sqlite3.Error):  # a read-only file keeps its journal: still works
+        cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _transient(e: OperationalError) -> bool:
+    text = str(e.orig if e.orig is not None else e).lower()
+    return any(k in text for k in ("locked", "busy", "could not serialize", "deadlock"))
+
+
 def _first_line(e: BaseException) -> str:
     """SQLAlchemy's messages run to SQL text and a help link; the first line says why."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -198,14 +239,17 @@ def _first_line(e: BaseException) -> str:
 
 def _create_tables(engine: Engine, attempts: int = 5) -> None:
     """CREATE TABLE IF NOT EXISTS, safe when several workers open one new PostgreSQL store at
-    once: PostgreSQL's check-then-create is not atomic, and the loser of that race gets a
-    unique violation on its catalog (pg_type) although the tables now exist. Try again."""
+    once: check-then-create is not atomic, and the loser of that race gets a unique violation
+    on PostgreSQL's catalog (pg_type), or SQLite's "already exists", although the tables now
+    exist. Try again."""
     for attempt in range(attempts):
         try:
             _META.create_all(engine)
             return
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
+        except (IntegrityError, ProgrammingError, OperationalError) as e:
+            # SQLite's loser says "table runs already exists", or that the file is locked
+            retry = not isinstance(e, OperationalError) or _transient(e) or "exists" in str(e)
+            if attempt == attempts - 1 or not retry:
                 raise
             time.sleep(0.2 * (attempt + 1))
 

@@ -9,7 +9,7 @@ between the runs, and each seed's learning and forgetting.
 Learning is maximised, forgetting minimised. A point's method label is the method's name,
 with its regulariser (`lora+laplace`) and, when every run of that method and regulariser
 shares one λ, that λ (`lora+laplace(λ=100)`): a swept λ is a setting of one method, not
-many methods.
+many methods. Its strategies follow by name (`lora+laplace+replay`, `full+replay+lwf`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forgetlab.config import strategy_sections
 from forgetlab.errors import ForgetlabError
 from forgetlab.metrics import aggregate_seeds, target_gain
 from forgetlab.rundir import RunDir
@@ -35,6 +36,7 @@ NOT_SETTINGS_SECTIONS = ("name", "output", "seeds", "variants", "sweep", "tasks"
 NOT_SETTINGS_KEYS = (
     "method.name",
     "regularizer.name",
+    "strategy.name",
     "training.progress_bar",
     "training.log_every",
     "training.trackers",
@@ -128,6 +130,7 @@ def flat_config(run: RunDir, summary: dict) -> dict[str, Any]:
             "training": {"lr": summary.get("lr")},
             "method": summary.get("method_config") or {"name": summary.get("method")},
             "regularizer": summary.get("regularizer"),
+            "strategy": summary.get("strategy"),
         }
     out: dict[str, Any] = {}
     for section, value in raw.items():
@@ -180,11 +183,16 @@ def _seed_values(path: Path, summary: dict, learning: str, forgetting: str) -> t
     return [int(s) for s in summary["seeds"]], values(learning), values(forgetting)
 
 
-def _label(method: str, regularizer: dict | None, lam: Any) -> str:
-    if not regularizer:
-        return method
-    label = f"{method}+{regularizer.get('name')}"
-    return label if lam is None else f"{label}(λ={format_value(lam)})"
+def _strategies(summary: dict) -> tuple[str, ...]:
+    return tuple(str(s.get("name")) for s in strategy_sections(summary.get("strategy")))
+
+
+def _label(method: str, regularizer: dict | None, lam: Any, strategies: tuple[str, ...]) -> str:
+    label = method
+    if regularizer:
+        label = f"{method}+{regularizer.get('name')}"
+        label = label if lam is None else f"{label}(λ={format_value(lam)})"
+    return "+".join([label, *strategies])
 
 
 def swept_keys(points: Sequence[Point]) -> list[str]:
@@ -234,19 +242,19 @@ def load_points(
     # λ is part of the label only where it is the same for every run of that method+regulariser
     lambdas: dict[tuple, set[str]] = {}
     for _, s, flat in loaded:
-        group = (s["method"], (s.get("regularizer") or {}).get("name"))
+        group = (s["method"], (s.get("regularizer") or {}).get("name"), _strategies(s))
         lambdas.setdefault(group, set()).add(json.dumps(flat.get(LAMBDA_KEY)))
     points = []
     for run, s, flat in loaded:
         reg = s.get("regularizer") or None
-        group = (s["method"], (reg or {}).get("name"))
+        group = (s["method"], (reg or {}).get("name"), _strategies(s))
         lam = flat.get(LAMBDA_KEY) if len(lambdas[group]) == 1 else None
         seeds, learn, forget = _seed_values(run.path, s, learning, forgetting)
         points.append(
             Point(
                 run=str(run.path),
                 name=str(s["name"]),
-                method=_label(s["method"], reg, lam),
+                method=_label(s["method"], reg, lam, _strategies(s)),
                 config=flat,
                 seeds=seeds,
                 learning=learn,

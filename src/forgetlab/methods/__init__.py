@@ -11,6 +11,7 @@ from typing import Any
 from forgetlab.config import from_dict
 from forgetlab.errors import ConfigError
 from forgetlab.methods.adalora import AdaLora
+from forgetlab.methods.adapter import Adapter
 from forgetlab.methods.base import Calibration, Method, MethodConfig
 from forgetlab.methods.corda import Corda
 from forgetlab.methods.dora import Dora
@@ -24,6 +25,7 @@ from forgetlab.methods.lora import Lora
 from forgetlab.methods.lora_ga import LoraGa
 from forgetlab.methods.loraplus import LoraPlus
 from forgetlab.methods.milora import Milora
+from forgetlab.methods.o_lora import OLora
 from forgetlab.methods.olora import Olora
 from forgetlab.methods.pissa import Pissa
 from forgetlab.methods.prefix import PrefixTuning
@@ -52,6 +54,10 @@ METHODS: dict[str, Method] = {
         LoraGa(),
         Corda(),
         Eva(),
+        # continual learning: one adapter per task
+        OLora(),
+        # not LoRA: bottleneck adapters (our own module, not PEFT)
+        Adapter(),
         # other PEFT families: virtual tokens, rescaling vectors
         PrefixTuning(),
         PromptTuning(),

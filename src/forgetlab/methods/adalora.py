@@ -190,6 +190,7 @@ def orthogonality_penalty(factors: list[tuple[torch.Tensor, bool]]) -> torch.Ten
 class AdaLora(Lora):
     name = "adalora"
     summary = "SVD-shaped LoRA whose ranks are pruned to a budget during training (AdaLoRA)"
+    reference = "Zhang et al. 2023, arXiv:2303.10512"
     config_cls = AdaLoraMethodConfig
 
     def lora_config(self, cfg: AdaLoraMethodConfig):

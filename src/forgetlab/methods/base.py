@@ -1,4 +1,5 @@
-"""What an adaptation method is: a validated config plus four hooks.
+"""What an adaptation method is: a validated config plus its hooks (prepare, the per-stage
+`on_stage_start` and `penalty`, the optimizer groups, save and load).
 
 A method decides which backbone weights train and how they are saved. Adding one is a file
 with a config dataclass (validated in `__post_init__`) and a `Method` subclass, plus one line
@@ -138,6 +139,7 @@ def calibrating(model: nn.Module, device: torch.device) -> Iterator[None]:
 class Method:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `forgetlab methods`
+    reference: ClassVar[str] = ""  # the paper, e.g. "Hu et al. 2021, arXiv:2106.09685"
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     # True: `prepare` computes the init from data and must get a `Calibration`.
     needs_calibration: ClassVar[bool] = False
@@ -147,6 +149,17 @@ class Method:
     ) -> None:
         """Called once on the freshly loaded model, before stage 1: set what trains.
         `calibration` is given only to methods with `needs_calibration`."""
+
+    def on_stage_start(self, model: TaskModel, cfg: MethodConfig, stage: int, task: str) -> None:
+        """Called by `train_stage` at the start of every stage (1-based) on `task`, after the
+        stage's seed is set and before the optimizer is built: a method that grows per stage
+        (O-LoRA's new adapter) adds and unfreezes its parameters here. Its random draws are
+        then fixed by (seed, stage), so a resumed run builds the same ones."""
+
+    def penalty(self, model: TaskModel, cfg: MethodConfig) -> torch.Tensor | None:
+        """A term `train_stage` adds to every training loss (beside the regularisers'
+        penalties, and logged with them as the penalty); None: nothing to add."""
+        return None
 
     def optimizer_groups(
         self, model: TaskModel, cfg: MethodConfig, lr: float, weight_decay: float

@@ -15,5 +15,6 @@ from forgetlab.methods.lora import Lora, LoraMethodConfig
 class Dora(Lora):
     name = "dora"
     summary = "LoRA on the direction of W plus a trained per-row magnitude (DoRA)"
+    reference = "Liu et al. 2024, arXiv:2402.09353"
     config_cls = LoraMethodConfig
     peft_extra = {"use_dora": True}

@@ -83,6 +83,7 @@ def _layer_rows(layer_input, model_input: torch.Tensor, layer_name: str) -> torc
 class Eva(Lora):
     name = "eva"
     summary = "LoRA with A from the SVD of the layers' activations, ranks redistributed (EVA)"
+    reference = "Paischer et al. 2024, arXiv:2410.07170"
     config_cls = EvaMethodConfig
     needs_calibration = True
 

@@ -31,6 +31,7 @@ class FreezeConfig(MethodConfig):
 class FreezeLowerLayers(Method):
     name = "freeze"
     summary = "only the last k transformer layers (and the head) train"
+    reference = "Lee, Tang & Lin 2019, arXiv:1911.03090"
     config_cls = FreezeConfig
 
     def prepare(self, model: TaskModel, cfg: FreezeConfig) -> None:

@@ -9,6 +9,7 @@ from forgetlab.models.task_model import TaskModel
 class FullFineTuning(Method):
     name = "full"
     summary = "all backbone weights and the head train"
+    reference = "Devlin et al. 2019, arXiv:1810.04805 (fine-tuning every weight, as BERT)"
     config_cls = MethodConfig
 
     def prepare(self, model: TaskModel, cfg: MethodConfig) -> None:

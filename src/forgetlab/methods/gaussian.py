@@ -16,5 +16,6 @@ from forgetlab.methods.lora import Lora, LoraMethodConfig
 class GaussianLora(Lora):
     name = "gaussian"
     summary = "LoRA with A ~ N(0, 1/r^2), B = 0 (PEFT's gaussian init)"
+    reference = "Hayou, Ghosh & Yu 2024, arXiv:2406.08447 (Init[A])"
     config_cls = LoraMethodConfig
     peft_extra = {"init_lora_weights": "gaussian"}

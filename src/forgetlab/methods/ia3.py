@@ -86,6 +86,7 @@ class Ia3(Lora):
 
     name = "ia3"
     summary = "trained vectors rescaling keys, values and feed-forward inputs; init 1 (PEFT)"
+    reference = "Liu et al. 2022, arXiv:2205.05638"
     config_cls = Ia3MethodConfig
 
     def prepare(self, model: TaskModel, cfg: Ia3MethodConfig) -> None:

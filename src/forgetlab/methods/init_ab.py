@@ -47,6 +47,7 @@ class InitABConfig(LoraMethodConfig):
 class InitAB(ResidualLora):
     name = "init_ab"
     summary = "LoRA with A and B both random at init, s*B0@A0 subtracted from W (Init[AB])"
+    reference = "Hayou, Ghosh & Yu 2024, arXiv:2406.08447 (Init[AB])"
     config_cls = InitABConfig
 
     @torch.no_grad()

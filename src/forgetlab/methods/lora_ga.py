@@ -132,6 +132,7 @@ def gradient_factors(
 class LoraGa(ResidualLora):
     name = "lora_ga"
     summary = "LoRA from the SVD of the first batches' gradient, W - s*B0@A0 frozen (LoRA-GA)"
+    reference = "Wang, Yu & Li 2024, arXiv:2407.05000"
     config_cls = LoraGaMethodConfig
     needs_calibration = True
 

@@ -36,6 +36,7 @@ class LoraPlusConfig(LoraMethodConfig):
 class LoraPlus(Lora):
     name = "loraplus"
     summary = "LoRA whose B matrices get a larger learning rate (x loraplus_lr_ratio)"
+    reference = "Hayou, Ghosh & Yu 2024, arXiv:2402.12354"
     config_cls = LoraPlusConfig
 
     def optimizer_groups(

@@ -54,6 +54,7 @@ def milora_init(layer: nn.Module) -> None:
 class Milora(ResidualLora):
     name = "milora"
     summary = "LoRA initialised with W's r smallest SVD components, rest frozen (MiLoRA)"
+    reference = "Wang et al. 2024, arXiv:2406.09044"
     config_cls = MiloraConfig
 
     def init_adapter(self, model: TaskModel, cfg: MiloraConfig) -> None:

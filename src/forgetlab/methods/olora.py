@@ -7,6 +7,9 @@ A = R[:r], and the base layer keeps the residual W − s·B·A, which is frozen.
 unchanged at init, but the base weights are rewritten: see `ResidualLora` for how forgetting
 stays measured against the pretrained model and how checkpoints become a plain LoRA on the
 original weights.
+
+Not O-LoRA (`o_lora`, methods/o_lora.py: one adapter per task, kept orthogonal to the earlier
+tasks' adapters); the names differ by one underscore.
 """
 
 from __future__ import annotations
@@ -24,5 +27,6 @@ class OloraConfig(LoraMethodConfig):
 class Olora(ResidualLora):
     name = "olora"
     summary = "LoRA initialised from a QR decomposition of W, residual frozen (OLoRA)"
+    reference = "Büyükakyüz 2024, arXiv:2406.01775"
     config_cls = OloraConfig
     peft_extra = {"init_lora_weights": "olora"}

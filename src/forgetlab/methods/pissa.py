@@ -41,6 +41,7 @@ class PissaConfig(LoraMethodConfig):
 class Pissa(ResidualLora):
     name = "pissa"
     summary = "LoRA initialised with W's r principal SVD components, residual frozen (PiSSA)"
+    reference = "Meng, Wang & Zhang 2024, arXiv:2404.02948"
     config_cls = PissaConfig
 
     def lora_config(self, cfg: PissaConfig):

@@ -41,6 +41,7 @@ class PrefixMethodConfig(VirtualTokensConfig):
 class PrefixTuning(PromptLearning):
     name = "prefix"
     summary = "trained key/value prefixes in every attention layer; backbone frozen (PEFT)"
+    reference = "Li & Liang 2021, arXiv:2101.00190"
     config_cls = PrefixMethodConfig
 
     def peft_config(self, backbone: nn.Module, cfg: PrefixMethodConfig, decoder: bool):

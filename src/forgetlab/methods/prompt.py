@@ -62,6 +62,7 @@ def _tokenizer_folder(backbone: nn.Module) -> str:
 class PromptTuning(PromptLearning):
     name = "prompt"
     summary = "trained soft-prompt embeddings prepended to the input; backbone frozen (PEFT)"
+    reference = "Lester et al. 2021, arXiv:2104.08691"
     config_cls = PromptMethodConfig
 
     def peft_config(self, backbone: nn.Module, cfg: PromptMethodConfig, decoder: bool):

@@ -14,5 +14,6 @@ from forgetlab.methods.lora import Lora, LoraMethodConfig
 class RsLora(Lora):
     name = "rslora"
     summary = "LoRA with the rank-stabilised scale alpha/sqrt(r) instead of alpha/r"
+    reference = "Kalajdzievski 2023, arXiv:2312.03732"
     config_cls = LoraMethodConfig
     peft_extra = {"use_rslora": True}

@@ -56,6 +56,7 @@ class Vera(Lora):
 
     name = "vera"
     summary = "shared frozen random A, B; each layer trains two scaling vectors (VeRA)"
+    reference = "Kopiczko, Blankevoort & Asano 2023, arXiv:2310.11454"
     config_cls = VeraMethodConfig
 
     def lora_config(self, cfg: VeraMethodConfig):

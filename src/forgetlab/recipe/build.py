@@ -90,6 +90,7 @@ def build_model(
     for t in sources:  # before `prepare`: the probe reads the untouched pretrained features
         loss = fit_probe_head(model, t.name, t.kind, t.train, pad_id or 0, device, seed)
         log.info("source task %s: linear probe fitted, train loss %.4f", t.name, loss)
+    mcfg = encoder_targets(mcfg, backbone)
     if getattr(method, "needs_calibration", False):
         method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
     else:
@@ -100,6 +101,31 @@ def build_model(
 
 
 ENCODER_TARGETS = ["query", "value"]  # the LoRA-family default: BERT's attention names
+# The same two attention layers under other encoders' names: MPNet (attention.attn.q / .v),
+# DistilBERT, BART-style and DeBERTa-v2 encoders.
+QUERY_VALUE_NAMES = (
+    ["q", "v"],
+    ["q_lin", "v_lin"],
+    ["q_proj", "v_proj"],
+    ["query_proj", "value_proj"],
+)
+
+
+def encoder_targets(mcfg: MethodConfig, backbone: torch.nn.Module) -> MethodConfig:
+    """On an encoder whose attention layers are not named query/value, the default
+    `target_modules` means its query and value layers under their own names (MPNet: q, v).
+    Other models keep the default, and the method's check names their linear layers."""
+    if getattr(mcfg, "target_modules", None) != ENCODER_TARGETS:
+        return mcfg
+    linears = backbone.named_modules()
+    names = {n.rsplit(".", 1)[-1] for n, m in linears if isinstance(m, torch.nn.Linear)}
+    if set(ENCODER_TARGETS) <= names:
+        return mcfg
+    for pair in QUERY_VALUE_NAMES:
+        if set(pair) <= names:
+            log.info("target_modules on this encoder: %s", ", ".join(pair))
+            return dataclasses.replace(mcfg, target_modules=list(pair))
+    return mcfg
 
 
 def decoder_targets(mcfg: MethodConfig, backbone: torch.nn.Module) -> MethodConfig:

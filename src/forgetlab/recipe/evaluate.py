@@ -82,7 +82,8 @@ class CurveHook:
 
     def __call__(self, step: int, total_steps: int) -> None:
         interval = eval_interval(self.config.eval.every, total_steps)
-        if interval is None or step % interval or step == total_steps:
+        # step 0 is the previous row; the stage's last step is the row after it
+        if interval is None or step == 0 or step % interval or step == total_steps:
             return
         start = time.perf_counter()
         row = eval_row(

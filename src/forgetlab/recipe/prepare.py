@@ -68,7 +68,8 @@ def prepare_run(config: Config, tokenizer) -> RunTasks:
     )
 
 
-def _load_task_data(tc: TaskConfig, config: Config) -> TaskData:
+def load_task_data(tc: TaskConfig, config: Config) -> TaskData:
+    """A task's full splits (a registry task, or the user's own files), before subsampling."""
     if tc.type == "file" and tc.kind != "classification":
         return load_lm_file_task(
             tc.name,
@@ -116,7 +117,7 @@ def prepare_tasks(
     prepared = []
     task_configs = config.tasks if task_configs is None else task_configs
     for index, tc in enumerate(task_configs, start=offset):
-        data = _load_task_data(tc, config)
+        data = load_task_data(tc, config)
         ops = KINDS[data.kind]
         if trained and not ops.trainable:
             raise ConfigError(

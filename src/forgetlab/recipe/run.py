@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,13 @@ from forgetlab.methods.base import count_parameters
 from forgetlab.models import load_tokenizer
 from forgetlab.recipe.build import build_run_model, load_checkpoint, save_checkpoint
 from forgetlab.recipe.evaluate import CurveCallback, CurveHook, eval_row, log_row
+from forgetlab.recipe.guard import StageGuard
 from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
 from forgetlab.recipe.summary import seed_matrix_csv, seed_metrics, summarize
 from forgetlab.recipe.train import StageStats, make_accelerator, train_stage
 from forgetlab.regularizers import build_regularizer
 from forgetlab.rundir import RunDir
+from forgetlab.strategies import EarlierTask, build_strategies
 
 log = logging.getLogger("forgetlab")
 
@@ -101,10 +104,11 @@ def run_seed(
         log.info("seed %d: already complete, skipped", seed)
         return read_json(out.seed_metrics_path(seed))
 
-    # 1. build the model (and the regulariser: fresh estimates per seed)
+    # 1. build the model (and the regulariser and strategies: fresh estimates per seed)
     method, mcfg = get_method(config.method["name"]), method_config(config.method)
     model = build_run_model(config, run_tasks, seed, pad_id=pad_id, device=accelerator.device)
     reg = build_regularizer(config.regularizer, model=model)
+    strategies = build_strategies(config.strategy)
     trainable, total = count_parameters(model)
     log.info(
         "seed %d: %s, %d of %d parameters trainable (%.2f%%)",
@@ -139,6 +143,15 @@ def run_seed(
         curves = CurveHook(
             config, state, stage, model, scored, accelerator, pad_id, tokenizer, on_curve
         )
+        guard = config.guard and StageGuard(
+            config.guard,
+            state,
+            stage,
+            model,
+            run_tasks,
+            lambda todo: eval_row(model, todo, config, accelerator, pad_id, tokenizer),
+        )
+        hooks = [h for h in (curves if config.eval.every is not None else None, guard) if h]
         try:
             stats: StageStats = train_stage(
                 model,
@@ -154,7 +167,9 @@ def run_seed(
                 pad_id=pad_id,
                 regularizers=[reg] if reg else [],
                 source_data=source_data(config, tasks, stage, run_tasks.sources),
-                on_step=curves if config.eval.every is not None else None,
+                strategies=strategies,
+                earlier_tasks=[EarlierTask(t.name, t.kind, t.train) for t in tasks[: stage - 1]],
+                on_step=_step_hooks(hooks),
             )
         except TrainingDiverged as e:
             raise TrainingDiverged(
@@ -175,8 +190,9 @@ def run_seed(
         start = time.perf_counter()
         row = eval_row(model, scored, config, accelerator, pad_id, tokenizer)
         # train_s: the training loop alone; eval_s: every evaluation of this stage (the curve
-        # points during it and the row after it) — the cost a sweep pays for the matrix
-        timing = {"train_s": stats.wall_s, "eval_s": curves.eval_s + time.perf_counter() - start}
+        # points and guard checks during it, the row after it) — the cost a sweep pays
+        eval_s = curves.eval_s + (guard.eval_s if guard else 0.0)
+        timing = {"train_s": stats.wall_s, "eval_s": eval_s + time.perf_counter() - start}
         log.info(
             "seed %d stage %d: evaluation %.1f s = %.0f%% of training time",
             seed,
@@ -197,6 +213,14 @@ def run_seed(
     atomic_write_text(out.matrix_csv_path(seed), seed_matrix_csv(metrics))
     atomic_write_json(out.seed_metrics_path(seed), metrics)
     return metrics
+
+
+def _step_hooks(hooks: list) -> Callable[[int, int], bool] | None:
+    """train_stage's one `on_step`: every hook runs (the curve point, then the guard); any
+    true return ends the stage."""
+    if not hooks:
+        return None
+    return lambda step, total_steps: any([hook(step, total_steps) for hook in hooks])
 
 
 def source_data(

@@ -4,6 +4,8 @@ learned flags, probe summaries), and the run's metrics.json over every seed (mea
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from forgetlab.config import Config
@@ -14,6 +16,7 @@ from forgetlab.metrics import (
     matrix_csv_text,
     probe_is_source,
 )
+from forgetlab.recipe.guard import crossings
 from forgetlab.recipe.prepare import PreparedTask
 from forgetlab.version import __version__
 
@@ -61,6 +64,10 @@ def seed_metrics(
     }
     if probes:
         out.update(probe_summary(probes, rows, T))
+    if "guard" in state:
+        # every check of the forgetting budget, and the stages it ended (recipe/guard.py)
+        out["guard"] = state["guard"]
+        out["guard_crossings"] = crossings(state["guard"])
     if out["complete"]:
         bounded = all(m in BOUNDED_METRICS for m in out["metrics"])
         out.update(continual_metrics(np.array(R), bounded=bounded))
@@ -138,6 +145,7 @@ def summarize(config: Config, tasks: list[PreparedTask], per_seed: dict[int, dic
         "method": config.method["name"],
         "method_config": config.method,
         "regularizer": config.regularizer,
+        "strategy": config.strategy,
         "model": config.model.name,
         "heads": config.heads,
         "lr": config.training.lr,
@@ -153,6 +161,7 @@ def summarize(config: Config, tasks: list[PreparedTask], per_seed: dict[int, dic
         "learned_seeds": learned.sum(0).astype(int).tolist(),
         "aggregate": aggregate_metrics(complete),
         **_probe_means(complete),
+        **_guard_summary(config, per_seed),
         "per_seed": {str(s): m for s, m in per_seed.items()},
     }
 
@@ -171,4 +180,17 @@ def _probe_means(complete: list[dict]) -> dict:
         "probe_matrix": P.mean(0).tolist(),
         "probe_change": (P[:, -1] - P[:, 0]).mean(0).tolist(),
         "probe_source": first["probe_source"],
+    }
+
+
+def _guard_summary(config: Config, per_seed: dict[int, dict]) -> dict:
+    """The forgetting budget and the stages it ended, per seed: where, and the loss that
+    crossed (each seed's metrics hold every check)."""
+    if config.guard is None:
+        return {}
+    return {
+        "guard": dataclasses.asdict(config.guard),
+        "guard_crossings": [
+            {"seed": s, **c} for s, m in per_seed.items() for c in m.get("guard_crossings", [])
+        ],
     }

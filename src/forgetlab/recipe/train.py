@@ -2,8 +2,9 @@
 
 A short loop on Accelerate (device placement, bf16/fp16 autocast, loss scaling, trackers):
 AdamW, linear warmup then linear decay, gradient accumulation, gradient clipping, dynamic
-padding and length-grouped batches. Every stage reseeds from (seed, stage), so a run resumed
-from a stage checkpoint continues exactly as an uninterrupted one would.
+padding and length-grouped batches; the regularisers' penalties and the strategies' extra
+losses join the task loss through their hooks. Every stage reseeds from (seed, stage), so a
+run resumed from a stage checkpoint continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
 from forgetlab.regularizers.base import Regularizer, StageContext
+from forgetlab.strategies.base import EarlierTask, Strategy, StrategyContext
 
 log = logging.getLogger("forgetlab")
 
@@ -44,7 +46,9 @@ class StageStats:
     wall_s: float = 0.0
     examples_per_s: float = 0.0
     tokens_per_s: float = 0.0
-    loss_curve: list[list[float]] = field(default_factory=list)  # [step, loss, penalty]
+    # [step, loss, penalty]; penalty: all that is added to the task loss (the regularisers'
+    # penalties and the strategies' losses)
+    loss_curve: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,15 +93,22 @@ def train_stage(
     pad_id: int,
     regularizers: Sequence[Regularizer] = (),
     source_data: list[tuple[str, EncodedSplit]] | None = None,
-    on_step: Callable[[int, int], None] | None = None,
+    strategies: Sequence[Strategy] = (),
+    earlier_tasks: Sequence[EarlierTask] = (),
+    on_step: Callable[[int, int], bool | None] | None = None,
 ) -> StageStats:
     """Train `model` on one task's data; `source_data` (earlier tasks' training splits) is
-    what regularisers may estimate old-task curvature from. `on_step(step, total_steps)` runs
-    after every optimizer step (evaluation during training); its time is not training time."""
+    what regularisers may estimate old-task curvature from; `earlier_tasks` (the sequence's
+    tasks before this stage) what strategies replay or distil. `on_step(step, total_steps)`
+    runs at the stage's start (step 0) and after every optimizer step (evaluation during
+    training, the forgetting guard); its time is not training time, and a true return value
+    ends the stage there (`stats.steps` counts the steps taken)."""
     set_seed(stage_seed(seed, stage))  # dropout, heads' RNG state
     rng = random.Random(stage_seed(seed, stage))  # batch order
     ops = KINDS[kind]
     device = accelerator.device
+    # Before the optimizer is built: parameters a method adds for this stage must be in it.
+    method.on_stage_start(model, method_cfg, stage, task)
     model.to(device).train()
 
     batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -123,6 +134,11 @@ def train_stage(
     )
     for reg in regularizers:
         reg.on_stage_start(ctx)
+    sctx = StrategyContext(
+        model, stage, task, kind, pad_id, device, seed, cfg.batch_size, list(earlier_tasks)
+    )
+    for strategy in strategies:
+        strategy.on_stage_start(sctx)
 
     def batch_stream():
         while True:  # epochs; fractional epochs stop mid-way through the last one
@@ -134,14 +150,30 @@ def train_stage(
         total=total_steps, desc=f"stage {stage} {task}", disable=not cfg.progress_bar, leave=False
     )
     start = time.perf_counter()
+
+    def hook(step: int) -> bool:
+        nonlocal start
+        if on_step is None:
+            return False
+        paused = time.perf_counter()
+        stop = bool(on_step(step, total_steps))
+        start += time.perf_counter() - paused
+        return stop
+
     stream = batch_stream()
     step = 0
+    stop = hook(0)
     for micro in range(micro_batches):
+        if stop:
+            break
         indices = next(stream)
         batch = ops.collate(data, indices, pad_id, device)
         with accelerator.autocast():
             task_loss = ops.loss(model, task, batch)
             penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
+            if (own := method.penalty(model, method_cfg)) is not None:  # e.g. O-LoRA's overlap
+                penalties.append(own)
+            penalties += [x for s in strategies if (x := s.loss(model, batch, sctx)) is not None]
             penalty = torch.stack(penalties).sum() if penalties else None
         total = task_loss if penalty is None else task_loss + penalty
         if not torch.isfinite(total):
@@ -187,13 +219,12 @@ def train_stage(
                 stats.tokens / elapsed,
             )
             accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
-        if on_step is not None:
-            paused = time.perf_counter()
-            on_step(step, total_steps)
-            start += time.perf_counter() - paused
+        stop = hook(step)
     bar.close()
     for reg in regularizers:
         reg.on_stage_end(ctx)
+    for strategy in strategies:
+        strategy.on_stage_end(sctx)
     stats.steps = step
     stats.wall_s = time.perf_counter() - start
     stats.examples_per_s = stats.examples / max(stats.wall_s, 1e-9)

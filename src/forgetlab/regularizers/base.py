@@ -87,6 +87,7 @@ class Regularizer:
 
     name: ClassVar[str] = "none"
     summary: ClassVar[str] = "no penalty"
+    reference: ClassVar[str] = ""  # the paper, e.g. "Kirkpatrick et al. 2017, arXiv:1612.00796"
     config_cls: ClassVar[type[RegularizerConfig]] = RegularizerConfig
 
     def __init__(self, cfg: RegularizerConfig | None = None) -> None:

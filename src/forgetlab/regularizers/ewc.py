@@ -94,6 +94,7 @@ def diagonal_fisher(
 class EWC(Regularizer):
     name = "ewc"
     summary = "λ/2·Σ_t F_t(θ − θ*_t)², diagonal empirical Fisher of each finished task"
+    reference = "Kirkpatrick et al. 2017, arXiv:1612.00796"
     config_cls = EWCConfig
     cfg: EWCConfig
 

@@ -40,6 +40,7 @@ class L2InitConfig(RegularizerConfig):
 class L2Init(Regularizer):
     name = "l2_init"
     summary = "λ/2·‖θ − θ₀‖², θ₀ = the weights before the first stage (L2-SP)"
+    reference = "Li, Grandvalet & Davoine 2018, arXiv:1802.01483 (L2-SP)"
     config_cls = L2InitConfig
     cfg: L2InitConfig
 

@@ -191,6 +191,7 @@ class _Sums:
 class Laplace(Regularizer):
     name = "laplace"
     summary = "λ/2·curvature-weighted ‖s·B·A‖² on LoRA layers; diag or K-FAC curvature of W"
+    reference = "Sliwa et al. 2025, arXiv:2512.17720; Ritter, Botev & Barber 2018, arXiv:1805.07810"
     config_cls = LaplaceConfig
     cfg: LaplaceConfig
 

@@ -90,8 +90,8 @@ RUN_FIGURES = {
     "loss": RunFigure(
         draw.loss_figure,
         "Training loss curves of run {name}, one panel per stage",
-        "Training loss per stage, one line per seed; the regularizer penalty (dashed, right "
-        "axis) where it is non-zero.",
+        "Training loss per stage, one line per seed; what is added to it (dashed, right axis: "
+        "the regularizer's penalty, the strategies' losses) where it is non-zero.",
     ),
     "curves": RunFigure(
         draw.curves_figure,

@@ -1,9 +1,12 @@
 """Numbers and strings as the report shows them: HTML-escaped text, 3-decimal numbers, mean ±
-its confidence interval, the regularizer; for the HTML page and for plain text."""
+its confidence interval, the regularizer, the strategies; for the HTML page and for plain
+text."""
 
 from __future__ import annotations
 
 import html
+
+from forgetlab.config import strategy_sections
 
 # Shown with a sign: differences, where +/− is the point.
 SIGNED = ("avg_forgetting", "max_forgetting", "chaudhry_forgetting", "bwt", "fwt", "source_loss")
@@ -45,6 +48,12 @@ def text_pm(agg: dict | None, key: str) -> str:
     if item.get("n", 1) > 1:
         text += f" ± {item['std']:.3f} (95% CI ±{item['ci95']:.3f}, n={item['n']})"
     return text
+
+
+def strategy(summary: dict, none: str = "none") -> str:
+    """The run's strategies by name, joined by "+" ("replay+lwf"); `none` for a run without."""
+    names = [str(s.get("name")) for s in strategy_sections(summary.get("strategy"))]
+    return "+".join(names) or none
 
 
 def regularizer(summary: dict, none: str = "none") -> str:

@@ -33,8 +33,9 @@ from forgetlab.report.figures import (
     run_plot,
 )
 from forgetlab.report.format import e as _e
-from forgetlab.report.format import regularizer
+from forgetlab.report.format import regularizer, strategy
 from forgetlab.report.summary import is_lm
+from forgetlab.report.text import format_guard
 
 # Shown under its analysis's figure: an HTML table of the result (analysis name -> builder).
 ANALYSIS_TABLES: dict[str, Callable[[dict], str]] = {"similarity": tables.similarity_extra}
@@ -156,6 +157,7 @@ def _meta(run: RunData) -> str:
     items = [
         ("method", s["method"]),
         ("regularizer", regularizer(s)),
+        ("strategy", strategy(s)),
         ("model", s["model"]),
         ("heads", s.get("heads", "n/a")),
         ("learning rate", s["lr"]),
@@ -164,6 +166,8 @@ def _meta(run: RunData) -> str:
         ("run directory", run.path),
         ("forgetlab version", s["version"]),
     ]
+    if s.get("guard"):  # the forgetting budget, and the stages it ended
+        items.append(("forgetting guard", "; ".join(line.strip() for line in format_guard(s))))
     return (
         "<dl class=meta>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
     )

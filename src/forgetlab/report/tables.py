@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from forgetlab.report.data import RunData, rank_entries, source_loss
-from forgetlab.report.format import e, num, pm, regularizer
+from forgetlab.report.format import e, num, pm, regularizer, strategy
 from forgetlab.report.summary import (
     all_accuracy,
     frontier_flags,
@@ -187,6 +187,7 @@ def comparison(runs: list[RunData]) -> str:
                 f"<span class=frontier>{name} ★</span>" if best else name,
                 e(s["method"]),
                 e(regularizer(s)),
+                e(strategy(s)),
                 e(f"{s['lr']:g}" if isinstance(s["lr"], (int, float)) else s["lr"]),
                 str(len(s["seeds"])),
                 f"{learned}/{len(s['tasks'])}",
@@ -202,7 +203,8 @@ def comparison(runs: list[RunData]) -> str:
         )
     floorless = any(has_floorless(r.summary) for r in runs)
     above = "learning above majority" + (" (or base)" if floorless else "")
-    header = ["run", "method", "regularizer", "lr", "seeds", "tasks learned", "initial_acc"]
+    header = ["run", "method", "regularizer", "strategy", "lr", "seeds", "tasks learned"]
+    header += ["initial_acc"]
     header += [above, "acc", "avg_forgetting", "bwt", "fwt", "rank90"]
     header += ["source loss"] if probes else []
     note = (

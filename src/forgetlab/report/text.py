@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forgetlab.report.format import num, regularizer, text_num, text_pm
+from forgetlab.report.format import num, regularizer, strategy, text_num, text_pm
 from forgetlab.report.summary import target_gain
 
 LEARNED_TEST = "one-sided exact binomial test of R[j][j] against the majority baseline"
@@ -47,7 +47,8 @@ def format_run(summary: dict) -> str:
     lines = [
         f"run {summary['name']!r}: method={summary['method']} model={summary['model']} "
         f"heads={summary['heads']} lr={summary['lr']} seeds={seeds}"
-        + (f" regularizer={summary['regularizer']}" if summary.get("regularizer") else ""),
+        + (f" regularizer={summary['regularizer']}" if summary.get("regularizer") else "")
+        + (f" strategy={strategy(summary)}" if strategy(summary, none="") else ""),
         "",
         f"{title} R[stage, task] (mean over {len(seeds)} seed(s); row 0 = base model):",
         " " * 16 + "".join(f"{t:>{width}}" for t in tasks),
@@ -92,7 +93,29 @@ def format_run(summary: dict) -> str:
     ]
     if summary.get("probes"):
         lines += ["", *format_probes(summary)]
+    if summary.get("guard"):
+        lines += ["", *format_guard(summary)]
     return "\n".join(lines)
+
+
+def format_guard(summary: dict, name: str = "") -> list[str]:
+    """The forgetting budget: one line per stage it ended (what was learned up to there is
+    that stage's row of the matrix)."""
+    g = summary["guard"]
+    where = f"{name}: " if name else ""
+    crossings = summary.get("guard_crossings") or []
+    lines = [
+        f"{where}guard {g['action']} at loss > {g['max_loss']:g} on {', '.join(g['watch'])} "
+        f"(checked every {g['every']} steps, {g['reduce']}): "
+        + (f"{len(crossings)} stage(s) ended early" if crossings else "never crossed")
+    ]
+    for c in crossings:
+        kept = f", rolled back to step {c['kept_step']}" if c["kept_step"] != c["step"] else ""
+        lines.append(
+            f"  {where}seed {c['seed']} stage {c['stage']} ({c['task']}) stopped at step "
+            f"{c['step']}/{c['total_steps']}: loss {c['loss']:.4f}{kept}"
+        )
+    return lines
 
 
 def format_probes(summary: dict) -> list[str]:
@@ -133,9 +156,11 @@ def format_comparison(summaries: list[dict]) -> str:
         return "no runs to compare"
     name_w = max(4, *(len(s["name"]) for s in summaries)) + 2
     reg_w = max(12, *(len(regularizer(s, none="-")) for s in summaries)) + 2
+    strat_w = max(9, *(len(strategy(s, none="-")) for s in summaries)) + 2
     probes = any(s.get("probes") for s in summaries)
     header = (
-        f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'lr':>9}{'seeds':>6}"
+        f"{'run':<{name_w}}{'method':<10}{'regularizer':<{reg_w}}{'strategy':<{strat_w}}"
+        f"{'lr':>9}{'seeds':>6}"
         f"{'learned':>9}{'initial_acc':>13}{'acc':>8}{'avg_forget':>12}{'bwt':>9}{'fwt':>9}"
         + (f"{'target_gain':>13}{'source_loss':>13}" if probes else "")
     )
@@ -149,9 +174,9 @@ def format_comparison(summaries: list[dict]) -> str:
         n_seeds = len(s["seeds"])
         learned = sum(1 for k in s["learned_seeds"] if k == n_seeds)
         learned_text = f"{learned}/{len(s['tasks'])}"
-        reg = regularizer(s, none="-")
+        reg, strat = regularizer(s, none="-"), strategy(s, none="-")
         lines.append(
-            f"{s['name']:<{name_w}}{s['method']:<10}{reg:<{reg_w}}"
+            f"{s['name']:<{name_w}}{s['method']:<10}{reg:<{reg_w}}{strat:<{strat_w}}"
             f"{s['lr']:>9.1e}{n_seeds:>6}{learned_text:>9}{mean('initial_acc'):>13}"
             f"{mean('acc'):>8}{mean('avg_forgetting'):>12}{mean('bwt'):>9}{mean('fwt'):>9}"
             + (f"{target_gain(s):>+13.3f}{mean('source_loss'):>13}" if probes else "")
@@ -169,4 +194,7 @@ def format_comparison(summaries: list[dict]) -> str:
             "−NLL scores, minus the base model's score); source_loss = −mean change of the "
             "probes the base model passed (see each run's probe table)"
         )
+    guarded = [line for s in summaries if s.get("guard") for line in format_guard(s, s["name"])]
+    if guarded:
+        lines += ["", *guarded]
     return "\n".join(lines)
