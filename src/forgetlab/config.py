@@ -313,7 +313,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
+        value_tp = typing.get_args(tp)[1]
+        _check_keys(value, where)
+        return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:
@@ -341,12 +343,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
 
 
+def _check_keys(data: dict, where: str) -> None:
+    """Config keys are names: YAML also reads `1:`, `true:` or `null:` as keys, which no
+    section has (and which would break sorting and `**` below)."""
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{where}: key {odd[0]!r} is not a name (keys are text)")
+
+
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
     if cls is TaskConfig and isinstance(data, str):
         data = {"name": data}  # `tasks: [rte, mrpc]` shorthand
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    _check_keys(data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -380,7 +391,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(e)})") from e
     return key.split("."), value
 
 
