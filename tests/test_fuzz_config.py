@@ -187,21 +187,21 @@ def test_a_random_config_file_validates_or_is_refused_in_one_line(tmp_path, caps
 
 
 @pytest.mark.slow
-@slow_settings(3000)
+@slow_settings(2000)
 @given(mutated(BASE))
 def test_many_mutated_configs(raw):
     _check_config(outcome(lambda: load_config(raw=raw)))
 
 
 @pytest.mark.slow
-@slow_settings(1500)
+@slow_settings(1000)
 @given(mutated(SWEEP_BASE))
 def test_many_mutated_sweep_configs(raw):
     outcome(lambda: load_sweep_config(raw=raw))
 
 
 @pytest.mark.slow
-@slow_settings(1000)
+@slow_settings(400)
 @given(data=st.one_of(st.binary(max_size=256), yaml_text.map(str.encode)))
 def test_many_random_config_files(tmp_path, capsys, data):
     _validate_file(tmp_path, data, capsys)
@@ -224,6 +224,23 @@ def test_what_fuzzing_found_in_configs_is_one_line(raw, message):
     message of two lines."""
     with pytest.raises(ConfigError, match=message):
         load_config(raw=raw)
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"training.lr": {"log": [1e-5, 1e-3], "per_decade": 10**7}}, r"20000001 values"),
+        ({"training.lr": {"log": [1e-300, 1e300]}}, r"spans too many decades"),
+        ({"training.lr": {"log": [1e-5, "inf"]}}, r"needs finite low > 0 and high > 0"),
+        ({f"method.k{i}": list(range(4)) for i in range(8)}, r"grid has 65,536 points"),
+    ],
+)
+def test_a_sweep_too_large_to_check_is_refused(space, message):
+    """Found by fuzzing: a huge per_decade built a list of millions of values (the check
+    hung), a range of 1e-300..1e300 overflowed to a traceback; every grid point is resolved
+    before anything runs, so a grid of millions is refused at once."""
+    with pytest.raises(ConfigError, match=message):
+        load_sweep_config(raw={**SWEEP_BASE, "sweep": {"methods": ["lora"], "space": space}})
 
 
 def test_a_user_error_is_one_line_whatever_it_embeds():

@@ -165,7 +165,21 @@ def jsonl_objects(task: str, path: Path, lines: Iterable[str]) -> Iterable[tuple
             raise DataError(f"task {task}: {path}:{lineno}: invalid JSON ({why})") from exc
         if not isinstance(record, dict):
             raise DataError(f"task {task}: {path}:{lineno}: expected a JSON object per line")
+        if "\\u" in line and not _is_text(record):
+            raise DataError(
+                f"task {task}: {path}:{lineno}: a \\u escape encodes half a surrogate pair "
+                "(not text; the tokenizer would refuse it)"
+            )
         yield lineno, record
+
+
+def _is_text(record: dict) -> bool:
+    """Every string of `record` is text (JSON escapes such as \\ud800 are not)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _pick_columns(
