@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 import pytest
@@ -62,6 +63,7 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(),
     st.integers(min_value=2**63, max_value=2**200),
+    st.sampled_from([2**32, 10**400]),  # over numpy's seeds; over a float's range
     st.floats(),  # NaN and both infinities included
     st.sampled_from([0, -1, 0.0, -0.0, 1e-300, 1e308, "", " ", "nan", "inf", "1e-3", "\n"]),
     st.text(max_size=12),
@@ -167,6 +169,7 @@ def test_random_overrides_resolve_or_are_refused_in_one_line(pairs):
 yaml_text = st.one_of(
     st.builds(lambda v: yaml.safe_dump(v, allow_unicode=True), values),
     st.text(max_size=80),
+    st.sampled_from(["tasks: [rte]\nseeds: " + "1" * 5000, "tasks: " + "[" * 5000 + "]" * 5000]),
     st.builds(lambda raw: yaml.safe_dump(raw), mutated(BASE)),
 )
 
@@ -184,6 +187,26 @@ def _validate_file(tmp_path, data: bytes, capsys) -> None:
 @given(data=st.one_of(st.binary(max_size=64), yaml_text.map(str.encode)))
 def test_a_random_config_file_validates_or_is_refused_in_one_line(tmp_path, capsys, data):
     _validate_file(tmp_path, data, capsys)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "tasks: [rte]\nseeds: " + "1" * 5000,
+            r"not valid YAML: Exceeds the limit",
+        ),
+        ("tasks: " + "[" * 5000 + "]" * 5000, r"not valid YAML: maximum recursion depth"),
+    ],
+)
+def test_yaml_that_pyyaml_cannot_build_is_one_line(tmp_path, capsys, text, message):
+    """Found by fuzzing: PyYAML raises ValueError (an integer of over 4300 digits) and
+    RecursionError (lists nested thousands deep), not its YAMLError: tracebacks."""
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
 
 
 @pytest.mark.slow
@@ -215,13 +238,17 @@ def test_many_random_config_files(tmp_path, capsys, data):
         ({"tasks": ["rte"], "regularizer": {"name": {}}}, r"unknown regularizer\.name=\{\}"),
         ({"tasks": [{"name": "t", "columns": {"a": 1}}]}, r"columns\.a must be a string"),
         ({"tasks": ["rte"], "training": {"lr\nrate": 1}}, r"unknown key config\.training\.lr rate"),
+        ({"tasks": ["rte"], "training": {"lr": 10**400}}, r"lr is too large a number"),
+        ({"tasks": ["rte"], "seeds": [1, 2**32]}, r"seeds: 4294967296 is not a seed from 0"),
+        ({"tasks": ["rte"], "seeds": [-1]}, r"seeds: -1 is not a seed from 0 to 4294966"),
     ],
 )
 def test_what_fuzzing_found_in_configs_is_one_line(raw, message):
     """Found by the properties above: keys that are not text (YAML reads `1:` as an int)
     broke the unknown-key check's sorting; a list as a method's or a regulariser's name
     is unhashable; a mapping's values went unchecked; a key with a line break made a
-    message of two lines."""
+    message of two lines; an integer of 400 digits where a number goes overflowed float();
+    a seed of 2**32 or -1 passed and failed in numpy when the run began."""
     with pytest.raises(ConfigError, match=message):
         load_config(raw=raw)
 

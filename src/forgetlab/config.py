@@ -30,6 +30,9 @@ CHECKPOINTS = ("all", "last", "none")
 MODEL_TYPES = ("auto", "encoder", "causal")
 LONG_PROMPTS = ("truncate", "reject")
 HEAD_INITS = ("torch", "hf")
+# Stage seeds are seed * 1000 + stage, and numpy (through accelerate's set_seed) takes seeds
+# below 2**32 only.
+MAX_SEED = 2**32 // 1000 - 1
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -253,6 +256,12 @@ class Config:
         _check_choice("config", "heads", self.heads, HEAD_MODES)
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds: [1]")
+        odd = [s for s in self.seeds if not 0 <= s <= MAX_SEED]
+        if odd:
+            raise ConfigError(
+                f"seeds: {odd[0]} is not a seed from 0 to {MAX_SEED} (each stage is seeded with "
+                "seed·1000 + stage, which must stay below 2**32)"
+            )
         repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
         if repeated:
             # one seed's folder would overwrite the other's, and one seed be counted twice
@@ -329,7 +338,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of over 308 digits
+            raise ConfigError(f"{where} is too large a number (over 1e308)") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -390,7 +402,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
+    except _YAML_ERRORS as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(e)})") from e
     return key.split("."), value
 
@@ -422,14 +434,19 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from e
-    except yaml.YAMLError as e:
+    except _YAML_ERRORS as e:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
+# What PyYAML's safe_load raises on bad text: its own errors, ValueError for an integer of
+# over 4300 digits (Python's limit on int("...")), RecursionError for lists nested ~1000 deep.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def _yaml_problem(error: Exception) -> str:
     """PyYAML's message on one line: the problem and where (its own text spans 7-8 lines
     with the offending source lines drawn under it)."""
     mark = getattr(error, "problem_mark", None)
