@@ -28,12 +28,8 @@ _COMMON = {
 
 
 def fuzz_settings(examples: int) -> settings:
-    """The default suite's budget for one property."""
-    return settings(max_examples=examples, **_COMMON)
-
-
-def slow_settings(examples: int) -> settings:
-    """Many more examples of the same property, for `-m slow`."""
+    """A property's budget: a few dozen to 150 examples in the default suite, thousands in
+    its `-m slow` twin."""
     return settings(max_examples=examples, **_COMMON)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fuzz_support import fuzz_settings, outcome, slow_settings
+from fuzz_support import fuzz_settings, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -210,21 +210,21 @@ def test_yaml_that_pyyaml_cannot_build_is_one_line(tmp_path, capsys, text, messa
 
 
 @pytest.mark.slow
-@slow_settings(2000)
+@fuzz_settings(2000)
 @given(mutated(BASE))
 def test_many_mutated_configs(raw):
     _check_config(outcome(lambda: load_config(raw=raw)))
 
 
 @pytest.mark.slow
-@slow_settings(1000)
+@fuzz_settings(1000)
 @given(mutated(SWEEP_BASE))
 def test_many_mutated_sweep_configs(raw):
     outcome(lambda: load_sweep_config(raw=raw))
 
 
 @pytest.mark.slow
-@slow_settings(400)
+@fuzz_settings(400)
 @given(data=st.one_of(st.binary(max_size=256), yaml_text.map(str.encode)))
 def test_many_random_config_files(tmp_path, capsys, data):
     _validate_file(tmp_path, data, capsys)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fuzz_support import fuzz_settings, outcome, slow_settings
+from fuzz_support import fuzz_settings, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -241,14 +241,14 @@ def test_a_choice_label_that_is_no_integer_is_one_line(tmp_path, label):
 
 
 @pytest.mark.slow
-@slow_settings(1500)
+@fuzz_settings(1500)
 @given(files=classification_files())
 def test_many_fuzzed_classification_files(tmp_path, files):
     _classification_property(tmp_path, files)
 
 
 @pytest.mark.slow
-@slow_settings(800)
+@fuzz_settings(800)
 @given(case=lm_cases)
 def test_many_fuzzed_language_model_files(tmp_path, case):
     _lm_property(tmp_path, *case)
