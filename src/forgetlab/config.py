@@ -32,6 +32,9 @@ LONG_PROMPTS = ("truncate", "reject")
 HEAD_INITS = ("torch", "hf")
 GUARD_ACTIONS = ("stop", "rollback")
 GUARD_REDUCE = ("mean", "max")
+# Stage seeds are seed * 1000 + stage, and numpy (through accelerate's set_seed) takes seeds
+# below 2**32 only.
+MAX_SEED = 2**32 // 1000 - 1
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -291,6 +294,12 @@ class Config:
         _check_choice("config", "heads", self.heads, HEAD_MODES)
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds: [1]")
+        odd = [s for s in self.seeds if not 0 <= s <= MAX_SEED]
+        if odd:
+            raise ConfigError(
+                f"seeds: {odd[0]} is not a seed from 0 to {MAX_SEED} (each stage is seeded with "
+                "seed·1000 + stage, which must stay below 2**32)"
+            )
         repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
         if repeated:
             # one seed's folder would overwrite the other's, and one seed be counted twice
@@ -351,7 +360,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
+        value_tp = typing.get_args(tp)[1]
+        _check_keys(value, where)
+        return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:
@@ -365,7 +376,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of over 308 digits
+            raise ConfigError(f"{where} is too large a number (over 1e308)") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -379,12 +393,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
 
 
+def _check_keys(data: dict, where: str) -> None:
+    """Config keys are names: YAML also reads `1:`, `true:` or `null:` as keys, which no
+    section has (and which would break sorting and `**` below)."""
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{where}: key {odd[0]!r} is not a name (keys are text)")
+
+
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
     if cls is TaskConfig and isinstance(data, str):
         data = {"name": data}  # `tasks: [rte, mrpc]` shorthand
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    _check_keys(data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -417,8 +440,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    except _YAML_ERRORS as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(e)})") from e
     return key.split("."), value
 
 
@@ -449,14 +472,19 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from e
-    except yaml.YAMLError as e:
+    except _YAML_ERRORS as e:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
+# What PyYAML's safe_load raises on bad text: its own errors, ValueError for an integer of
+# over 4300 digits (Python's limit on int("...")), RecursionError for lists nested ~1000 deep.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def _yaml_problem(error: Exception) -> str:
     """PyYAML's message on one line: the problem and where (its own text spans 7-8 lines
     with the offending source lines drawn under it)."""
     mark = getattr(error, "problem_mark", None)

@@ -67,7 +67,7 @@ METHODS: dict[str, Method] = {
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:  # a list or mapping is unhashable
         raise ConfigError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
 

@@ -34,7 +34,7 @@ def regularizer_config(section: dict[str, Any]) -> RegularizerConfig:
     if not isinstance(section, dict):
         raise ConfigError(f"regularizer must be a mapping with a 'name', got {section!r}")
     name = section.get("name")
-    if name not in REGULARIZERS:
+    if not isinstance(name, str) or name not in REGULARIZERS:  # a list is unhashable
         known = ", ".join([NONE, *sorted(REGULARIZERS)])
         raise ConfigError(f"unknown regularizer.name={name!r} (known: {known})")
     data = dict(section)

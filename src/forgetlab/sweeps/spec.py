@@ -45,6 +45,9 @@ OBJECTIVES = (*CONTINUAL_METRIC_KEYS, "target_gain", "source_loss")
 ALIASES = {"learning": "initial_acc", "forgetting": "avg_forgetting"}
 # Keys a point may not set: they are the sweep's own (where trials go, which seeds run).
 RESERVED = ("output.dir", "output.store", "seeds", "variants", "name")
+# The most points a grid (or values a log axis) may have: every point is resolved and checked
+# before anything runs, so a grid of millions would hang the check itself.
+MAX_POINTS = 10_000
 
 
 @dataclass
@@ -66,8 +69,11 @@ class Axis:
             if bad:
                 raise ConfigError(f"sweep.space.{self.key}: {bad[0]!r} is not a plain value")
             return
-        if not (self.low > 0 and self.high is not None and self.high > 0):
-            raise ConfigError(f"sweep.space.{self.key}: a log range needs low > 0 and high > 0")
+        finite = self.high is not None and math.isfinite(self.low) and math.isfinite(self.high)
+        if not (finite and self.low > 0 and self.high > 0):  # NaN fails every comparison
+            raise ConfigError(
+                f"sweep.space.{self.key}: a log range needs finite low > 0 and high > 0"
+            )
         if self.low >= self.high:
             raise ConfigError(
                 f"sweep.space.{self.key}: log range low={self.low:g} must be below "
@@ -75,7 +81,14 @@ class Axis:
             )
         if self.per_decade is None or self.per_decade < 1:
             raise ConfigError(f"sweep.space.{self.key}: per_decade must be a whole number >= 1")
+        if not math.isfinite(self.high / self.low):  # 1e-300 to 1e300 overflows
+            raise ConfigError(f"sweep.space.{self.key}: the log range spans too many decades")
         steps = math.floor(math.log10(self.high / self.low) * self.per_decade + 1e-9)
+        if steps >= MAX_POINTS:  # a typo (per_decade: 40000) must not build a huge list
+            raise ConfigError(
+                f"sweep.space.{self.key}: {steps + 1} values (at most {MAX_POINTS}); lower "
+                "per_decade or narrow the range"
+            )
         # Three significant digits: 1.78e-05, not 1.7782794100389227e-05, in configs and names.
         self.values = [
             float(f"{self.low * 10 ** (k / self.per_decade):.3g}") for k in range(steps + 1)
@@ -274,6 +287,12 @@ class SweepSpec:
             raise ConfigError(f"sweep.sampler={self.sampler} needs a sweep.space to sample")
         self._check_predict()
         self._check_pruner()
+        size = sum(
+            math.prod(len(a.values) for a in self.arm_space(arm).values())
+            for arm in self.arm_names or [None]
+        )
+        if self.is_grid and size > MAX_POINTS:
+            raise ConfigError(f"sweep: the grid has {size:,} points (at most {MAX_POINTS:,})")
         if self.heartbeat_s < 1 or self.max_retry < 0:
             raise ConfigError("sweep.heartbeat_s must be >= 1 and sweep.max_retry >= 0")
 

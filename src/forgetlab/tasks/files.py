@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from forgetlab.errors import DataError
@@ -20,6 +20,9 @@ from forgetlab.tasks.base import ClassificationExample, TaskData
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
+# Integer labels are class ids 0..max: a head of this many classes is already far beyond any
+# text-classification task, and a stray 1e12 must not allocate a trillion class names.
+MAX_CLASS_ID = 100_000
 # (where, text, text_pair, raw label) for one row, before labels are mapped to indices.
 RawRow = tuple[str, str, str | None, object]
 
@@ -115,11 +118,12 @@ def _csv_records(
     quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
     # newline="": the csv module handles \r\n itself and quoted fields may span lines.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, quoting=quoting)
-    header = next(reader, None)
+    rows = _csv_rows(task, path, fmt, reader)
+    header = next(rows, None)
     if not header:
         raise DataError(f"task {task}: {path} has no header row")
     header = [h.strip() for h in header]
-    for fields in reader:
+    for fields in rows:
         if not any(f.strip() for f in fields):
             continue  # blank line
         where = f"{path}:{reader.line_num}"
@@ -128,6 +132,16 @@ def _csv_records(
                 f"task {task}: {where}: {len(fields)} fields but the header has {len(header)}"
             )
         yield reader.line_num, dict(zip(header, fields))
+
+
+def _csv_rows(task: str, path: Path, fmt: str, reader) -> Iterator[list[str]]:
+    """The reader's rows; what the csv module cannot parse (a field over its size limit, ...)
+    is a DataError naming the file and line, not a traceback."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        where = f"{path}:{reader.line_num}"
+        raise DataError(f"task {task}: {where}: not valid {fmt.upper()} ({exc})") from exc
 
 
 def _jsonl_records(task: str, path: Path) -> Iterable[tuple[int, dict]]:
@@ -144,11 +158,28 @@ def jsonl_objects(task: str, path: Path, lines: Iterable[str]) -> Iterable[tuple
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"task {task}: {path}:{lineno}: invalid JSON ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, and numbers of over 4300 digits;
+            # RecursionError: arrays or objects nested thousands deep.
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
+            raise DataError(f"task {task}: {path}:{lineno}: invalid JSON ({why})") from exc
         if not isinstance(record, dict):
             raise DataError(f"task {task}: {path}:{lineno}: expected a JSON object per line")
+        if "\\u" in line and not _is_text(record):
+            raise DataError(
+                f"task {task}: {path}:{lineno}: a \\u escape encodes half a surrogate pair "
+                "(not text; the tokenizer would refuse it)"
+            )
         yield lineno, record
+
+
+def _is_text(record: dict) -> bool:
+    """Every string of `record` is text (JSON escapes such as \\ud800 are not)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _pick_columns(
@@ -214,7 +245,14 @@ def _label_names(task: str, rows: list[RawRow], given: list[str] | None) -> list
     ints = [_as_int(v) for v in raw]
     if all(i is not None for i in ints):
         # Integer ids are used as they are, so class 0..max all exist even if one is unseen.
-        return [str(i) for i in range(max(ints) + 1)]
+        top = max(ints)
+        if top >= MAX_CLASS_ID:  # 1e12 would be a trillion classes (memory runs out)
+            where = next(where for (where, *_), i in zip(rows, ints) if i == top)
+            raise DataError(
+                f"{where}: class id {top} is too large (ids 0..{MAX_CLASS_ID - 1}); write "
+                "labels as names, or give label_names"
+            )
+        return [str(i) for i in range(top + 1)]
     return sorted({_label_str(v) for v in raw})
 
 

@@ -14,6 +14,7 @@ response matters); only emptiness is checked.
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from pathlib import Path
 
@@ -176,8 +177,10 @@ def _label(value: object, n_choices: int, where: str) -> int:
     index = None
     if isinstance(value, int) and not isinstance(value, bool):
         index = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        index = int(value)
+    elif isinstance(value, str):
+        # int() itself decides: str.isdigit() also passes "²", which int() refuses
+        with contextlib.suppress(ValueError):
+            index = int(value)
     if index is None:
         raise DataError(f"{where}: label {value!r} is not an integer index of a choice")
     if not 0 <= index < n_choices:
