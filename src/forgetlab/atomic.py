@@ -2,8 +2,8 @@
 
 Every file is written to a temporary name in its final folder, flushed, then renamed over the
 target: a reader sees either the old file or the new one. Folders (checkpoints) are built
-beside their final name and renamed in one step, with a `checksums.json` (SHA-256 of every
-file) written into them first, which `verify_checksums` checks before anything loads them.
+beside their final name and renamed in one step; a checkpoint's gets a `checksums.json`
+(SHA-256 of every file) first, which `verify_checksums` checks before anything loads it.
 Temporary names start with "." and end in ".tmp": `remove_stale_temp` clears those a killed
 writer left behind.
 """
@@ -97,10 +97,10 @@ def read_json(path: str | Path) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temporary folder beside `final`; on success its files get the umask's mode and
-    a checksums.json, and it replaces `final` in one rename. A full disk, whoever was writing
-    (safetensors included), ends in one line."""
+def atomic_dir(final: Path, checksums: bool = False):
+    """Yield a temporary folder beside `final`; on success its files get the umask's mode
+    (with `checksums`, a checksums.json too), and it replaces `final` in one rename. A full
+    disk, whoever was writing (safetensors included), ends in one line."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
@@ -111,9 +111,10 @@ def atomic_dir(final: Path):
         yield tmp
         for entry in tmp.rglob("*"):  # writers' own temp files may be 0600 (mkstemp)
             _usual_mode(entry, directory=entry.is_dir())
-        sums = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*"))}
-        (tmp / CHECKSUMS).write_text(json.dumps({k: v for k, v in sums.items() if v}, indent=1))
-        _usual_mode(tmp / CHECKSUMS)
+        if checksums:
+            sums = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*"))}
+            (tmp / CHECKSUMS).write_text(json.dumps({k: v for k, v in sums.items() if v}))
+            _usual_mode(tmp / CHECKSUMS)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

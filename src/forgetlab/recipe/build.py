@@ -166,7 +166,7 @@ def calibration(
 def save_checkpoint(
     model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
 ) -> None:
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, checksums=True) as tmp:
         method.save_backbone(model, tmp / "backbone")
         save_heads(model, tmp / "heads.safetensors")
         if reg is not None:  # θ₀, Fishers, curvature: what a resumed run cannot recompute
