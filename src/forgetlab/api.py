@@ -24,6 +24,7 @@ def run(config: Config | str | Path, resume: bool = False):
         config = load_config(config)
     if config.variants:
         raise ConfigError("this config has variants: use forgetlab.run_all (one result each)")
+    ResultsStore(config.output.store).check_target()  # before the run, not after it
     result = _run(config, resume=resume)
     # After the recipe: index the finished run in the results store (the run directory stays
     # the source of truth).
@@ -40,8 +41,9 @@ def run_all(config: Config | str | Path, resume: bool = False) -> list:
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """The metrics.json of a finished run directory."""
-    return RunDir(run_dir).metrics()
+    """The metrics.json of a finished run directory, checked to hold a run's summary
+    (ForgetlabError names the file otherwise)."""
+    return RunDir(run_dir).summary()
 
 
 def compare(
@@ -63,9 +65,12 @@ def compare(
     if fmt != "table":
         return answers
     summaries = [load_run(d) for d in dirs]
+    where = [str(d) for d in dirs]
     if store is not None:
-        summaries += [r["metrics"] for r in ResultsStore(store).runs()]
-    table = format_comparison(summaries)
+        rows = ResultsStore(store).runs(must_exist=True)
+        summaries += [r["metrics"] for r in rows]
+        where += [r["run_dir"] for r in rows]
+    table = format_comparison(summaries, where)
     return f"{table}\n\n{answers}" if answers else table
 
 

@@ -16,10 +16,18 @@ from types import ModuleType
 from forgetlab.errors import ForgetlabError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other error (argparse prints its
+    whole usage block first); `forgetlab <command> --help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"forgetlab: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from forgetlab.analyses import ANALYSES, HESSIAN
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="forgetlab",
         description="Fine-tune pretrained models and measure what each method learns and forgets.",
     )
@@ -93,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8, dest="batch_size")
     e.add_argument("--include-path", dest="include_path", help="folder of local lm-eval tasks")
     e.add_argument("--device")
+    _trust_flag(e)
 
     rp = sub.add_parser("report", help="one self-contained HTML page over finished runs")
     rp.add_argument("run_dirs", nargs="+", help="finished run directories")
@@ -253,12 +262,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        dest="trust_remote_code",
+        help="allow a run whose config.yaml sets model.trust_remote_code (runs code from the "
+        "model's repository); never implied by reading a run",
+    )
+
+
 def _analysis_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="which seed's model (default: the first)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.add_argument("--store", help="results store (default: the run's output.store)")
     p.add_argument("--device", help="cpu | cuda (default: the run's training.device)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _trust_flag(p)
 
 
 def _log_to_stderr(quiet: bool) -> None:
@@ -336,7 +356,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_analyses(run_dir: str) -> list[str]:
+def _default_analyses(run_dir: str, trust_remote_code: bool = False) -> list[str]:
     """What `analyze` runs without a flag: every analysis that applies to the run; those that
     need a language model (LM_ONLY: generation diversity) only to a causal LM's run."""
     from forgetlab.analyses import ANALYSES
@@ -344,7 +364,7 @@ def _default_analyses(run_dir: str) -> list[str]:
     from forgetlab.models import model_type
 
     check_run_dir(Path(run_dir))  # the errors `analyze` itself would raise first
-    causal = model_type(load_run_config(Path(run_dir)).model) == "causal"
+    causal = model_type(load_run_config(Path(run_dir), trust_remote_code).model) == "causal"
     return [n for n, m in ANALYSES.items() if causal or not getattr(m, "LM_ONLY", False)]
 
 
@@ -362,7 +382,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _quiet_libraries()
     _log_to_stderr(args.quiet)
     for run_dir in args.run_dirs:  # every run is checked by `analyze` before it computes
-        chosen = flags or _default_analyses(run_dir)
+        chosen = flags or _default_analyses(run_dir, args.trust_remote_code)
         options = {k: _options(args, ANALYSES[k]) for k in chosen}
         results = api.analyze(
             run_dir,
@@ -372,6 +392,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             store=args.store,
             device=args.device,
             options={k: v for k, v in options.items() if v},
+            trust_remote_code=args.trust_remote_code,
         )
         print(f"== {run_dir}")
         for result in results.values():
@@ -394,6 +415,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
         force=args.force,
         store=args.store,
         device=args.device,
+        trust_remote_code=args.trust_remote_code,
         **options,
     )
     print(json.dumps(result, indent=2) if args.json else format_analysis(result))
@@ -414,6 +436,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         include_path=args.include_path,
         device=args.device,
+        trust_remote_code=args.trust_remote_code,
     )
     print(f"{'task':<36}{'acc':>8}{'acc_norm':>10}{'n':>6}")
     for name, r in results.items():

@@ -35,6 +35,12 @@ GUARD_REDUCE = ("mean", "max")
 # Stage seeds are seed * 1000 + stage, and numpy (through accelerate's set_seed) takes seeds
 # below 2**32 only.
 MAX_SEED = 2**32 // 1000 - 1
+# Accelerate's tracker names (accelerate.utils.LoggerType; tests/test_bad_input.py keeps the
+# two in step): checked here so that a typo fails at load, not as a traceback at run start.
+TRACKERS = (
+    "all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive",
+    "swanlab",
+)  # fmt: skip
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -167,6 +173,8 @@ class TrainingConfig:
             raise ConfigError(f"training.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         _check_choice("training", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _check_choice("training", "device", self.device, ("auto", "cpu", "cuda"))
+        for tracker in self.trackers:
+            _check_choice("training", "trackers", tracker, TRACKERS)
 
 
 @dataclass

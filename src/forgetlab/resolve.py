@@ -19,6 +19,7 @@ from forgetlab.kinds import file_kinds
 from forgetlab.methods import method_config
 from forgetlab.regularizers import regularizer_config
 from forgetlab.strategies import strategy_configs
+from forgetlab.tasks.registry import canonical_name
 
 
 def load_config(
@@ -47,6 +48,7 @@ def validate_plugins(config: Config) -> None:
     the strategies' own keys (checked by their own config classes); and the names
     `regularizer.source` and `guard.watch` may use."""
     kinds = file_kinds()
+    _check_one_name_per_task(config)
     for task in [*config.tasks, *config.source_tasks, *config.probes]:
         if task.kind not in kinds:
             raise ConfigError(
@@ -83,6 +85,26 @@ def _check_guard_names(config: Config) -> None:
             f"guard.watch names only {config.guard.watch[0]}, the last task of the sequence: it "
             "is never an earlier task while the model trains, so nothing would be watched"
         )
+
+
+def _check_one_name_per_task(config: Config) -> None:
+    """A registry task may be spelled several ways (`sst2`, `SST-2`, `sst_2`): two spellings
+    are one task, which would train twice and be scored as two. Config's own check compares
+    the names as written; this one compares what they resolve to."""
+    seen: dict[str, str] = {}
+    for group, tasks in (
+        ("tasks", config.tasks),
+        ("source_tasks", config.source_tasks),
+        ("probes", config.probes),
+    ):
+        for task in tasks:
+            key = canonical_name(task.name) if task.type == "registry" else task.name
+            if key in seen:
+                raise ConfigError(
+                    f"{group}: {task.name!r} is the same task as {seen[key]!r} "
+                    f"(both name {key!r}): give each task once"
+                )
+            seen[key] = task.name if group == "tasks" else f"{task.name} ({group})"
 
 
 def variant_configs(config: Config) -> list[tuple[str, Config]]:

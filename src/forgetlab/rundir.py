@@ -6,17 +6,22 @@ finished run of this version? which checkpoints?) and how to read it.
     <run>/run.log
     <run>/seed-<s>/state.json    rows finished so far (what --resume continues from)
     <run>/seed-<s>/metrics.json, accuracy_matrix.csv
-    <run>/seed-<s>/checkpoints/stage-<i>-<task>/   backbone (safetensors or PEFT adapter), heads
+    <run>/seed-<s>/checkpoints/stage-<i>-<task>/   backbone (safetensors or PEFT adapter), heads,
+                                 checksums.json (SHA-256 of each file, checked on load)
     <run>/analyses/<name>.json   cached analyses
 
 The recipe writes these files (atomically, through `forgetlab.atomic`); the analyses, the
-report and `compare` read them through this class, so a layout or a check changes in one place.
+report, `compare` and --resume read them through this class, so a layout or a check changes
+in one place. Every read names the file when it is not what it should be (not JSON,
+truncated, the wrong shape, written by a newer forgetlab), and reading never changes a file.
+metrics.json and state.json record the forgetlab version that wrote them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from forgetlab.atomic import read_json
+from forgetlab.atomic import read_json, remove_stale_temp
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.version import __version__
@@ -49,6 +54,38 @@ FINISHED_KEYS = ("version", "tasks", "seeds", "accuracy_matrix", "per_seed")
 def major_minor(version: str) -> tuple[str, ...]:
     """A run written by another major.minor version may have another layout or numbers."""
     return tuple(str(version).split(".")[:2])
+
+
+def _release(version: object) -> tuple[int, ...]:
+    """(major, minor) as numbers; (0,) for what is not a version string."""
+    try:
+        return tuple(int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
+def read_run_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A run's JSON file (metrics.json, state.json), checked to be a mapping holding `keys`
+    and not written by a newer forgetlab (whose layout this one cannot know); ForgetlabError
+    names the file otherwise. Nothing is written."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ForgetlabError(
+            f"{path} holds {json.dumps(data)[:40]}, not a forgetlab record: it is damaged"
+        )
+    version = data.get("version")
+    if version is not None and _release(version) > _release(__version__):
+        raise ForgetlabError(
+            f"{path} was written by forgetlab {version}, newer than this {__version__}: "
+            "upgrade forgetlab to read it"
+        )
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ForgetlabError(
+            f"{path} lacks {', '.join(missing)}: written by another version of forgetlab, "
+            "or damaged"
+        )
+    return data
 
 
 class RunDir:
@@ -124,6 +161,11 @@ class RunDir:
 
     # ---- what it holds -------------------------------------------------------------------
 
+    def remove_stale_temp(self) -> list[Path]:
+        """Clear the half-written temporary files and checkpoint folders that a killed writer
+        left behind (`.stage-*.tmp`, `.state.json.*.tmp`); only under `lock()`."""
+        return remove_stale_temp(self.path) if self.path.is_dir() else []
+
     def holds_results(self) -> bool:
         """Anything computed: a config.yaml alone is a run that failed before computing
         anything (e.g. a bad task name), and starting again over it loses nothing."""
@@ -137,7 +179,7 @@ class RunDir:
             raise ForgetlabError(f"{self.path} is not a run directory: {why}")
         if not self.metrics_path.is_file():
             raise ForgetlabError(f"{self.path} is not a run directory: metrics.json is missing")
-        return _checked_summary(self.metrics_path, read_json(self.metrics_path), SUMMARY_KEYS)
+        return _checked_summary(self.metrics_path, read_run_file(self.metrics_path), SUMMARY_KEYS)
 
     def finished(self) -> dict:
         """The metrics.json of a finished run of this forgetlab version, every seed complete:
@@ -151,13 +193,11 @@ class RunDir:
                 f"{self.path} holds an incomplete run (no metrics.json): finish it with "
                 f"`forgetlab run <config> --out {self.path} --resume` first"
             )
-        metrics = read_json(self.metrics_path)
-        missing = [k for k in FINISHED_KEYS if not isinstance(metrics, dict) or k not in metrics]
-        if missing:
-            raise ForgetlabError(
-                f"{self.metrics_path} lacks {', '.join(missing)}: written by another version of "
-                "forgetlab, or damaged"
-            )
+        metrics = read_run_file(self.metrics_path, FINISHED_KEYS)
+        if not isinstance(metrics["per_seed"], dict) or not all(
+            isinstance(m, dict) for m in metrics["per_seed"].values()
+        ):
+            raise ForgetlabError(f"{self.metrics_path} is damaged: per_seed is not per seed")
         if major_minor(metrics["version"]) != major_minor(__version__):
             raise ForgetlabError(
                 f"{self.path} was written by forgetlab {metrics['version']}; this is "
@@ -171,24 +211,55 @@ class RunDir:
     # ---- reads ---------------------------------------------------------------------------
 
     def metrics(self) -> dict:
-        """metrics.json as it is (no checks)."""
-        return read_json(self.metrics_path)
+        """metrics.json as it is (a mapping, not from a newer forgetlab; no other checks)."""
+        return read_run_file(self.metrics_path)
 
     def state(self, seed: int) -> dict | None:
         """A seed's state.json (the rows finished so far), or None before its first row."""
         path = self.state_path(seed)
-        return read_json(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        state = read_run_file(path, ("seed", "rows", "stages"))
+        if not isinstance(state["rows"], list) or not isinstance(state["stages"], list):
+            raise ForgetlabError(f"{path} is damaged: rows and stages must be lists")
+        if len(state["stages"]) != max(len(state["rows"]) - 1, 0):
+            raise ForgetlabError(
+                f"{path} is damaged: {len(state['rows'])} rows but {len(state['stages'])} stages"
+            )
+        return state
+
+    def seed_metrics(self, seed: int) -> dict:
+        """A seed's metrics.json, checked to be one (what a resumed run reuses)."""
+        return read_run_file(self.seed_metrics_path(seed), ("seed", "accuracy_matrix"))
 
     def saved_config(self) -> dict:
         """config.yaml as a dict (not validated: what --resume compares against)."""
-        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        try:
+            saved = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ForgetlabError(f"{self.config_path} not found") from e
+        except (UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ForgetlabError(f"{self.config_path} is damaged: not a YAML config") from e
+        if not isinstance(saved, dict | None):
+            raise ForgetlabError(f"{self.config_path} is damaged: not a mapping of sections")
+        return saved or {}
 
-    def config(self) -> Config:
-        """config.yaml, validated as this version validates a config."""
+    def config(self, trust_remote_code: bool = False) -> Config:
+        """config.yaml, validated as this version validates a config. Reading someone's run
+        never runs model-repo code by itself: a config.yaml that sets
+        model.trust_remote_code is refused unless the reader passes `trust_remote_code`."""
         from forgetlab.resolve import load_config  # the plug-in registries, loaded on demand
 
+        saved = self.saved_config()
+        model = saved.get("model")
+        if isinstance(model, dict) and model.get("trust_remote_code") and not trust_remote_code:
+            raise ForgetlabError(
+                f"{self.config_path} sets model.trust_remote_code: true, which runs code from "
+                "the model's repository: pass --trust-remote-code (trust_remote_code=True) if "
+                "you trust it"
+            )
         try:
-            return load_config(raw=self.saved_config())
+            return load_config(raw=saved)
         except ConfigError as e:
             raise ForgetlabError(
                 f"{self.path}/config.yaml is not a valid config for this forgetlab version: {e}"

@@ -143,8 +143,13 @@ class ResultsStore:
 
         self._write("record run", write)
 
-    def runs(self) -> list[dict]:
+    def runs(self, must_exist: bool = False) -> list[dict]:
+        """Every recorded run, oldest first. A store file not yet written holds none, or,
+        with `must_exist` (a store the user named), is an error: a mistyped path must not
+        read as "no runs"."""
         if not self._exists():
+            if must_exist:
+                raise ForgetlabError(f"results store {self.path} does not exist")
             return []
         cols = [RUNS.c[c] for c in ("run_dir", "name", "method", "model", "tasks", "updated")]
         query = sa.select(*cols, RUNS.c.metrics).order_by(RUNS.c.updated)
@@ -153,6 +158,21 @@ class ResultsStore:
              "metrics": json.loads(r[6])}
             for r in self._read(query)
         ]  # fmt: skip
+
+    def check_target(self) -> None:
+        """Before a run starts: a store path that can never be written (a folder, a file
+        under a file) is refused now, not after the whole run."""
+        if self.path is None:
+            return
+        if self.path.is_dir():
+            raise ForgetlabError(
+                f"output.store={self.path} is not writable: it is a folder (name a file in it)"
+            )
+        parent = next((p for p in self.path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ForgetlabError(
+                f"output.store={self.path} is not writable: {parent} is a file, not a folder"
+            )
 
     def record_analysis(self, run_dir: Path, name: str, params: dict, result: dict) -> None:
         """One analysis of one run (its newest result replaces the older one)."""

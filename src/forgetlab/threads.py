@@ -20,7 +20,9 @@ when another starts later; sweep workers always wait passively (forgetlab.sweeps
 
 Overridable: a user's own OMP_WAIT_POLICY (or GOMP_SPINCOUNT) is kept;
 FORGETLAB_THREADS=torch leaves torch's defaults alone, =passive always waits passively,
-=N also sets N threads per process (and waits passively).
+=N also sets N threads per process (and waits passively). Any other value is ignored with
+one warning line on stderr: it is read on `import forgetlab`, where an error would make the
+package unimportable over a speed setting.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def configure(
     sets nothing. `torch_loaded` and `load` (other processes' CPU use) are measured here
     unless given."""
     choice = environ.get(ENV, "").strip().lower()
+    if choice and choice not in ("torch", "passive") and not (choice.isdigit() and int(choice)):
+        print(
+            f"forgetlab: warning: {ENV}={environ[ENV]!r} is not torch, passive or a number of "
+            "threads (>= 1); ignored",
+            file=sys.stderr,
+        )
+        choice = ""
     if torch_loaded is None:
         torch_loaded = "torch" in sys.modules
     if choice == "torch" or torch_loaded:

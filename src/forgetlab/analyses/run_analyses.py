@@ -78,17 +78,18 @@ def analyze(
     store: str | Path | None = None,
     device: str | None = None,
     options: dict[str, dict] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, dict]:
     """Run the analyses of `registry` named in `which` (default: every one that applies) on
     one finished run; `options` maps an analysis name to its options (see each module's
-    DEFAULTS)."""
+    DEFAULTS). `trust_remote_code`: allow a run whose config sets model.trust_remote_code."""
     unknown = [w for w in which or [] if w not in registry]
     if unknown:
         raise ForgetlabError(
             f"unknown analysis {', '.join(unknown)} (known: {', '.join(registry)})"
         )
     options = options or {}
-    run = open_run(run_dir, device)
+    run = open_run(run_dir, device, trust_remote_code)
     # default: every analysis that applies to this run (diversity needs a causal LM)
     which = list(which or [n for n, m in registry.items() if getattr(m, "applies", _all)(run)])
     stray = set(options) - set(which)
@@ -113,6 +114,7 @@ def hessian(
     force: bool = False,
     store: str | Path | None = None,
     device: str | None = None,
+    trust_remote_code: bool = False,
     **options,
 ) -> dict:
     """λ_max of the loss Hessian, by the analysis module `curvature`. `target` is a finished
@@ -132,7 +134,7 @@ def hessian(
             "params": params,
             **curvature.compute(run, seed, params),
         }
-    run = open_run(target, device)
+    run = open_run(target, device, trust_remote_code)
     seed = run.seed(seed)
     curvature.check(run, seed, params)
     store = store if store is not None else run.config.output.store

@@ -31,7 +31,8 @@ from forgetlab.models import (
     load_tokenizer,
     model_type,
 )
-from forgetlab.recipe.build import build_run_model, load_checkpoint
+from forgetlab.models.device import resolve_device
+from forgetlab.recipe.build import build_run_model, load_checkpoint, verify_checkpoint
 from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
 from forgetlab.rundir import RunDir
 from forgetlab.version import __version__
@@ -87,7 +88,8 @@ class OpenRun:
         return RunDir(self.run_dir).checkpoint_dir(seed, stage, self.tasks[stage - 1].name)
 
     def require_checkpoints(self, seed: int, stages: list[int], why: str) -> None:
-        """Fail before computing anything when a needed stage checkpoint is absent."""
+        """Fail before computing anything when a needed stage checkpoint is absent or
+        damaged (its files' checksums)."""
         if any(s < 0 or s > len(self.tasks) for s in stages):
             raise ForgetlabError(
                 f"stage must be 0 (before training) .. {len(self.tasks)}; got {stages}"
@@ -100,6 +102,9 @@ class OpenRun:
                 f"needs (output.checkpoints was {self.config.output.checkpoints!r}; rerun with "
                 "output.checkpoints=all)"
             )
+        for stage in stages:
+            if stage > 0:
+                verify_checkpoint(self.checkpoint(seed, stage))
 
     def model_at(self, seed: int, stage: int, eager: bool = False) -> TaskModel:
         """The model after `stage` (0 = before training), in eval mode on `self.device`."""
@@ -136,18 +141,14 @@ class OpenRun:
         ]
 
 
-def _device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_run_config(run_dir: Path) -> Config:
-    return RunDir(run_dir).config()
+def load_run_config(run_dir: Path, trust_remote_code: bool = False) -> Config:
+    return RunDir(run_dir).config(trust_remote_code)
 
 
 def _open(run_dir: Path, config: Config, metrics: dict, device: str | None) -> OpenRun:
     """Tokenizer and tasks (the same subsamples as the run) for `config`."""
+    where = "--device" if device else "training.device"
+    placed = resolve_device(device or config.training.device, where)  # before any loading
     tokenizer = load_tokenizer(config.model)
     return OpenRun(
         run_dir=run_dir,
@@ -156,15 +157,19 @@ def _open(run_dir: Path, config: Config, metrics: dict, device: str | None) -> O
         tokenizer=tokenizer,
         run_tasks=prepare_run(config, tokenizer),
         pad_id=pad_token_id(tokenizer),
-        device=_device(device or config.training.device),
+        device=placed,
     )
 
 
-def open_run(run_dir: str | Path, device: str | None = None) -> OpenRun:
-    """Check `run_dir` and load its config, tokenizer and tasks (same subsamples as the run)."""
+def open_run(
+    run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False
+) -> OpenRun:
+    """Check `run_dir` and load its config, tokenizer and tasks (same subsamples as the run).
+    A run whose config.yaml sets model.trust_remote_code opens only with `trust_remote_code`
+    (reading someone else's run never runs model-repo code by itself)."""
     run = RunDir(run_dir)
     metrics = run.finished()
-    return _open(run.path, run.config(), metrics, device)
+    return _open(run.path, run.config(trust_remote_code), metrics, device)
 
 
 def open_config(config: Config, device: str | None = None) -> OpenRun:

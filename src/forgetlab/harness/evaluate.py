@@ -13,12 +13,14 @@ from pathlib import Path
 from forgetlab.errors import ForgetlabError
 
 
-def _model_and_tokenizer(target: str | Path, stage: int | None, seed: int | None, device):
+def _model_and_tokenizer(
+    target: str | Path, stage: int | None, seed: int | None, device, trust_remote_code: bool
+):
     path = Path(target)
     if path.is_dir() and (path / "config.yaml").is_file():
         from forgetlab.analyses.runs import open_run
 
-        run = open_run(path, device)
+        run = open_run(path, device, trust_remote_code)
         if not run.is_causal:
             raise ForgetlabError(f"{path} is an encoder run: lm-eval scores causal LMs")
         seed = run.seed(seed)
@@ -62,7 +64,10 @@ def evaluate_with_lm_eval(
     batch_size: int = 8,
     include_path: str | Path | None = None,
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, dict]:
+    """`trust_remote_code`: allow a run directory whose config sets model.trust_remote_code
+    (never implied by reading the run)."""
     from forgetlab.harness.lm_eval_tasks import run_lm_eval
 
     if not tasks:
@@ -72,7 +77,7 @@ def evaluate_with_lm_eval(
     with tempfile.TemporaryDirectory(prefix="forgetlab-lmeval-") as tmp:
         local = Path(include_path) if include_path else Path(tmp)
         names = _local_tasks(tasks, local, limit)
-        model, tokenizer, dev = _model_and_tokenizer(target, stage, seed, device)
+        model, tokenizer, dev = _model_and_tokenizer(target, stage, seed, device, trust_remote_code)
         # forgetlab's own tasks were subsampled above; lm-eval's get lm-eval's limit
         return run_lm_eval(
             model,

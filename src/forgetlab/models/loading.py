@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from forgetlab.config import ModelConfig
-from forgetlab.errors import ForgetlabError
+from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.models.gguf import PACKAGED_CAUSAL_MODELS, resolve_causal_model
 from forgetlab.models.loader_helpers import dtype_kwargs, first_line
 from forgetlab.models.split_zip import PACKAGED_SPLIT_MODELS, resolve_split_model
@@ -90,21 +90,48 @@ def model_type(cfg: ModelConfig) -> str:
     return _declared_type(cfg.name, cfg.revision, cfg.trust_remote_code)
 
 
-@functools.lru_cache(maxsize=32)
 def _declared_type(name: str, revision: str | None, trust_remote_code: bool) -> str:
+    architectures = _hf_config(name, revision, trust_remote_code).architectures or []
+    return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures) else "encoder"
+
+
+@functools.lru_cache(maxsize=32)
+def _hf_config(name: str, revision: str | None, trust_remote_code: bool):
     """Read the checkpoint's config once per process: tokenizer loading, every seed's model
     build and the analyses all ask (for a hub id each read is a cache lookup or a request)."""
     from transformers import AutoConfig
 
     path = resolve_model_path(name)
     try:
-        hf = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             path, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as e:
         raise _load_error(name, path, e) from e
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """What the checkpoint's own config can refute before any weight loads (a run calls it
+    before writing anything): model.max_length beyond its position embeddings (an index
+    error deep in the forward pass, on long texts only), and model.type=causal on a
+    checkpoint that declares no causal-LM architecture (an encoder has no next-token head)."""
+    hf = _hf_config(cfg.name, cfg.revision, cfg.trust_remote_code)
+    limit = getattr(hf, "max_position_embeddings", None)
+    if isinstance(limit, int) and cfg.max_length > limit:
+        raise ConfigError(
+            f"model.max_length={cfg.max_length} exceeds {cfg.name}'s position embeddings "
+            f"(max_position_embeddings={limit}): use model.max_length <= {limit}"
+        )
     architectures = getattr(hf, "architectures", None) or []
-    return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures) else "encoder"
+    if (
+        cfg.type == "causal"
+        and architectures
+        and _declared_type(cfg.name, cfg.revision, cfg.trust_remote_code) != "causal"
+    ):
+        raise ConfigError(
+            f"model.type=causal but {cfg.name} is not a causal LM (it declares "
+            f"{', '.join(architectures)}): use model.type=encoder or auto"
+        )
 
 
 def _from_pretrained(cfg: ModelConfig, auto_class, **model_kwargs):
@@ -112,6 +139,7 @@ def _from_pretrained(cfg: ModelConfig, auto_class, **model_kwargs):
     configured attention implementation."""
     from transformers import AutoConfig
 
+    check_model_config(cfg)
     path = resolve_model_path(cfg.name)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:

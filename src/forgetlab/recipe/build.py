@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-from forgetlab.atomic import atomic_dir
+from forgetlab.atomic import atomic_dir, verify_checksums
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.methods import Method, MethodConfig, get_method, method_config
@@ -191,19 +192,39 @@ def calibration(
 def save_checkpoint(
     model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
 ) -> None:
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, checksums=True) as tmp:
         method.save_backbone(model, tmp / "backbone")
         save_heads(model, tmp / "heads.safetensors")
         if reg is not None:  # θ₀, Fishers, curvature: what a resumed run cannot recompute
             save_regularizer_state(reg, tmp / REG_STATE_FILE)
 
 
+def verify_checkpoint(folder: Path) -> None:
+    """A stage checkpoint is there and whole: each file's SHA-256 as recorded when it was
+    written (`forgetlab.atomic.atomic_dir`), each safetensors file's header against its size
+    (checkpoints from before checksums); ForgetlabError names the folder or the file."""
+    if not (folder / "heads.safetensors").is_file():
+        raise ForgetlabError(f"checkpoint {folder} is missing or incomplete")
+    verify_checksums(folder)
+    for path in sorted(folder.rglob("*.safetensors")):  # also what has no checksums.json
+        try:
+            with safe_open(str(path), framework="pt"):  # reads the header: sizes must add up
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ForgetlabError(f"checkpoint file {path} is damaged (truncated?): {e}") from e
+
+
 def load_checkpoint(
     model: TaskModel, method: Method, folder: Path, reg: Regularizer | None = None
 ) -> None:
-    if not (folder / "heads.safetensors").is_file():
-        raise ForgetlabError(f"cannot resume: checkpoint {folder} is missing or incomplete")
-    method.load_backbone(model, folder / "backbone")
-    load_heads(model, folder / "heads.safetensors")
-    if reg is not None:
-        load_regularizer_state(reg, folder / REG_STATE_FILE)
+    """Load a stage checkpoint onto `model` (built by `build_run_model`), checked first; a
+    damaged file (truncated, overwritten, another model's) ends in one line naming it."""
+    verify_checkpoint(folder)
+    try:
+        method.load_backbone(model, folder / "backbone")
+        load_heads(model, folder / "heads.safetensors")
+        if reg is not None:
+            load_regularizer_state(reg, folder / REG_STATE_FILE)
+    except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ForgetlabError(f"checkpoint {folder} cannot be loaded (damaged?): {first}") from e

@@ -18,13 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgetlab.atomic import atomic_write_json, atomic_write_text, check_writable, read_json
+from forgetlab.atomic import atomic_write_json, atomic_write_text, check_writable
 from forgetlab.config import Config, config_to_yaml
 from forgetlab.errors import ForgetlabError, TrainingDiverged
 from forgetlab.methods import get_method, method_config
 from forgetlab.methods.base import count_parameters
 from forgetlab.models import load_tokenizer
-from forgetlab.recipe.build import build_run_model, load_checkpoint, save_checkpoint
+from forgetlab.models.device import resolve_device
+from forgetlab.models.loading import check_model_config
+from forgetlab.recipe.build import (
+    build_run_model,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from forgetlab.recipe.evaluate import CurveCallback, CurveHook, eval_row, log_row
 from forgetlab.recipe.guard import StageGuard
 from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
@@ -33,6 +40,7 @@ from forgetlab.recipe.train import StageStats, make_accelerator, train_stage
 from forgetlab.regularizers import build_regularizer
 from forgetlab.rundir import RunDir
 from forgetlab.strategies import EarlierTask, build_strategies
+from forgetlab.version import __version__
 
 log = logging.getLogger("forgetlab")
 
@@ -51,6 +59,8 @@ class RunResult:
 def run(config: Config, resume: bool = False, on_curve: CurveCallback | None = None) -> RunResult:
     """Run the sequential recipe for every seed in `config.seeds`; see the module docstring.
     `on_curve` sees every eval.every point as it is measured (see `CurveHook`)."""
+    resolve_device(config.training.device)  # cuda without a GPU: refused, not run on CPU
+    check_model_config(config.model)  # max_length, model.type: refused before any file
     out = RunDir(config.output.dir)
     check_writable(out.path)
     with out.lock():
@@ -60,7 +70,10 @@ def run(config: Config, resume: bool = False, on_curve: CurveCallback | None = N
 def _run_locked(
     config: Config, out: RunDir, resume: bool, on_curve: CurveCallback | None
 ) -> RunResult:
+    stale = out.remove_stale_temp()  # a killed writer's half-written files (we hold the lock)
     _prepare_out_dir(config, out, resume)
+    if stale:
+        log.info("removed %d half-written temporary file(s) of an earlier run", len(stale))
     handler = _attach_log_file(out.log_path)
     try:
         accelerator = make_accelerator(config.training, project_dir=str(out.path))
@@ -100,9 +113,14 @@ def run_seed(
     seed's state.json is written after every row, so --resume continues after the last."""
     tasks, scored = run_tasks.tasks, run_tasks.scored
     state = out.state(seed) if resume else None
-    if state and len(state["rows"]) == len(tasks) + 1 and out.seed_metrics_path(seed).is_file():
-        log.info("seed %d: already complete, skipped", seed)
-        return read_json(out.seed_metrics_path(seed))
+    if state and len(state["rows"]) == len(tasks) + 1:
+        if out.seed_metrics_path(seed).is_file():
+            log.info("seed %d: already complete, skipped", seed)
+            return out.seed_metrics(seed)
+        # every row is recorded (the run died after its last state.json write): the seed's
+        # metrics come from state.json alone, no checkpoint needed (output.checkpoints: none)
+        log.info("seed %d: every row recorded; writing its metrics", seed)
+        return _finish_seed(config, run_tasks, out, state)
 
     # 1. build the model (and the regulariser and strategies: fresh estimates per seed)
     method, mcfg = get_method(config.method["name"]), method_config(config.method)
@@ -125,6 +143,7 @@ def run_seed(
         log.info("seed %d: resumed after stage %d (%s)", seed, done, tasks[done - 1].name)
     elif not state:
         state = {
+            "version": __version__,
             "seed": seed,
             "rows": [],
             "stages": [],
@@ -209,9 +228,14 @@ def run_seed(
         _prune_checkpoints(config, out, seed, tasks, stage)
 
     # 4. the seed's metrics
-    metrics = seed_metrics(config, tasks, state, run_tasks.probes)
-    atomic_write_text(out.matrix_csv_path(seed), seed_matrix_csv(metrics))
-    atomic_write_json(out.seed_metrics_path(seed), metrics)
+    return _finish_seed(config, run_tasks, out, state)
+
+
+def _finish_seed(config: Config, run_tasks: RunTasks, out: RunDir, state: dict) -> dict:
+    """Write a seed's metrics.json and matrix CSV from its state.json rows."""
+    metrics = seed_metrics(config, run_tasks.tasks, state, run_tasks.probes)
+    atomic_write_text(out.matrix_csv_path(state["seed"]), seed_matrix_csv(metrics))
+    atomic_write_json(out.seed_metrics_path(state["seed"]), metrics)
     return metrics
 
 
@@ -272,12 +296,34 @@ def _prepare_out_dir(config: Config, out: RunDir, resume: bool) -> None:
         diff = _diff_configs(out.saved_config(), config.to_dict())
         if diff:
             raise ForgetlabError(f"cannot resume {out.path} with a different config: {diff}")
+        _check_resumable(config, out)
         return
     if out.holds_results():
         raise ForgetlabError(
             f"{out.path} already holds a run; use --resume to continue it or choose another --out"
         )
     atomic_write_text(out.config_path, config_to_yaml(config))
+
+
+def _check_resumable(config: Config, out: RunDir) -> None:
+    """Before --resume writes anything (its log line included): every file it continues from
+    reads whole — metrics.json, each seed's state.json, a finished seed's metrics.json, the
+    checkpoint it loads (its checksums) — else ForgetlabError names the file and nothing changed."""
+    names = config.task_names
+    if out.metrics_path.is_file():  # written once every seed finished: a whole summary
+        out.summary()
+    for seed in config.seeds:
+        state = out.state(seed)
+        done = len(state["rows"]) - 1 if state else 0
+        if done > len(names):
+            raise ForgetlabError(
+                f"{out.state_path(seed)} is damaged: {done} stages recorded for {len(names)} tasks"
+            )
+        if done == len(names):
+            if out.seed_metrics_path(seed).is_file():
+                out.seed_metrics(seed)
+        elif done > 0:
+            verify_checkpoint(out.checkpoint_dir(seed, done, names[done - 1]))
 
 
 def _attach_log_file(path: Path) -> logging.Handler:

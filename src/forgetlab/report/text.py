@@ -151,9 +151,13 @@ def format_probes(summary: dict) -> list[str]:
     return lines
 
 
-def format_comparison(summaries: list[dict]) -> str:
+def format_comparison(summaries: list[dict], run_dirs: list[str] | None = None) -> str:
+    """One line per run; `run_dirs` (one per summary) are shown when two runs share a name,
+    which is all that tells them apart (a config rerun into another --out, a store)."""
     if not summaries:
         return "no runs to compare"
+    names = [s["name"] for s in summaries]
+    where = run_dirs if run_dirs and len(set(names)) < len(names) else None
     name_w = max(4, *(len(s["name"]) for s in summaries)) + 2
     reg_w = max(12, *(len(regularizer(s, none="-")) for s in summaries)) + 2
     strat_w = max(9, *(len(strategy(s, none="-")) for s in summaries)) + 2
@@ -163,9 +167,10 @@ def format_comparison(summaries: list[dict]) -> str:
         f"{'lr':>9}{'seeds':>6}"
         f"{'learned':>9}{'initial_acc':>13}{'acc':>8}{'avg_forget':>12}{'bwt':>9}{'fwt':>9}"
         + (f"{'target_gain':>13}{'source_loss':>13}" if probes else "")
+        + ("  run directory" if where else "")
     )
     lines = [header, "-" * len(header)]
-    for s in summaries:
+    for i, s in enumerate(summaries):
         agg = s.get("aggregate", {})
 
         def mean(key: str, agg=agg) -> str:
@@ -180,6 +185,7 @@ def format_comparison(summaries: list[dict]) -> str:
             f"{s['lr']:>9.1e}{n_seeds:>6}{learned_text:>9}{mean('initial_acc'):>13}"
             f"{mean('acc'):>8}{mean('avg_forgetting'):>12}{mean('bwt'):>9}{mean('fwt'):>9}"
             + (f"{target_gain(s):>+13.3f}{mean('source_loss'):>13}" if probes else "")
+            + (f"  {where[i]}" if where else "")
         )
     lines += [
         "",

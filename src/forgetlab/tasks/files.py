@@ -3,7 +3,10 @@
 The format comes from the extension (.csv, .tsv/.tab, .jsonl/.ndjson) or from `format`.
 CSV/TSV need a header row. Labels are either strings (mapped to indices through
 `label_names`, or through their sorted unique values across train+eval so that both splits
-agree) or integer class ids. Only text parsing (csv, json) is used: never pickle.
+agree) or integer class ids — not both: a column of names with a stray number (`pos, neg, 1`)
+or of ids with a stray other value (`0, 1, 0.5`) is refused, naming the odd values and their
+rows, rather than read as an extra class. The training split must hold two classes or more.
+Only text parsing (csv, json) is used: never pickle.
 """
 
 from __future__ import annotations
@@ -42,9 +45,15 @@ def load_file_task(
     columns = (text_column, text_pair_column, label_column)
     train_raw = _read_split(name, Path(train_path), columns, delimiter, format)
     eval_raw = _read_split(name, Path(eval_path), columns, delimiter, format)
-    names = _label_names(name, train_raw + eval_raw, label_names)
+    names = _label_names(name, train_raw + eval_raw, label_names, label_column)
     train = _to_examples(train_raw, names)
     eval_ = _to_examples(eval_raw, names)
+    seen = sorted({names[e.label] for e in train})
+    if len(seen) < 2:  # every prediction would be right: accuracy 1.0, nothing measured
+        raise DataError(
+            f"task {name}: label column {label_column!r} of {train_path} holds a single class "
+            f"({', '.join(map(repr, seen))}): a classification task needs two or more"
+        )
     return TaskData(
         name=name,
         kind="classification",
@@ -236,14 +245,31 @@ def _as_int(value: object) -> int | None:
     return None
 
 
-def _label_names(task: str, rows: list[RawRow], given: list[str] | None) -> list[str]:
+def _label_names(
+    task: str, rows: list[RawRow], given: list[str] | None, column: str = "label"
+) -> list[str]:
     if given is not None:
         if len(set(given)) != len(given) or not given:
             raise DataError(f"task {task}: label_names must be distinct and non-empty: {given}")
         return [str(n) for n in given]
     raw = [label for *_, label in rows]
     ints = [_as_int(v) for v in raw]
-    if all(i is not None for i in ints):
+    n_ids = sum(i is not None for i in ints)
+    if 0 < n_ids < len(raw):
+        # ids and names in one column: the rarer sort is the odd one (a typo, a stray row)
+        odd_are_ids = n_ids <= len(raw) - n_ids
+        odd: dict[str, str] = {}
+        for (where, *_, label), i in zip(rows, ints):
+            if (i is not None) == odd_are_ids:
+                odd.setdefault(_label_str(label), where.removeprefix(f"task {task}: "))
+        shown = ", ".join(f"{v!r} at {w}" for v, w in list(odd.items())[:3])
+        kind = "class ids among names" if odd_are_ids else "values that are not class ids"
+        raise DataError(
+            f"task {task}: label column {column!r} mixes {kind}: {shown}"
+            + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+            + "; fix those rows, or give label_names"
+        )
+    if n_ids == len(raw):
         # Integer ids are used as they are, so class 0..max all exist even if one is unseen.
         top = max(ints)
         if top >= MAX_CLASS_ID:  # 1e12 would be a trillion classes (memory runs out)
