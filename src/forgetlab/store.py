@@ -13,9 +13,7 @@ truth (the store can be rebuilt from it). Run-directory files are written by
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -238,12 +236,12 @@ class ResultsStore:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    """WAL: readers (compare, reports) never block the writers, and a writer waits only for
-    another writer; busy_timeout: that wait lasts up to 30 s instead of failing at once."""
+    """busy_timeout: a writer (or a reader meeting a writer's commit) waits up to 30 s for
+    the lock instead of failing at once. The journal stays SQLite's default (rollback), not
+    WAL: a WAL store cannot even be read on a full disk (each new connection recreates its
+    shared-memory file), and a full disk must leave earlier results readable."""
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")
-    with contextlib.suppress(sqlite3.Error):  # a read-only file keeps its journal: still works
-        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
 
 
