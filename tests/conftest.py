@@ -59,3 +59,15 @@ def interrupt_at_stage(monkeypatch, raw: dict, stage: int) -> None:
         patch.setattr(runner, "train_stage", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run(load_config(raw=raw))
+
+
+def one_torch_thread():
+    """Run a module's tests on one torch thread, then restore the setting: on these 2 shared
+    cores, 2 OpenMP threads under load make small SVDs and matmuls 10-200x slower than 1
+    (measured). Use as `yield from one_torch_thread()` in a module-scoped autouse fixture."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ from forgetlab.methods import get_method, method_config
 from forgetlab.methods.adapter import CONFIG_FILE, WEIGHTS_FILE, adapters, load_adapters
 from forgetlab.methods.base import count_parameters
 from forgetlab.models import CausalTaskModel, TaskModel, load_backbone
+from tests.conftest import one_torch_thread
 
 HIDDEN, LAYERS = 384, 6  # MiniLM-L6
 ADAPTED = ".bottleneck_adapter."  # in the name of every adapter parameter
@@ -25,10 +26,7 @@ ADAPTED = ".bottleneck_adapter."  # in the name of every adapter parameter
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 def _encoder(seed: int = 0) -> TaskModel:

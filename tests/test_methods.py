@@ -34,7 +34,7 @@ from forgetlab.models import TaskModel, load_backbone, load_tokenizer
 from forgetlab.recipe.build import build_model, load_checkpoint, save_checkpoint
 from forgetlab.recipe.prepare import prepare_tasks
 from forgetlab.recipe.train import _optimizer, make_accelerator, train_stage
-from tests.conftest import needs_data, tiny_raw
+from tests.conftest import needs_data, one_torch_thread, tiny_raw
 
 # Methods that save no adapter, only full weights (tested in test_run.py).
 NOT_PEFT = {"full", "freeze"}
@@ -47,12 +47,7 @@ VIRTUAL_TOKENS = ("prefix", "prompt")
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """On these 2 shared cores, 2 OpenMP threads under load make small SVDs and matmuls
-    10-200x slower than 1 (measured); restore the setting for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from forgetlab.models import TaskModel, load_backbone, load_tokenizer
 from forgetlab.recipe.build import build_model, load_checkpoint, save_checkpoint
 from forgetlab.recipe.prepare import prepare_tasks
 from forgetlab.recipe.train import make_accelerator, train_stage
-from tests.conftest import needs_data, tiny_raw
+from tests.conftest import needs_data, one_torch_thread, tiny_raw
 from tests.tiny_llama import tiny_llama
 
 METHOD = get_method("o_lora")
@@ -36,10 +36,7 @@ STAGE_2 = {"default": False, "stage_2": True}  # which adapter trains at stage 2
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 def _prepared(**extra) -> tuple[TaskModel, object]:

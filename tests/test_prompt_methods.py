@@ -20,6 +20,7 @@ from forgetlab.errors import ForgetlabError
 from forgetlab.methods import get_method, method_config
 from forgetlab.models import TaskModel, load_backbone, load_tokenizer
 from forgetlab.models.causal_model import CausalTaskModel
+from tests.conftest import one_torch_thread
 
 N = 4  # virtual tokens
 PAIRS = [("a gripping , beautifully acted film", "it is good"), ("dull", "far too long")]
@@ -27,10 +28,7 @@ PAIRS = [("a gripping , beautifully acted film", "it is good"), ("dull", "far to
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from forgetlab.regularizers.base import (
     save_regularizer_state,
 )
 from forgetlab.regularizers.laplace import lora_layers
+from tests.conftest import one_torch_thread
 
 # PEFT calls a transformers method deprecated in v5; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -45,12 +46,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tensors here are tiny: a second thread only adds synchronisation (and the CPU cores
-    are shared with other jobs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 # --------------------------------------------------------------------------------------
