@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from forgetlab.cli import main
-from forgetlab.recipe.data_parallel import DataParallel
+from forgetlab.recipe.data_parallel import RESUME_REFUSED, DataParallel
 from tests.conftest import needs_data, tiny_raw
 
 
@@ -74,10 +74,13 @@ def test_two_processes_train_as_one(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
 
 
-def test_processes_below_one_refused(tmp_path: Path, capsys) -> None:
+def test_processes_refused_in_one_line(capsys) -> None:
     assert main(["run", "any.yaml", "--processes", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "forgetlab: error: --processes 0: must be 1 or more"
+    # before any worker starts (each would refuse, then torchrun would report at length)
+    assert main(["run", "any.yaml", "--processes", "2", "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == f"forgetlab: error: {RESUME_REFUSED}"
 
 
 @needs_data

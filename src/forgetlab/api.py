@@ -24,7 +24,7 @@ def run(config: Config | str | Path, resume: bool = False):
     and evaluate in step with it, writing into a temporary directory removed afterwards (their
     RunResult's run_dir no longer exists)."""
     # heavy imports (torch, transformers) on demand
-    from forgetlab.recipe.data_parallel import launched_processes, process_rank
+    from forgetlab.recipe.data_parallel import RESUME_REFUSED, launched_processes, process_rank
     from forgetlab.recipe.run import run as _run
 
     if not isinstance(config, Config):
@@ -32,10 +32,7 @@ def run(config: Config | str | Path, resume: bool = False):
     if config.variants:
         raise ConfigError("this config has variants: use forgetlab.run_all (one result each)")
     if launched_processes() > 1 and resume:
-        raise ForgetlabError(
-            "--resume runs in one process: resume without --processes or a launcher "
-            "(a run started over several processes continues in one)"
-        )
+        raise ForgetlabError(RESUME_REFUSED)
     if process_rank() > 0:
         with tempfile.TemporaryDirectory(prefix=f"forgetlab-rank{process_rank()}-") as tmp:
             output = replace(config.output, dir=f"{tmp}/run", store=f"{tmp}/store.sqlite")

@@ -19,6 +19,12 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+# The ranks > 0 write into a temporary directory, so they have nothing to resume from.
+RESUME_REFUSED = (
+    "--resume runs in one process: resume without --processes or a launcher "
+    "(a run started over several processes continues in one)"
+)
+
 
 def process_rank() -> int:
     """This process's rank among a launcher's workers (torchrun and `accelerate launch` set
