@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output run directory (same as output.dir=...)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-stage lines")
+    r.add_argument(
+        "--processes",
+        type=int,
+        help="data-parallel over N processes on this machine (torchrun; gloo on CPU): each "
+        "trains on its shard of every batch, only the first writes",
+    )
 
     c = sub.add_parser("compare", help="side-by-side table of finished runs")
     c.add_argument("run_dirs", nargs="*", help="run directories (a sweep directory: its trials)")
@@ -303,9 +309,34 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _launch_processes(args: argparse.Namespace) -> int:
+    """`run --processes N`: the same command, minus --processes, as N workers of torchrun
+    (what `accelerate launch` starts too); its exit code."""
+    import subprocess
+
+    from forgetlab.recipe.data_parallel import RESUME_REFUSED
+
+    if args.processes < 1:
+        raise ForgetlabError(f"--processes {args.processes}: must be 1 or more")
+    if args.resume:  # refused here once, not by every worker (and then by torchrun at length)
+        raise ForgetlabError(RESUME_REFUSED)
+    argv = ["--debug"] if args.debug else []
+    argv += ["run", args.config, *args.overrides]
+    argv += ["--out", args.out] if args.out else []
+    argv += ["--quiet"] if args.quiet else []
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node", str(args.processes), "-m", "forgetlab"]
+    return subprocess.run([*launcher, *argv]).returncode
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from forgetlab import api
+    from forgetlab.recipe.data_parallel import process_rank
 
+    if args.processes is not None and args.processes != 1:
+        return _launch_processes(args)
+    if process_rank() > 0:  # a data-parallel worker: rank 0 speaks for the run
+        args.quiet = True
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"output.dir={args.out}")
@@ -315,6 +346,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     _log_to_stderr(args.quiet)  # the run log file gets DEBUG (per-step) lines
     results = api.run_all(config, resume=args.resume)
+    if process_rank() > 0:
+        return 0
     for result in results:
         print(api.format_run(result.metrics))
         print(f"\nrun directory: {result.run_dir}\n")

@@ -74,6 +74,9 @@ class ModelConfig:
     # Eager attention trains faster than SDPA on CPU here and has a double backward (HVPs).
     attn_implementation: str = "eager"
     head_dropout: float = 0.1
+    # The backbone's own dropout rates (BERT's hidden and attention dropout, Llama's attention
+    # dropout, ...), all set to this value; null keeps the checkpoint's.
+    dropout: float | None = None
     # How the sequence's heads start. torch: nn.Linear's kaiming-uniform weights and uniform
     # bias (forgetlab's original init, kept as the default so that earlier runs reproduce);
     # hf: normal(0, the backbone's initializer_range) weights and zero bias, drawn first after
@@ -88,6 +91,8 @@ class ModelConfig:
         _check_positive("model", "max_length", self.max_length)
         if not 0 <= self.head_dropout < 1:
             raise ConfigError(f"model.head_dropout={self.head_dropout} must be in [0, 1)")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1) or null")
 
 
 @dataclass

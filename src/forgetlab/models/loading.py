@@ -134,6 +134,13 @@ def check_model_config(cfg: ModelConfig) -> None:
         )
 
 
+# The dropout rates that transformers' configs name (BERT-likes; Llama and others; GPT-2).
+DROPOUT_KEYS = {
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout",
+    "hidden_dropout", "dropout", "activation_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+}  # fmt: skip
+
+
 def _from_pretrained(cfg: ModelConfig, auto_class, **model_kwargs):
     """(model, its transformers config) of `cfg.name` loaded by `auto_class`, with the
     configured attention implementation."""
@@ -146,6 +153,9 @@ def _from_pretrained(cfg: ModelConfig, auto_class, **model_kwargs):
         hf_config = AutoConfig.from_pretrained(
             path, attn_implementation=cfg.attn_implementation, **kwargs
         )
+        if cfg.dropout is not None:
+            for key in DROPOUT_KEYS & set(hf_config.to_dict()):
+                setattr(hf_config, key, cfg.dropout)
         model = auto_class.from_pretrained(path, config=hf_config, **model_kwargs, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(cfg.name, path, e) from e

@@ -4,7 +4,9 @@ A short loop on Accelerate (device placement, bf16/fp16 autocast, loss scaling, 
 AdamW, linear warmup then linear decay, gradient accumulation, gradient clipping, dynamic
 padding and length-grouped batches; the regularisers' penalties and the strategies' extra
 losses join the task loss through their hooks. Every stage reseeds from (seed, stage), so a
-run resumed from a stage checkpoint continues exactly as an uninterrupted one would.
+run resumed from a stage checkpoint continues exactly as an uninterrupted one would. Over
+several processes (a launcher's), each rank trains on its shard of every global batch and the
+gradients are averaged (`forgetlab.recipe.data_parallel`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from forgetlab.errors import TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
+from forgetlab.recipe.data_parallel import DataParallel
 from forgetlab.regularizers.base import Regularizer, StageContext
 from forgetlab.strategies.base import EarlierTask, Strategy, StrategyContext
 
@@ -79,6 +82,30 @@ def _optimizer(model: TaskModel, method: Method, mcfg: MethodConfig, cfg: Traini
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
+def _shard_total(
+    dp: DataParallel,
+    task_loss: torch.Tensor,
+    penalties: list[torch.Tensor],
+    fixed: int,
+    n_shard: int,
+    n_global: int,
+    tokens: int,
+) -> tuple[torch.Tensor, tuple[float, float], int]:
+    """A rank's loss to backpropagate: its shard's data loss (task loss and strategies'
+    losses) weighted, the penalties that are the same on every rank (`penalties[:fixed]`)
+    not; and, over the global batch, the (task loss, penalty) to log and the token count."""
+    own = penalties[fixed:]
+    data = task_loss + torch.stack(own).sum() if own else task_loss
+    shared = torch.stack(penalties[:fixed]).sum() if fixed else None
+    total = data * dp.weight(n_shard, n_global)
+    if shared is not None:
+        total = total + shared
+    own_value = sum(p.item() for p in own)
+    loss, extra, tokens = dp.sum([task_loss.item() * n_shard, own_value * n_shard, tokens])
+    penalty = extra / n_global + (0.0 if shared is None else shared.item())
+    return total, (loss / n_global, penalty), int(tokens)
+
+
 def train_stage(
     model: TaskModel,
     method: Method,
@@ -121,7 +148,12 @@ def train_stage(
 
     optimizer = _optimizer(model, method, method_cfg, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    world = accelerator.num_processes
+    dp = DataParallel(accelerator.process_index, world) if world > 1 else None
+    if dp is None:
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    else:  # Accelerate's scheduler would step `world` times a step (it assumes sharded loaders)
+        optimizer = accelerator.prepare(optimizer)
     ctx = StageContext(
         model=model,
         stage=stage,
@@ -161,34 +193,54 @@ def train_stage(
         return stop
 
     stream = batch_stream()
+    if dp is not None:  # own dropout masks per rank; what the ranks share was drawn above
+        torch.manual_seed(stage_seed(seed, stage) * 1009 + 1 + dp.rank)
     step = 0
     stop = hook(0)
     for micro in range(micro_batches):
         if stop:
             break
         indices = next(stream)
-        batch = ops.collate(data, indices, pad_id, device)
+        mine = dp.shard(indices) if dp else indices
+        batch = ops.collate(data, mine, pad_id, device) if mine else None
         with accelerator.autocast():
-            task_loss = ops.loss(model, task, batch)
+            task_loss = ops.loss(model, task, batch) if mine else torch.zeros((), device=device)
             penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
             if (own := method.penalty(model, method_cfg)) is not None:  # e.g. O-LoRA's overlap
                 penalties.append(own)
-            penalties += [x for s in strategies if (x := s.loss(model, batch, sctx)) is not None]
+            fixed = len(penalties)  # the same on every rank; what follows is the shard's
+            if mine:
+                penalties += [
+                    x for s in strategies if (x := s.loss(model, batch, sctx)) is not None
+                ]
             penalty = torch.stack(penalties).sum() if penalties else None
-        total = task_loss if penalty is None else task_loss + penalty
-        if not torch.isfinite(total):
+        if dp is None:
+            total = task_loss if penalty is None else task_loss + penalty
+            logged = task_loss.item(), 0.0 if penalty is None else penalty.item()
+            tokens = int(batch["inputs"]["attention_mask"].sum())
+        else:
+            tokens = 0 if batch is None else int(batch["inputs"]["attention_mask"].sum())
+            total, logged, tokens = _shard_total(
+                dp, task_loss, penalties, fixed, len(mine), len(indices), tokens
+            )
+        # with several ranks: the global loss, so that every rank stops together
+        if not (torch.isfinite(total) if dp is None else math.isfinite(sum(logged))):
             bar.close()
+            value = total.item() if dp is None else sum(logged)
             raise TrainingDiverged(
-                f"stage {stage} ({task}): loss became {total.item()} at step {step + 1} "
+                f"stage {stage} ({task}): loss became {value} at step {step + 1} "
                 f"(lr {scheduler.get_last_lr()[0]:.2e}); try a lower training.lr"
             )
-        accelerator.backward(total / cfg.grad_accum)
+        if dp is None or total.requires_grad:  # an empty shard without penalties: nothing
+            accelerator.backward(total / cfg.grad_accum)
         stats.examples += len(indices)
-        stats.tokens += int(batch["inputs"]["attention_mask"].sum())
-        window.append((task_loss.item(), 0.0 if penalty is None else penalty.item()))
+        stats.tokens += tokens
+        window.append(logged)
         last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == micro_batches
         if not last_of_step:
             continue
+        if dp is not None:
+            dp.average_gradients([p for p in model.parameters() if p.requires_grad])
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
