@@ -19,7 +19,7 @@ from pathlib import Path
 
 from forgetlab.errors import ForgetlabError
 from forgetlab.models.loader_helpers import dtype_kwargs, first_line
-from forgetlab.models.model_cache import build_once, cache_dir, is_current
+from forgetlab.models.model_cache import build_once, cache_dir, is_current, packaged_entry
 
 log = logging.getLogger("forgetlab")
 
@@ -49,7 +49,7 @@ def resolve_causal_model(name: str) -> str:
     """Turn `packaged:<name>` or a `.gguf` file into a converted safetensors folder (converting
     it on first use); return hub ids and local folders unchanged."""
     if name.startswith("packaged:"):
-        entry = _packaged_entry(name)
+        entry = packaged_entry(name, PACKAGED_CAUSAL_MODELS, "causal model")
         return str(convert_gguf(packaged_gguf_path(name), cache_dir() / entry.folder))
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
@@ -62,7 +62,7 @@ def resolve_causal_model(name: str) -> str:
 def packaged_gguf_path(name: str) -> Path:
     """The `.gguf` file inside a packaged model's wheel, located without importing it (the
     package imports the `llm` CLI and llama-cpp at import time, which are not installed)."""
-    entry = _packaged_entry(name)
+    entry = packaged_entry(name, PACKAGED_CAUSAL_MODELS, "causal model")
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
         raise ForgetlabError(f"{name} needs the package {entry.package!r}: {entry.install}")
@@ -86,16 +86,8 @@ def cached_packaged_model(name: str) -> Path | None:
         gguf = packaged_gguf_path(name)
     except ForgetlabError:
         return None
-    dest = cache_dir() / _packaged_entry(name).folder
+    dest = cache_dir() / packaged_entry(name, PACKAGED_CAUSAL_MODELS, "causal model").folder
     return dest if is_current(dest, _stamp(gguf), STAMP_KEYS) else None
-
-
-def _packaged_entry(name: str) -> PackagedGGUF:
-    key = name.split(":", 1)[1]
-    if key not in PACKAGED_CAUSAL_MODELS:
-        known = ", ".join(f"packaged:{k}" for k in PACKAGED_CAUSAL_MODELS)
-        raise ForgetlabError(f"unknown packaged causal model {name!r} (known: {known})")
-    return PACKAGED_CAUSAL_MODELS[key]
 
 
 def _gguf_folder_name(path: Path) -> str:

