@@ -72,13 +72,16 @@ def test_run_and_validate_refuse_an_unknown_setting(value):
         threads.check_setting({"FORGETLAB_THREADS": good})
 
 
-def test_the_cli_refuses_an_unknown_setting(monkeypatch, capsys):
+def test_the_cli_and_the_api_refuse_an_unknown_setting(monkeypatch, capsys):
+    import forgetlab
     from forgetlab.cli import main
 
     monkeypatch.setenv("FORGETLAB_THREADS", "fast")
     assert main(["validate", "configs/quickstart.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "FORGETLAB_THREADS='fast'" in err
+    with pytest.raises(ConfigError, match="FORGETLAB_THREADS='fast'"):
+        forgetlab.run("configs/quickstart.yaml")
 
 
 # --- the governor's decision: 2 cores, a run that started with 2 threads -------------------
@@ -185,11 +188,25 @@ def test_readings_of_this_machine():
 
 @needs_data
 def test_training_on_the_cpu_asks_the_governor_before_every_micro_batch(tmp_path, monkeypatch):
+    import torch
+
     from forgetlab import load_config, run
     from forgetlab.recipe import train
 
+    governor_tick = threads.pacer({})  # the real governor, whatever this process's settings
+    if governor_tick is None:
+        pytest.skip("no /proc here")
     calls: list[int] = []
-    monkeypatch.setattr(train, "pacer", lambda: lambda: calls.append(1))
-    raw = tiny_raw(tmp_path / "run", tasks=("rte",), epochs=1)  # 48 examples: 3 batches
-    run(load_config(raw=raw))
+
+    def tick() -> None:
+        calls.append(1)
+        governor_tick()
+
+    monkeypatch.setattr(train, "pacer", lambda: tick)
+    threads_before = torch.get_num_threads()
+    try:
+        raw = tiny_raw(tmp_path / "run", tasks=("rte",), epochs=1)  # 48 examples: 3 batches
+        run(load_config(raw=raw))
+    finally:
+        torch.set_num_threads(threads_before)  # the governor may have lowered them
     assert len(calls) == 3

@@ -4,12 +4,13 @@ torch's OpenMP threads spin-wait between parallel regions by default. Alone that
 fastest choice; with more busy torch threads than cores (two runs at once, the test suite
 beside a run) the spinning threads take each other's cores and every process collapses.
 Measured by benchmarks/shared_cpu.py (docs/benchmarks.md), MiniLM LoRA on 2 cores,
-examples/s per process, runs started together, 2026-12-02, alone on the machine:
+examples/s per process, the runs of a setting started together, 2026-12-02, run alone on the
+machine:
 
     concurrent runs   torch defaults (spin)   always passive   forgetlab (governor)
-    1                 TODO                    TODO             TODO
-    2                 TODO                    TODO             TODO
-    3                 TODO                    TODO             TODO
+    1                 240.8                   144.0            236.7
+    2                 29.5                    179.3            177.5
+    3                 18.8                    98.1             120.4
 
 A passive wait policy avoids the collapse but costs speed alone; one thread per process has
 no barrier to wait at, and torch's thread count, unlike the wait policy, can change while a
@@ -25,11 +26,13 @@ Overrides, each of which turns the governor off:
 - FORGETLAB_THREADS=N: N threads (OMP_NUM_THREADS, MKL_NUM_THREADS) waiting passively;
 - the user's own OMP_NUM_THREADS or MKL_NUM_THREADS: that thread count; then, as before,
   the passive policy when other processes hold at least half a core at import.
-A user's OMP_WAIT_POLICY (or GOMP_SPINCOUNT) is always kept. `torch.set_num_threads(k)`
-before a run makes k the most the governor uses. Any other FORGETLAB_THREADS value is
-ignored on import with one warning line (an error there would make the package unimportable
-over a speed setting); `forgetlab run`, `validate` and `sweep` and `forgetlab.run` refuse it
-(`check_setting`).
+Sweep workers (cores / N threads, OMP_NUM_THREADS set by forgetlab.sweeps.workers) are
+therefore not governed, nor are data-parallel ranks (train_stage governs a single process
+only). A user's OMP_WAIT_POLICY (or GOMP_SPINCOUNT) is always kept.
+`torch.set_num_threads(k)` before a run makes k the most the governor uses. Any other
+FORGETLAB_THREADS value is ignored on import with one warning line (an error there would
+make the package unimportable over a speed setting); `forgetlab run`, `validate` and `sweep`
+and `forgetlab.run` refuse it (`check_setting`).
 
 With the governor the thread count may change during a run when other processes start or
 stop, and CPU reductions may then differ in the last bits: pin the threads
