@@ -151,7 +151,7 @@ def test_other_cores_subtract_this_process():
     assert thread_governor.other_cores(before, alone, 2) == 0.0
 
 
-def test_a_governor_follows_injected_readings(monkeypatch):
+def test_a_governor_follows_injected_readings(monkeypatch, caplog):
     """Governor.tick: the baseline, the thread change, at most one look per interval and
     the user's own torch.set_num_threads adopted as the new start."""
     import torch
@@ -164,8 +164,12 @@ def test_a_governor_follows_injected_readings(monkeypatch):
     try:
         torch.set_num_threads(2)
         gov = thread_governor.Governor([0, 1], baseline=Reading(1000, 200, 0, 0.0))
-        gov.tick()  # vs the baseline: others used 2 * (300 - 100) / 200 = 2 cores
+        with caplog.at_level("DEBUG", logger="forgetlab"):
+            gov.tick()  # vs the baseline: others used 2 * (300 - 100) / 200 = 2 cores
         assert torch.get_num_threads() == 1 and gov.pace == Pace(2, 1)
+        assert [r.getMessage() for r in caplog.records] == [
+            "torch threads 2 -> 1: other processes use 2.0 of 2 cores"
+        ]
         gov.tick()  # within the interval: no look
         torch.set_num_threads(2)  # the user's own choice
         gov.tick()  # others 2 * (100 - 100) / 200 = 0: their 2 is the start, kept
