@@ -15,6 +15,7 @@ from forgetlab.report.text import format_comparison, format_run
 from forgetlab.resolve import load_config, variant_configs
 from forgetlab.rundir import RunDir
 from forgetlab.store import ResultsStore, record_result
+from forgetlab.threads import check_setting
 
 
 def run(config: Config | str | Path, resume: bool = False):
@@ -27,6 +28,7 @@ def run(config: Config | str | Path, resume: bool = False):
     from forgetlab.recipe.data_parallel import RESUME_REFUSED, launched_processes, process_rank
     from forgetlab.recipe.run import run as _run
 
+    check_setting()  # a FORGETLAB_THREADS typo: import only warned
     if not isinstance(config, Config):
         config = load_config(config)
     if config.variants:

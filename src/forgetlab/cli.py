@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from forgetlab.errors import ForgetlabError
+from forgetlab.threads import check_setting
 
 
 class _Parser(argparse.ArgumentParser):
@@ -546,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("forgetlab")
     handlers = list(logger.handlers)
     try:
+        if args.command in ("run", "validate", "sweep"):  # import only warned about a typo
+            check_setting()
         return COMMANDS[args.command](args)
     except ForgetlabError as e:
         if args.debug:

@@ -6,7 +6,8 @@ padding and length-grouped batches; the regularisers' penalties and the strategi
 losses join the task loss through their hooks. Every stage reseeds from (seed, stage), so a
 run resumed from a stage checkpoint continues exactly as an uninterrupted one would. Over
 several processes (a launcher's), each rank trains on its shard of every global batch and the
-gradients are averaged (`forgetlab.recipe.data_parallel`).
+gradients are averaged (`forgetlab.recipe.data_parallel`). On a CPU shared with other
+processes, torch's thread count follows the cores they leave (`forgetlab.thread_governor`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from forgetlab.models.task_model import TaskModel
 from forgetlab.recipe.data_parallel import DataParallel
 from forgetlab.regularizers.base import Regularizer, StageContext
 from forgetlab.strategies.base import EarlierTask, Strategy, StrategyContext
+from forgetlab.threads import pacer
 
 log = logging.getLogger("forgetlab")
 
@@ -197,9 +199,14 @@ def train_stage(
         torch.manual_seed(stage_seed(seed, stage) * 1009 + 1 + dp.rank)
     step = 0
     stop = hook(0)
+    # On a CPU shared with other processes: torch's threads fitted to the cores they leave,
+    # checked at most once a second (forgetlab.thread_governor; None: the user chose them)
+    pace = pacer() if device.type == "cpu" and world == 1 else None
     for micro in range(micro_batches):
         if stop:
             break
+        if pace is not None:
+            pace()
         indices = next(stream)
         mine = dp.shard(indices) if dp else indices
         batch = ops.collate(data, mine, pad_id, device) if mine else None
