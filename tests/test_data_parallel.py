@@ -23,8 +23,10 @@ import pytest
 import yaml
 
 from forgetlab.cli import main
+from forgetlab.kinds.base import EvalContext, Shards
 from forgetlab.recipe.data_parallel import RESUME_REFUSED, DataParallel
 from tests.conftest import needs_data, tiny_raw
+from tests.tiny_llama import tiny_llama
 
 
 def _config(tmp_path: Path, out: Path) -> Path:
@@ -102,3 +104,79 @@ def test_shards_cover_the_batch_once() -> None:
     weights = [DataParallel(r, 3).weight(len(s), len(batch)) for r, s in enumerate(shards)]
     means = [sum(s) / len(s) for s in shards]
     assert sum(w * m for w, m in zip(weights, means)) / 3 == pytest.approx(sum(batch) / 7)
+
+
+class _Stop(Exception):
+    """Rank 1 has scored its part."""
+
+
+class _Rank(Shards):
+    """Rank `rank` of 2 in this one process: rank 1 scores its batches, keeps their outputs
+    in `part` and stops; rank 0 joins its own part with rank 1's, as the gather would."""
+
+    def __init__(self, rank: int, other: _Rank | None = None) -> None:
+        self.rank, self.world, self.other, self.part = rank, 2, other, {}
+
+    def join(self, outputs: dict) -> dict:
+        self.part = outputs
+        if self.rank:
+            raise _Stop
+        return {**outputs, **self.other.part}
+
+
+def _scores_of_two_ranks(raw: dict) -> list[tuple[str, dict, dict, _Rank, _Rank]]:
+    """Every scored task of `raw`'s run at init: (kind, one process's scores, the joined
+    scores of two ranks, rank 0, rank 1)."""
+    from forgetlab import load_config
+    from forgetlab.models import load_tokenizer
+    from forgetlab.recipe.build import build_run_model
+    from forgetlab.recipe.evaluate import evaluate_task
+    from forgetlab.recipe.prepare import pad_token_id, prepare_run
+    from forgetlab.recipe.train import make_accelerator
+
+    config = load_config(raw=raw)
+    tokenizer = load_tokenizer(config.model)
+    pad_id = pad_token_id(tokenizer)
+    run_tasks = prepare_run(config, tokenizer)
+    model = build_run_model(config, run_tasks, 1, pad_id=pad_id, device="cpu")
+    accelerator = make_accelerator(config.training)
+    out = []
+    for t in run_tasks.scored:
+
+        def score(shards: Shards, t=t) -> dict:
+            ctx = EvalContext(config.eval.batch_size, accelerator, pad_id, tokenizer,
+                              config.eval, t.data.extra_metrics, shards)  # fmt: skip
+            return evaluate_task(model, t.name, t.kind, t.eval, ctx)
+
+        one = score(Shards())
+        second = _Rank(1)
+        with pytest.raises(_Stop):
+            score(second)
+        first = _Rank(0, second)
+        out.append((t.kind, one, score(first), first, second))
+    return out
+
+
+@needs_data
+@pytest.mark.parametrize("model", ["encoder", "decoder"])
+def test_sharded_evaluation_scores_as_one_process(tmp_path: Path, model: str) -> None:
+    """Each rank scores every other eval batch of a task; the joined outputs give one
+    process's scores exactly (whole batches, the same ones: the same numbers)."""
+    if model == "encoder":  # MiniLM: accuracy, MCC (CoLA)
+        raw = tiny_raw(tmp_path / "run", tasks=("rte", "cola"))
+        raw["data"] = {"max_train_examples": 4, "max_eval_examples": 40}
+    else:  # a tiny Llama: instruction and text −NLL, multiple choice by log-likelihood
+        raw = tiny_raw(tmp_path / "run", tasks=("gsm8k",))
+        raw["model"] = {"name": str(tiny_llama(tmp_path)), "max_length": 64}
+        raw["probes"] = ["agnews_text", "bb_strategyqa"]
+        raw["data"] = {"max_train_examples": 4, "max_eval_examples": 20}
+    raw["eval"] = {"batch_size": 4}
+    kinds = set()
+    for kind, one, two, first, second in _scores_of_two_ranks(raw):
+        kinds.add(kind)
+        assert two == one, kind
+        assert first.part and second.part and not first.part.keys() & second.part.keys()
+        assert len(first.part) + len(second.part) == one["n"]
+    expected = {"classification"} if model == "encoder" else {
+        "instruction", "perplexity", "multiple_choice"}  # fmt: skip
+    assert kinds == expected

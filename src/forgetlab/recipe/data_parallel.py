@@ -14,10 +14,13 @@ Classification losses are means over examples, so the weighting is exact; token-
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from forgetlab.kinds.base import ONE_PROCESS, Shards
 
 # The ranks > 0 write into a temporary directory, so they have nothing to resume from.
 RESUME_REFUSED = (
@@ -32,16 +35,28 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def eval_shards(accelerator) -> Shards:
+    """How the accelerator's processes share evaluation: each its part of every eval set."""
+    world = accelerator.num_processes
+    return DataParallel(accelerator.process_index, world) if world > 1 else ONE_PROCESS
+
+
 def launched_processes() -> int:
     """How many workers the launcher started (WORLD_SIZE); 1 without a launcher."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-class DataParallel:
-    """The loop's view of `world` processes of which this one is `rank`."""
+class DataParallel(Shards):
+    """The loop's and the evaluator's view of `world` processes of which this one is `rank`."""
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
+
+    def join(self, outputs: dict[int, Any]) -> dict[int, Any]:
+        """Every rank's {example index: output}, gathered onto every rank."""
+        parts: list[dict[int, Any] | None] = [None] * self.world
+        dist.all_gather_object(parts, outputs)
+        return {i: out for part in parts for i, out in (part or {}).items()}
 
     def shard(self, indices: list[int]) -> list[int]:
         """This rank's contiguous part of the global batch (sizes differ by one at most; an
