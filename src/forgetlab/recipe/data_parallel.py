@@ -14,19 +14,17 @@ Classification losses are means over examples, so the weighting is exact; token-
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from forgetlab.kinds.base import ONE_PROCESS, Shards
+from forgetlab.rundir import RunDir
 
-# The ranks > 0 write into a temporary directory, so they have nothing to resume from.
-RESUME_REFUSED = (
-    "--resume runs in one process: resume without --processes or a launcher "
-    "(a run started over several processes continues in one)"
-)
+T = TypeVar("T")
 
 
 def process_rank() -> int:
@@ -39,6 +37,19 @@ def eval_shards(accelerator) -> Shards:
     """How the accelerator's processes share evaluation: each its part of every eval set."""
     world = accelerator.num_processes
     return DataParallel(accelerator.process_index, world) if world > 1 else ONE_PROCESS
+
+
+def share_resume(out: RunDir, seed: int, state: dict | None, names: list[str], accelerator):
+    """--resume over several processes: rank 0 read `seed`'s state.json (the ranks above 0
+    write into a temporary directory, which holds none); every rank gets rank 0's state, and
+    the stage checkpoint it continues from is copied into every rank's run directory, so that
+    all ranks load the same weights and agree on where the seed continues."""
+    dp = DataParallel(accelerator.process_index, accelerator.num_processes)
+    state = dp.broadcast(state)
+    done = len(state["rows"]) - 1 if state else 0
+    if 0 < done < len(names):
+        dp.share_folder(out.checkpoint_dir(seed, done, names[done - 1]))
+    return state
 
 
 def launched_processes() -> int:
@@ -68,6 +79,25 @@ class DataParallel(Shards):
         """What a shard's mean loss is multiplied by so that averaged gradients are the
         global batch's mean gradient."""
         return n_shard * self.world / n_global
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's `obj`, on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def share_folder(self, folder: Path) -> None:
+        """Rank 0's files under `folder` (a stage checkpoint), written into the same place on
+        every other rank: each rank then loads its own copy."""
+        files = None
+        if self.rank == 0:
+            files = {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
+                     if f.is_file()}  # fmt: skip
+        files = self.broadcast(files)
+        if self.rank > 0:
+            for name, data in files.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the ranks."""
