@@ -5,7 +5,10 @@ global batch, and only rank 0 writes (one run directory, one store row).
 Dropout is off (backbone, LoRA and heads) so that the two runs draw no random masks and can be
 compared number for number; 15 training examples in batches of 8 make the second batch's
 shards unequal (4 + 3), which the shard weighting must get right. A regulariser (the same
-penalty on every rank, not weighted) joins the loss. (No LwF here: at a stage's first step its
+penalty on every rank, not weighted) and replay (the same draws on every rank, each counting
+its share) join the loss; evaluation is sharded and gathered, and resuming over 2 processes
+continues the run as if uninterrupted. A causal LM (slow) checks the token weighting of
+token-mean losses. (No LwF here: at a stage's first step its
 gradient on the earlier heads is zero up to float noise, which AdamW's normalisation turns
 into updates of ±lr, so two equal-in-exact-arithmetic runs part there.)
 """
@@ -36,6 +39,7 @@ def _config(tmp_path: Path, out: Path) -> Path:
     raw["model"].update(max_length=32, dropout=0.0, head_dropout=0.0)
     raw["data"] = {"max_train_examples": 15, "max_eval_examples": 16}
     raw["regularizer"] = {"name": "l2_init", "lambda": 0.1}
+    raw["strategy"] = {"name": "replay", "examples_per_task": 6}  # every rank counts its share
     raw["eval"] = {"batch_size": 4}  # 4 eval batches per task: 2 for each rank
     raw["output"]["checkpoints"] = "all"  # stage 1's is what a resumption continues from
     path = tmp_path / f"{out.name}.yaml"
@@ -87,7 +91,7 @@ def test_two_processes_train_as_one(classifier_runs: dict) -> None:
     (state1, metrics1), (state2, metrics2) = _seed(one), _seed(two)
     assert len(state2["stages"]) == 2
     _same_stages(state1["stages"], state2["stages"])
-    assert state2["stages"][1]["loss_curve"][0][2] > 0  # the penalties did take part
+    assert state2["stages"][1]["loss_curve"][0][2] > 0  # the penalty and replay took part
     # evaluation sharded over the ranks and gathered: one process's rows, cell for cell
     assert metrics2["accuracy_matrix"] == metrics1["accuracy_matrix"]
     assert state2["rows"] == state1["rows"]
@@ -127,6 +131,44 @@ def test_resume_over_two_processes_equals_the_uninterrupted_run(classifier_runs:
     assert state_r["rows"] == state2["rows"]
     assert metrics_r["accuracy_matrix"] == metrics2["accuracy_matrix"]
     assert "resumed after stage 1" in (resumed / "run.log").read_text()
+
+
+def _decoder_config(tmp_path: Path, out: Path, llama: Path) -> Path:
+    """A tiny Llama, full fine-tuning: an instruction task (responses of unequal lengths, so
+    the shards' labelled tokens differ from their share of examples), then text with replay of
+    the first; probes of the other LM kinds."""
+    raw = tiny_raw(out, "full", tasks=("gsm8k", "tinyshakespeare"), epochs=1, batch_size=8)
+    raw["model"] = {"name": str(llama), "max_length": 48}
+    raw["probes"] = ["agnews_text", "bb_strategyqa"]
+    raw["data"] = {"max_train_examples": 15, "max_eval_examples": 12}
+    raw["eval"] = {"batch_size": 4}
+    raw["training"].update(lr=1e-3, mixed_precision="no")
+    raw["strategy"] = {"name": "replay", "examples_per_task": 6, "ratio": 0.2}
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@needs_data
+@pytest.mark.slow
+def test_causal_lm_over_two_processes_trains_as_one(tmp_path: Path) -> None:
+    """Token-mean losses: each shard is weighted by its share of the batch's labelled tokens
+    (replay by its share of the batch), so the loss curves and the −NLL matrix are one
+    process's at the same global batch."""
+    llama = tiny_llama(tmp_path)
+    one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"
+    assert main(["run", str(_decoder_config(tmp_path, one, llama)), "--quiet"]) == 0
+    _launch(_decoder_config(tmp_path, two, llama))
+    state1, state2 = _seed(one)[0], _seed(two)[0]
+    _same_stages(state1["stages"], state2["stages"])
+    assert state2["stages"][1]["loss_curve"][0][2] > 0  # replay took part
+    for row1, row2 in zip(state1["rows"], state2["rows"]):
+        for a, b in zip(row1, row2):
+            assert b["metric"] == a["metric"]
+            if a["metric"] == "accuracy":  # multiple choice
+                assert b["score"] == a["score"]
+            else:
+                assert b["nll"] == pytest.approx(a["nll"], rel=1e-5)
 
 
 def test_processes_refused_in_one_line(capsys) -> None:

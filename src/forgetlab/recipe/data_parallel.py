@@ -1,14 +1,20 @@
 """Data parallelism across the processes of one run (`accelerate launch`, torchrun,
-`forgetlab run --processes N`): what the training loop needs and nothing more.
+`forgetlab run --processes N`): what the training loop, the evaluator and --resume need and
+nothing more.
 
-Every rank draws the same global batch (the same seeded rng) and takes its own contiguous
-shard of it. A shard's data loss (a mean over the shard) is weighted by
-n_shard · world / n_global, so that after the gradients are averaged across ranks they equal
-the gradient of the global batch's mean. The gradients are averaged here with one
-all-reduce of a flat buffer (no DistributedDataParallel wrapper: parameter names, hooks and
-the model object stay as they are), after which every rank clips and steps identically.
-Classification losses are means over examples, so the weighting is exact; token-mean losses
-(causal LMs) are weighted by examples too, as DistributedDataParallel would.
+Training: every rank draws the same global batch (the same seeded rng) and takes its own
+contiguous shard of it. A shard's task loss (a mean over the shard's loss units: examples for
+classification, labelled target tokens for causal LMs, `TaskKind.loss_units`) is weighted by
+the shard's share of the global batch's units times the world, so that after the gradients
+are averaged across ranks they equal the gradient of the global batch's mean, whatever the
+shards' token counts; the strategies' losses are their own shares (`StrategyContext.share`).
+The gradients are averaged here with one all-reduce of a flat buffer (no
+DistributedDataParallel wrapper: parameter names, hooks and the model object stay as they
+are), after which every rank clips and steps identically.
+
+Evaluation: each rank scores every world-th eval batch of a task and the kinds join the
+per-example outputs with an all-gather (`Shards`), so every rank computes one process's
+scores. Resuming: rank 0 reads the run directory and broadcasts the state and checkpoint.
 """
 
 from __future__ import annotations
