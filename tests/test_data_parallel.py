@@ -138,7 +138,7 @@ def _decoder_config(tmp_path: Path, out: Path, llama: Path) -> Path:
     the shards' labelled tokens differ from their share of examples), then text with replay of
     the first; probes of the other LM kinds."""
     raw = tiny_raw(out, "full", tasks=("gsm8k", "tinyshakespeare"), epochs=1, batch_size=8)
-    raw["model"] = {"name": str(llama), "max_length": 48}
+    raw["model"] = {"name": str(llama), "max_length": 256}  # whole responses: unequal lengths
     raw["probes"] = ["agnews_text", "bb_strategyqa"]
     raw["data"] = {"max_train_examples": 15, "max_eval_examples": 12}
     raw["eval"] = {"batch_size": 4}
