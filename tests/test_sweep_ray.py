@@ -24,7 +24,7 @@ from forgetlab.sweeps import workers
 from forgetlab.sweeps.launch import run_sweep
 from forgetlab.sweeps.ray_backend import MISSING, trials_at_once
 from forgetlab.sweeps.spec import Resources, parse_sweep
-from tests.conftest import needs_data
+from tests.conftest import needs_data, tiny_sweep_raw
 
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -33,17 +33,9 @@ needs_ray = pytest.mark.skipif(
 
 
 def tiny_sweep(out: Path, lrs: list[float], **sweep) -> Path:
-    """A tiny grid over training.lr (MiniLM, 2 steps per stage, two seeds), written to a file."""
-    raw = {
-        "name": "tiny",
-        "tasks": ["rte", "sst2"],
-        "model": {"max_length": 32},
-        "data": {"max_train_examples": 16, "max_eval_examples": 16},
-        "method": {"name": "lora"},
-        "training": {"epochs": 1, "batch_size": 8, "max_steps": 2, "progress_bar": False},
-        "output": {"dir": str(out), "store": str(out.parent / f"{out.name}.sqlite")},
-        "sweep": {"space": {"training.lr": lrs}, "seeds": [1, 2], "heartbeat_s": 1, **sweep},
-    }
+    """conftest's tiny sweep over `lrs`, `sweep` keys added, written to a file."""
+    raw = tiny_sweep_raw(out, lrs)
+    raw["sweep"].update(sweep)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -191,9 +183,56 @@ def test_one_point_on_a_local_ray_started_and_stopped_by_the_sweep(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.sqlite'}")
     attrs = study.trials[trial.number].user_attrs
     assert attrs["backend"] == "ray" and attrs["torch_threads"] == 1  # cpu: 1 -> one thread
-    stored = {r["run_dir"] for r in ResultsStore(tmp_path / "ray.sqlite").runs()}
+    stored = {r["run_dir"] for r in ResultsStore(tmp_path / "store.sqlite").runs()}
     assert stored == {str(run_dir)}
     assert json.loads((out / "sweep.json").read_text())["trials"][0]["state"] == "COMPLETE"
+
+
+def _ray_temp_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("forgetlab-ray-*"))
+
+
+@needs_ray
+@needs_data
+def test_a_gpu_request_without_a_gpu_stops_the_sweep_before_it_writes_and_shuts_ray_down(
+    tmp_path,
+):
+    import ray
+
+    before = _ray_temp_dirs()
+    config = tiny_sweep(tmp_path / "ray", [1e-3])
+    with pytest.raises(ConfigError, match=r"^sweep.resources.gpu=0.25: the Ray cluster has no"):
+        run_sweep(config, ["sweep.resources.gpu=0.25"], backend="ray")
+    assert not ray.is_initialized() and _ray_temp_dirs() == before
+    assert not (tmp_path / "ray").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+@needs_ray
+@needs_data
+def test_ctrl_c_cancels_the_ray_trials_shuts_ray_down_and_resume_finishes(tmp_path, monkeypatch):
+    import ray
+
+    before = _ray_temp_dirs()
+    out = tmp_path / "ray"
+    config = tiny_sweep(out, [1e-3], objectives=["learning"])
+    real_wait = ray.wait
+
+    def interrupted(refs, **kwargs):  # Ctrl-C once a trial is under way
+        while not list((out / "trials").glob("*/seed-*/state.json")):
+            ready, _ = real_wait(refs, timeout=0.2)
+            assert not ready, "the trial ended before it could be interrupted"
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(config, backend="ray")
+    assert not ray.is_initialized() and _ray_temp_dirs() == before
+    resumed = run_sweep(config, backend="ray", resume=True)
+    (done,) = resumed.complete
+    (failed,) = [t for t in resumed.trials if t.state == "FAIL"]  # the cancelled trial ...
+    assert done.retry_of == failed.number and done.point == failed.point  # ... retried
 
 
 @pytest.mark.slow
@@ -205,14 +244,11 @@ def test_two_points_on_ray_with_2_cpus_equal_the_default_backend(tmp_path, monke
     lrs = [1e-3, 4e-3]
     # Worker processes with one torch thread each, as the Ray trials (cpu: 1) have.
     monkeypatch.setattr(workers, "cores", lambda: 2)
-    default = run_sweep(tiny_sweep(tmp_path / "processes", lrs), workers=2)
+    default = run_sweep(tiny_sweep(tmp_path / "processes" / "sweep", lrs), workers=2)
     temp = tempfile.mkdtemp(prefix="fl-ray-")  # short: Ray's socket paths have a length limit
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp)
     try:
-        config = tiny_sweep(tmp_path / "ray", lrs)
-        with pytest.raises(ConfigError, match=r"^sweep.resources.gpu=0.25: the Ray cluster has no"):
-            run_sweep(config, ["sweep.resources.gpu=0.25"], backend="ray")
-        assert not (tmp_path / "ray").exists()  # refused before anything was written
+        config = tiny_sweep(tmp_path / "ray" / "sweep", lrs)
         on_ray = run_sweep(config, backend="ray")
         assert ray.is_initialized()  # the caller's Ray is left running
         again = run_sweep(config, backend="ray", resume=True)
@@ -222,9 +258,9 @@ def test_two_points_on_ray_with_2_cpus_equal_the_default_backend(tmp_path, monke
     assert len(on_ray.complete) == 2 and on_ray.worker_exits == [0, 0]  # 2 lanes: 2 CPUs
     assert _trials(on_ray) == _trials(default)
     for run_dir in on_ray.run_dirs:
-        assert _matrix(run_dir) == _matrix(tmp_path / "processes" / "trials" / run_dir.name)
-    stored = {r["run_dir"] for r in ResultsStore(tmp_path / "ray.sqlite").runs()}
+        assert _matrix(run_dir) == _matrix(default.sweep_dir / "trials" / run_dir.name)
+    stored = {r["run_dir"] for r in ResultsStore(tmp_path / "ray" / "store.sqlite").runs()}
     assert stored == {str(d) for d in on_ray.run_dirs}
-    assert (tmp_path / "ray" / "answers.json").is_file()
+    assert (on_ray.sweep_dir / "answers.json").is_file()
     # --resume on Ray: nothing is left, so nothing runs again, and the result is the same.
     assert _trials(again) == _trials(on_ray) and len(again.trials) == 2

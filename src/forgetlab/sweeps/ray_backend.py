@@ -44,6 +44,9 @@ OBJECT_STORE_BYTES = 100 * 1024**2
 
 
 def import_ray() -> ModuleType:
+    # Read when ray loads: every trial's line as it is, not folded into "[repeated 3x across
+    # cluster]" with other trials' lines. RAY_DEDUP_LOGS=1 in the environment folds them.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:
@@ -117,13 +120,16 @@ def ray_session(
 
 def _run_tasks(ray: ModuleType, args: tuple, resources: Resources, lanes: int) -> list[int]:
     """Keep `lanes` trial tasks in flight until each lane's last finds no trial left."""
-    task = ray.remote(_trial_task).options(
+    task = ray.remote(
         name="forgetlab-trial",
         num_cpus=resources.cpu,
         num_gpus=resources.gpu,
         max_retries=0,  # a retry is Optuna's (heartbeat, same run directory), not Ray's
         runtime_env={"env_vars": thread_env(resources.threads)},  # before torch loads
-    )
+        # A GPU trial gets a fresh worker process, which hands back the device memory that
+        # torch's caching allocator holds; CPU trials reuse theirs (torch loads once).
+        max_calls=1 if resources.gpu > 0 else 0,
+    )(_trial_task)
     log.info("ray: %d trial(s) at once, cpu %g gpu %g each", lanes, resources.cpu,
              resources.gpu)  # fmt: skip
     codes = [0] * lanes
@@ -197,7 +203,7 @@ def _trial_task(
     text = Path(sweep_file).read_bytes()
     key = (sweep_file, hashlib.sha256(text).hexdigest(), url, study_name, store)
     if key not in _OPENED:
-        set_up_worker(quiet)
+        set_up_worker(quiet, tag="")  # Ray prefixes the lines with the task and its pid
         sweep = load_sweep_config(sweep_file)
         _OPENED[key] = open_study(sweep, url, study_name, store, attrs={"backend": "ray"})
     study, objective = _OPENED[key]

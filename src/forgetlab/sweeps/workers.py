@@ -207,11 +207,13 @@ def run_workers(
         raise
 
 
-def set_up_worker(quiet: bool) -> None:
-    """A worker process's own settings: its log lines, torch's threads (the environment's
-    FORGETLAB_TORCH_THREADS), quiet libraries."""
+def set_up_worker(quiet: bool, tag: str | None = None) -> None:
+    """A worker process's own settings: its log lines (each after `tag`, by default
+    `[worker PID] `), torch's threads (the environment's FORGETLAB_TORCH_THREADS), quiet
+    libraries."""
+    tag = f"[worker {os.getpid()}] " if tag is None else tag
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{tag}%(message)s"))
     log.handlers = [handler]  # once, even where a process sets up again (a Ray worker)
     log.setLevel(logging.ERROR if quiet else logging.INFO)
     log.propagate = False
