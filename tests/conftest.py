@@ -42,6 +42,22 @@ def tiny_raw(out_dir, method: str = "lora", tasks=("rte", "sst2"), **training) -
     }
 
 
+def tiny_sweep_raw(out_dir, lrs) -> dict:
+    """A sweep over `lrs` (training.lr) of 2-step stages on 16 examples, two seeds a trial,
+    heartbeats every second; its store beside the sweep directory."""
+    return {
+        "name": "tiny",
+        "tasks": ["rte", "sst2"],
+        "model": {"max_length": 32},
+        "data": {"max_train_examples": 16, "max_eval_examples": 16},
+        "method": {"name": "lora"},
+        "training": {"epochs": 1, "batch_size": 8, "max_steps": 2, "progress_bar": False},
+        "output": {"dir": str(out_dir), "store": str(out_dir.parent / "store.sqlite"),
+                   "checkpoints": "last"},
+        "sweep": {"space": {"training.lr": list(lrs)}, "seeds": [1, 2], "heartbeat_s": 1},
+    }  # fmt: skip
+
+
 def interrupt_at_stage(monkeypatch, raw: dict, stage: int) -> None:
     """Run the config `raw` until `stage` starts, then stop it as Ctrl-C would: the stages
     before it are finished (their rows and checkpoints written), what --resume continues."""

@@ -19,7 +19,7 @@ import yaml
 import forgetlab
 from forgetlab.store import ResultsStore
 from forgetlab.sweeps.launch import run_sweep
-from tests.conftest import needs_data
+from tests.conftest import needs_data, tiny_sweep_raw
 
 pytestmark = needs_data
 
@@ -27,17 +27,7 @@ LRS = [1.0e-3, 2.0e-3, 4.0e-3]
 
 
 def tiny_sweep(out: Path) -> dict:
-    return {
-        "name": "tiny",
-        "tasks": ["rte", "sst2"],
-        "model": {"max_length": 32},
-        "data": {"max_train_examples": 16, "max_eval_examples": 16},
-        "method": {"name": "lora"},
-        "training": {"epochs": 1, "batch_size": 8, "max_steps": 2, "progress_bar": False},
-        "output": {"dir": str(out), "store": str(out.parent / "store.sqlite"),
-                   "checkpoints": "last"},
-        "sweep": {"space": {"training.lr": LRS}, "seeds": [1, 2], "heartbeat_s": 1},
-    }  # fmt: skip
+    return tiny_sweep_raw(out, LRS)
 
 
 @pytest.fixture(scope="module")

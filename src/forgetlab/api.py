@@ -101,7 +101,8 @@ def _run_dirs(dirs: list[str | Path]) -> list[Path]:
 def sweep(config: str | Path, overrides: list[str] | None = None, **options: Any):
     """Every trial of a sweep config (a run config plus `sweep:`) on Optuna; returns a
     `SweepResult`. Options: workers (1), storage (an SQLAlchemy URL shared by many machines),
-    store, resume, quiet. See `forgetlab.sweeps.launch.run_sweep` and docs/sweeps.md."""
+    store, resume, quiet, backend (`processes` or `ray`), ray_address. See
+    `forgetlab.sweeps.launch.run_sweep` and docs/sweeps.md."""
     from forgetlab.sweeps.launch import run_sweep
 
     return run_sweep(config, overrides, **options)

@@ -157,7 +157,18 @@ def _sweep_parser(sub) -> None:
     s.add_argument("config", help="a run config with a sweep: section")
     s.add_argument("overrides", nargs="*", help="dotted overrides, sweep.* ones too")
     s.add_argument("--out", help="the sweep directory (same as output.dir=...)")
-    s.add_argument("--workers", type=int, default=1, help="trial processes on this machine")
+    s.add_argument(
+        "--workers", type=int, help="trial processes on this machine (default 1; ray: trials "
+        "at once, default as many as fit)"
+    )  # fmt: skip
+    s.add_argument("--backend", choices=("processes", "ray"), default="processes",
+                   help="who runs the trials: worker processes, or Ray tasks (pip install "
+                   "forgetlab[ray]; sweep.resources per trial)")  # fmt: skip
+    s.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        help="--backend ray: a running Ray cluster (default: a local Ray)",
+    )
     s.add_argument("--storage", help="study storage URL shared by machines (default: SQLite file)")
     s.add_argument("--store", help="results store (default: the --storage URL, or output.store)")
     s.add_argument("--resume", action="store_true", help="continue the study: missing trials run")
@@ -247,6 +258,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         store=args.store,
         resume=args.resume,
         quiet=args.quiet,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     print(result.format())
     if result.answers is not None:

@@ -16,6 +16,8 @@ A sweep directory (output.dir):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -33,43 +35,80 @@ from forgetlab.sweeps.workers import run_workers
 
 log = logging.getLogger("forgetlab")
 
+BACKENDS = ("processes", "ray")  # who runs the trials; the Optuna study is the record of both
+
 
 def run_sweep(
     config: SweepConfig | str | Path,
     overrides: list[str] | None = None,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     storage: str | None = None,
     store: str | None = None,
     resume: bool = False,
     quiet: bool = False,
+    backend: str = "processes",
+    ray_address: str | None = None,
 ) -> SweepResult:
     """Run every trial of a sweep config; see the module docstring for what it writes.
 
-    workers: trial processes on this machine (fresh processes with cores / N torch threads
-    each and a passive OpenMP wait policy). storage: an SQLAlchemy URL
+    workers: trial processes on this machine (default 1; fresh processes with cores / N
+    torch threads each and a passive OpenMP wait policy); with the ray backend, the trials
+    in flight at once (default: as many as the Ray cluster holds). storage: an SQLAlchemy URL
     shared by every machine of the sweep (default: an SQLite file in the sweep directory).
     store: the results store (default: the storage URL when one is given, else
     output.store). resume: continue the study; only missing trials run. quiet: worker
-    processes print errors only.
+    processes print errors only. backend: `processes` (worker processes) or `ray` (the
+    trials as Ray tasks with sweep.resources each; sweeps.ray_backend). ray_address: a
+    running Ray cluster (default: a local Ray on this machine's cores).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
         raise ConfigError(f"--workers must be a whole number >= 1, got {workers!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if ray_address is not None and backend != "ray":
+        raise ConfigError("--ray-address is for --backend ray")
     if not isinstance(config, SweepConfig):
         config = load_sweep_config(config, overrides)
     elif overrides:
         raise ConfigError("overrides apply to a config file, not to a loaded SweepConfig")
-    spec, points = config.spec, config.spec.grid()
-    out = config.out
-    sweep_file = out / SWEEP_FILE
-    if sweep_file.is_file() and not resume:
-        raise ForgetlabError(f"{out} already holds a sweep: use --resume to continue it")
-    config = predicted.with_predictions(config, resume)  # sweep.predict_lr: rates per arm
-    spec, points = config.spec, config.spec.grid()
-    url = storage or studies.default_storage(out)
+    if (config.out / SWEEP_FILE).is_file() and not resume:
+        raise ForgetlabError(f"{config.out} already holds a sweep: use --resume to continue it")
     if storage is not None and not is_url(storage):
         raise ConfigError(f"--storage must be an SQLAlchemy URL (sqlite:///x.db, "
                           f"postgresql+psycopg://...), got {storage!r}")  # fmt: skip
+    if backend == "processes":
+        # Always fresh processes, --workers 1 too: torch may already be loaded here with
+        # threads that spin-wait (on a busy machine a 1-worker sweep in this process ran 4x
+        # slower).
+        trials = partial(run_workers, workers or 1, quiet=quiet)
+        return _sweep(config, resume, storage, store, trials, f"{workers or 1} worker(s)")
+    from forgetlab.sweeps.ray_backend import ray_session  # ray loads here, and only here
+
+    # Ray starts (or is joined) and sweep.resources is checked against it before anything
+    # is written; it is shut down when the trials end, or fail.
+    with ray_session(config.spec.resources, ray_address, workers, quiet) as trials:
+        return _sweep(config, resume, storage, store, trials, "Ray tasks")
+
+
+def _sweep(
+    config: SweepConfig,
+    resume: bool,
+    storage: str | None,
+    store: str | None,
+    run_trials: Callable[[Path, str, str, str], list[int]],
+    how: str,
+) -> SweepResult:
+    """Open (or resume) the study, run its trials with `run_trials(sweep_file, url, study,
+    store)` (the backend, `how` in the log: one exit code per worker or lane), collect the
+    result."""
+    out = config.out
+    sweep_file = out / SWEEP_FILE
+    config = predicted.with_predictions(config, resume)  # sweep.predict_lr: rates per arm
+    spec, points = config.spec, config.spec.grid()
+    url = storage or studies.default_storage(out)
     store = store or (storage if storage is not None else config.base.output.store)
     out.mkdir(parents=True, exist_ok=True)
     rdb = studies.open_storage(url, spec)
@@ -82,10 +121,8 @@ def run_sweep(
         if queued:
             log.info("resume: %d failed point(s) queued again: %s", len(queued), ", ".join(queued))
     size = f"{len(points)} points" if spec.is_grid else f"{spec.trials} trials"
-    log.info("sweep %r: %s, %d worker(s), storage %s", name, size, workers, display_url(url))
-    # Always fresh processes, --workers 1 too: torch may already be loaded here with threads
-    # that spin-wait (on a busy machine a 1-worker sweep in this process ran 4x slower).
-    exits = run_workers(workers, sweep_file, url, name, store, quiet=quiet)
+    log.info("sweep %r: %s, %s, storage %s", name, size, how, display_url(url))
+    exits = run_trials(sweep_file, url, name, store)
     failed = [i for i, code in enumerate(exits) if code != 0]
     if failed:
         log.warning("worker(s) %s exited with %s", failed, [exits[i] for i in failed])

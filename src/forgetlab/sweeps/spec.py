@@ -13,6 +13,7 @@ and the grid it expands to.
                                      # random, tpe, nsga2
       predict_lr: true               # or {reference: {lora: 1.0e-3}, definition, around, ...}
       pruner: none                   # median | hyperband on the eval.every curve (learning)
+      resources: {cpu: 1, gpu: 0.25} # --backend ray: what one trial asks of Ray
 
 A grid point is one arm plus one value per axis; `per_method` replaces, adds or (null)
 removes axes of that arm only, so the grid is the union over arms of each arm's own product.
@@ -221,6 +222,36 @@ class PredictSpec:
                 raise ConfigError(f"sweep.predict_lr.{key} must be >= {low}")
 
 
+@dataclass
+class Resources:
+    """`sweep.resources`: what one trial asks of Ray (`--backend ray`; the default backend
+    ignores it). cpu > 0 (fractions allowed; torch gets max(1, floor(cpu)) threads); gpu >= 0:
+    a fraction of one device (0.25: four trials share a GPU), or a whole number of devices."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("cpu", "gpu"):
+            value = getattr(self, key)
+            if not math.isfinite(value):  # NaN passes `value <= 0`
+                raise ConfigError(f"sweep.resources.{key} must be a finite number, got {value}")
+        if self.cpu <= 0:
+            raise ConfigError(f"sweep.resources.cpu must be > 0, got {self.cpu:g}")
+        if self.gpu < 0:
+            raise ConfigError(f"sweep.resources.gpu must be >= 0, got {self.gpu:g}")
+        if self.gpu > 1 and self.gpu != math.floor(self.gpu):
+            raise ConfigError(
+                f"sweep.resources.gpu={self.gpu:g}: a fraction of one GPU (<= 1) or a whole "
+                "number of GPUs (Ray cannot split a trial over part of a second device)"
+            )
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of a trial: the whole CPUs Ray reserves for it."""
+        return max(1, math.floor(self.cpu))
+
+
 def search_values(values: list[Any], rate: float, around: int) -> list[float]:
     """The grid values a `predicted` arm runs: the one nearest `rate` (in log space) and up
     to `around` on each side of it (fewer at the grid's edge), nearest to `rate` first."""
@@ -250,6 +281,7 @@ class SweepSpec:
     sampler_seed: int = 0
     heartbeat_s: int = 10  # a killed worker's trial is failed and retried after 2× this
     max_retry: int = 3
+    resources: Resources = field(default_factory=Resources)  # --backend ray: per trial
 
     def __post_init__(self) -> None:
         if self.methods and self.variants:

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from forgetlab.errors import ForgetlabError
 from forgetlab.sweeps import study as studies
 from forgetlab.sweeps.prune import CurveReporter
-from forgetlab.sweeps.spec import Point
+from forgetlab.sweeps.spec import Point, SweepSpec
 from forgetlab.sweeps.trial import (
     SweepConfig,
     load_sweep_config,
@@ -44,9 +44,12 @@ class Objective:
     """One trial: its point (the grid's next, or sampled), run as an ordinary run directory
     under <sweep>/trials/, its objectives the seeds' means."""
 
-    def __init__(self, sweep: SweepConfig, store: str, points: list[Point]) -> None:
+    def __init__(
+        self, sweep: SweepConfig, store: str, points: list[Point], attrs: dict | None = None
+    ) -> None:
         self.sweep, self.store, self.points = sweep, store, points
         self.by_name = {p.name: p for p in points}
+        self.attrs = attrs or {}  # more user attributes of every trial (the Ray backend's)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.sweep.spec
@@ -65,6 +68,8 @@ class Objective:
         trial.set_user_attr("overrides", point.overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("torch_threads", torch_threads())
+        for key, value in self.attrs.items():
+            trial.set_user_attr(key, value)
         log.info("trial %d: %s", trial.number, point.name)
         reporter = CurveReporter(trial, spec) if spec.pruner != "none" else None
         try:
@@ -121,23 +126,41 @@ class Objective:
 
 def work(sweep: SweepConfig, url: str, study_name: str, store: str) -> int:
     """Run trials of the study until every one is done; returns how many this worker ran."""
-    spec, points = sweep.spec, sweep.spec.grid()
-    studies.quiet_optuna()
-    study = studies.load(studies.open_storage(url, spec), study_name, spec, points)
-    objective = Objective(sweep, store, points)
+    study, objective = open_study(sweep, url, study_name, store)
     ran = 0
+    while wait_for_trial(study, sweep.spec, objective.points):
+        run_one(study, objective)
+        ran += 1
+    return ran
+
+
+def open_study(
+    sweep: SweepConfig, url: str, study_name: str, store: str, attrs: dict | None = None
+) -> tuple[optuna.Study, Objective]:
+    """The study as a worker sees it, and the objective its trials run."""
+    studies.quiet_optuna()
+    spec, points = sweep.spec, sweep.spec.grid()
+    study = studies.load(studies.open_storage(url, spec), study_name, spec, points)
+    return study, Objective(sweep, store, points, attrs)
+
+
+def wait_for_trial(study: optuna.Study, spec: SweepSpec, points: list[Point]) -> bool:
+    """True when a trial is there to run; False when none is left. Meanwhile (trials run
+    elsewhere) a killed worker's trial is failed by its stale heartbeat, and queued again."""
     while True:
         step = studies.next_step(study, spec, points)
-        if step == "done":
-            return ran
-        if step == "wait":  # trials run elsewhere; a killed worker's is failed and queued
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_stale_trials(study)
-            time.sleep(min(2.0, spec.heartbeat_s / 2))
-            continue
-        study.optimize(objective, n_trials=1, catch=(ForgetlabError,), gc_after_trial=False)
-        ran += 1
+        if step != "wait":
+            return step == "run"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+        time.sleep(min(2.0, spec.heartbeat_s / 2))
+
+
+def run_one(study: optuna.Study, objective: Objective) -> None:
+    """One trial: Optuna asks (the grid's next point, or a sample), the objective runs it, and
+    Optuna is told; a forgetlab error fails this trial only."""
+    study.optimize(objective, n_trials=1, catch=(ForgetlabError,), gc_after_trial=False)
 
 
 def cores() -> int:
@@ -147,15 +170,19 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def thread_env(threads: int) -> dict[str, str]:
+    """What a worker's environment must hold before torch loads in it."""
     return {
-        **os.environ,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "OMP_WAIT_POLICY": "PASSIVE",
         "TOKENIZERS_PARALLELISM": "false",
         "FORGETLAB_TORCH_THREADS": str(threads),
     }
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    return {**os.environ, **thread_env(threads)}
 
 
 def run_workers(
@@ -180,6 +207,24 @@ def run_workers(
         raise
 
 
+def set_up_worker(quiet: bool, tag: str | None = None) -> None:
+    """A worker process's own settings: its log lines (each after `tag`, by default
+    `[worker PID] `), torch's threads (the environment's FORGETLAB_TORCH_THREADS), quiet
+    libraries."""
+    tag = f"[worker {os.getpid()}] " if tag is None else tag
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{tag}%(message)s"))
+    log.handlers = [handler]  # once, even where a process sets up again (a Ray worker)
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
+    log.propagate = False
+    threads = os.environ.get("FORGETLAB_TORCH_THREADS")
+    if threads:
+        set_torch_threads(int(threads))
+    from forgetlab.sweeps.trial import quiet_libraries
+
+    quiet_libraries()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m forgetlab.sweeps.workers")
     p.add_argument("sweep_file", help="the sweep's resolved sweep.yaml")
@@ -188,18 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True)
     p.add_argument("--quiet", action="store_true", help="errors only")
     args = p.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.ERROR if args.quiet else logging.INFO)
-    log.propagate = False
-    threads = os.environ.get("FORGETLAB_TORCH_THREADS")
-    if threads:
-        set_torch_threads(int(threads))
     try:
-        from forgetlab.sweeps.trial import quiet_libraries
-
-        quiet_libraries()
+        set_up_worker(args.quiet)
         work(load_sweep_config(args.sweep_file), args.storage, args.study, args.store)
     except ForgetlabError as e:
         print(f"forgetlab: error: {e}", file=sys.stderr)
