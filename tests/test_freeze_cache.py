@@ -45,15 +45,18 @@ def _raw(out: Path, method: dict) -> dict:
     return raw
 
 
-def test_the_cache_changes_no_number(tmp_path):
+def test_the_cache_changes_no_number(tmp_path, capsys):
     """Same config but the cache flag: the same matrices and loss curves (the cached run
-    from the CLI, the other from the API)."""
+    from the CLI, the other from the API); the CLI prints evaluation's share of the time."""
     off = forgetlab.run(load_config(raw=_raw(tmp_path / "off", EVAL_MODE))).metrics
     raw = _raw(tmp_path / "on", EVAL_MODE)
     path = tmp_path / "on.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--quiet", "method.cache_frozen=true"]) == 0
     on = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    timing = on["per_seed"]["1"]["timing"]
+    share = round(100 * timing["eval_s"] / timing["train_s"])
+    assert timing["eval_s"] > 0 and f"= {share}% of training time" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "on" / "config.yaml").read_text())
     assert saved["method"]["cache_frozen"] is True
     for a, b in zip(on["accuracy_matrix"], off["accuracy_matrix"], strict=True):

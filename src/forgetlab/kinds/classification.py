@@ -88,7 +88,7 @@ def evaluate(model, task: str, data: EncodedSplit, ctx: EvalContext) -> dict:
     try:
         for indices in eval_batches(data.lengths, ctx.batch_size):
             batch = collate(data, indices, ctx.pad_id, ctx.device)
-            with ctx.accelerator.autocast():
+            with ctx.autocast():
                 out = predict(model, task, batch).tolist()
             for i, p in zip(indices, out):
                 preds[i] = p

@@ -69,7 +69,7 @@ def per_example_nll(model, split: LMSplit, ctx: EvalContext) -> tuple[list[float
         # 8 × 320 × 49,152 × 4 bytes = 0.5 GB), and moving them dominates the time on CPU.
         for rows in eval_batches(split.lengths, min(ctx.batch_size, NLL_ROWS)):
             batch = collate_lm(split, rows, ctx.pad_id, ctx.device)
-            with ctx.accelerator.autocast():
+            with ctx.autocast():
                 logits = backbone(**batch["inputs"]).logits[:, :-1]
             targets = batch["labels"][:, 1:]
             nll = F.cross_entropy(
