@@ -17,7 +17,7 @@ Every eval batch is length-sorted already (`kinds/batches.eval_batches`). A run'
 different inputs, so one backbone pass shared by heads that score the same inputs does not
 apply here.
 
-    python benchmarks/eval_share.py [--examples 300] [--threads T]
+    python benchmarks/eval_share.py [--examples 300] [--pair fp32|bf16|both] [--threads T]
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def shares(metrics: dict) -> tuple[list[float], float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=300, help="training examples per task")
+    parser.add_argument("--pair", choices=["fp32", "bf16", "both"], default="both")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -102,6 +103,8 @@ def main() -> None:
     lines = ["", "eval_s / train_s per stage and for the whole run (base row included)", header]
     with tempfile.TemporaryDirectory(prefix="eval-share-") as tmp:
         for label, before, after in PAIRS:
+            if args.pair not in ("both", label.split()[0]):
+                continue
             got = []
             for name, extra in (before, after):
                 metrics = one_run(args.examples, tmp, f"{label} {name}", extra)

@@ -5,7 +5,8 @@ Under `freeze` the embeddings and the lower layers never change, so their output
 example is the same at every epoch, stage and evaluation, provided they run without dropout.
 `FrozenBottomCache` takes the place of the backbone's `forward` on the instance: each row's
 hidden state entering the first trainable layer is looked up by the row's tokens (and the
-autocast in force); the rows not seen yet are computed by the backbone itself, on those rows
+autocast in force). A batch of rows not seen yet runs the backbone whole and keeps them on the
+way; the rows missing from a batch otherwise are computed by the backbone itself, on those rows
 alone, up to that layer. The rows are padded again to the batch's width, and the backbone's
 own forward then runs with its embeddings module answering with them and its layer list cut
 to the trainable layers. Padded positions get zeros instead of the bottom's values there: every
@@ -130,6 +131,8 @@ class FrozenBottomCache:
         n = lengths.tolist()
         keys = self._keys(inputs, n)
         missing = [i for i, key in enumerate(keys) if key not in self.rows]
+        if len(missing) == len(keys):  # a new batch (a first epoch): one pass, kept on the way
+            return self._record(inputs, keys, n)
         if missing:
             self._fill(inputs, keys, n, missing)
         self.reused += len(keys) - len(missing)
@@ -162,6 +165,33 @@ class FrozenBottomCache:
         for j, i in enumerate(missing):
             self.rows[keys[i]] = hidden[j, : n[i]].clone()  # a copy: not a view of the batch
         self.computed += len(missing)
+
+    def _record(self, inputs: dict, keys: list[tuple], n: list[int]):
+        """The backbone's own forward, keeping every row's input to the first trainable layer
+        (the last layer's output when none trains) as it passes."""
+        layers = self.backbone.get_submodule(self.layers_path)
+        seen: list[torch.Tensor] = []
+        if self.first < len(layers):
+
+            def keep(module, args, kwargs):
+                seen.append(args[0] if args else kwargs["hidden_states"])
+
+            handle = layers[self.first].register_forward_pre_hook(keep, with_kwargs=True)
+        else:
+
+            def keep(module, args, output):
+                seen.append(output[0] if isinstance(output, tuple) else output)
+
+            handle = layers[-1].register_forward_hook(keep)
+        try:
+            out = self._original(**inputs)
+        finally:
+            handle.remove()
+        hidden = seen[0].detach()
+        for i, key in enumerate(keys):
+            self.rows[key] = hidden[i, : n[i]].clone()  # a copy: not a view of the batch
+        self.computed += len(keys)
+        return out
 
     def _bottom(self, inputs: dict) -> torch.Tensor:
         """The hidden states entering the first trainable layer (the last layer's output when
