@@ -28,7 +28,8 @@ FLAGS = [n for n in TaskKind.__annotations__ if n != "name"]
 
 def test_the_interface_declares_every_member_callers_use() -> None:
     assert set(METHODS) == {
-        "encode", "train_batches", "eval_batches", "collate", "loss", "evaluate", "baseline"
+        "encode", "train_batches", "eval_batches", "collate", "loss", "loss_units", "evaluate",
+        "baseline",
     }  # fmt: skip
     assert FLAGS == ["trainable", "packs", "from_files"]
 
@@ -57,6 +58,22 @@ def test_scored_only_kinds_without_a_token_loss_refuse_to_train(name: str) -> No
         KINDS[name].loss(None, "t", {})
     with pytest.raises(ForgetlabError, match="scored, not trained"):
         KINDS[name].collate(None, [0], 0, "cpu")
+    with pytest.raises(ForgetlabError, match="scored, not trained"):
+        KINDS[name].loss_units(None, [0])
+
+
+def test_loss_units_count_what_the_loss_averages() -> None:
+    """Examples for classification; labelled targets for the next-token kinds (a row's
+    first label predicts nothing: no token comes before it)."""
+    from forgetlab.kinds.classification import EncodedSplit
+    from forgetlab.kinds.next_token import LMSplit
+    from forgetlab.kinds.scorers.nll import IGNORE
+
+    split = EncodedSplit([[1, 2], [3], [4, 5, 6]], None, [0, 1, 0])
+    assert KINDS["classification"].loss_units(split, [0, 2]) == 2
+    lm = LMSplit([[1, 2, 3, 4], [5, 6, 7]], [[1, IGNORE, 3, 4], [IGNORE, IGNORE, 7]])
+    assert KINDS["instruction"].loss_units(lm, [0, 1]) == 3
+    assert KINDS["text"].loss_units(lm, [0]) == 2
 
 
 def test_perplexity_trains_like_text_but_is_scored_only() -> None:

@@ -110,6 +110,9 @@ def _fake_worker(sweep_file: str, url: str, study_name: str) -> None:
     workers.work(load_sweep_config(sweep_file), url, study_name, "unused.sqlite")
 
 
+# ~25 s; the default suite keeps PostgreSQL sweeps through the two-worker test below and the
+# retry of a killed worker's trial through test_sweep_run's SQLite kill test.
+@pytest.mark.slow
 def test_four_workers_share_one_study_and_a_killed_workers_trial_is_retried(postgres_url, tmp_path):
     lrs = [round(1e-4 * (k + 1), 6) for k in range(10)]
     out = tmp_path / "shared"

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from forgetlab.config import Config
-from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.errors import ConfigError
 from forgetlab.methods import METHODS
 from forgetlab.metrics import metrics_from_csv
 from forgetlab.report.text import format_comparison, format_run
 from forgetlab.resolve import load_config, variant_configs
 from forgetlab.rundir import RunDir
 from forgetlab.store import ResultsStore, record_result
+from forgetlab.threads import check_setting
 
 
 def run(config: Config | str | Path, resume: bool = False):
@@ -22,21 +23,21 @@ def run(config: Config | str | Path, resume: bool = False):
     A config with `variants:` runs through `run_all`. Under a launcher's N processes (data
     parallel) only rank 0 writes the run directory and the store row; the other ranks train
     and evaluate in step with it, writing into a temporary directory removed afterwards (their
-    RunResult's run_dir no longer exists)."""
+    RunResult's run_dir no longer exists); resuming, rank 0 reads the run directory and hands
+    the other ranks its state and checkpoint."""
     # heavy imports (torch, transformers) on demand
-    from forgetlab.recipe.data_parallel import RESUME_REFUSED, launched_processes, process_rank
+    from forgetlab.recipe.data_parallel import process_rank
     from forgetlab.recipe.run import run as _run
 
+    check_setting()  # a FORGETLAB_THREADS typo: import only warned
     if not isinstance(config, Config):
         config = load_config(config)
     if config.variants:
         raise ConfigError("this config has variants: use forgetlab.run_all (one result each)")
-    if launched_processes() > 1 and resume:
-        raise ForgetlabError(RESUME_REFUSED)
     if process_rank() > 0:
         with tempfile.TemporaryDirectory(prefix=f"forgetlab-rank{process_rank()}-") as tmp:
             output = replace(config.output, dir=f"{tmp}/run", store=f"{tmp}/store.sqlite")
-            return _run(replace(config, output=output))
+            return _run(replace(config, output=output), resume=resume)
     ResultsStore(config.output.store).check_target()  # before the run, not after it
     result = _run(config, resume=resume)
     # After the recipe: index the finished run in the results store (the run directory stays

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from forgetlab.errors import ForgetlabError
+from forgetlab.threads import check_setting
 
 
 class _Parser(argparse.ArgumentParser):
@@ -314,16 +315,13 @@ def _launch_processes(args: argparse.Namespace) -> int:
     (what `accelerate launch` starts too); its exit code."""
     import subprocess
 
-    from forgetlab.recipe.data_parallel import RESUME_REFUSED
-
     if args.processes < 1:
         raise ForgetlabError(f"--processes {args.processes}: must be 1 or more")
-    if args.resume:  # refused here once, not by every worker (and then by torchrun at length)
-        raise ForgetlabError(RESUME_REFUSED)
     argv = ["--debug"] if args.debug else []
     argv += ["run", args.config, *args.overrides]
     argv += ["--out", args.out] if args.out else []
     argv += ["--quiet"] if args.quiet else []
+    argv += ["--resume"] if args.resume else []
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     launcher += ["--nproc_per_node", str(args.processes), "-m", "forgetlab"]
     return subprocess.run([*launcher, *argv]).returncode
@@ -546,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("forgetlab")
     handlers = list(logger.handlers)
     try:
+        if args.command in ("run", "validate", "sweep"):  # import only warned about a typo
+            check_setting()
         return COMMANDS[args.command](args)
     except ForgetlabError as e:
         if args.debug:

@@ -9,11 +9,36 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
 from forgetlab.errors import ForgetlabError
+
+T = TypeVar("T")
+
+
+class Shards:
+    """The processes that score one split together (data parallel) as a kind sees them:
+    which of its eval batches this process scores, and how the per-example outputs of all
+    processes are joined. Every process scores whole batches, the same batches one process
+    would form, so the joined outputs are those of one process and so are the scores. This
+    base class is one process: every batch, nothing to join (`forgetlab.recipe.data_parallel`
+    joins across processes)."""
+
+    rank, world = 0, 1
+
+    def own(self, batches: list[T]) -> list[T]:
+        """This process's batches: every world-th one from its rank (eval batches are sorted
+        by length, so each process gets long and short ones alike)."""
+        return batches[self.rank :: self.world]
+
+    def join(self, outputs: dict[int, Any]) -> dict[int, Any]:
+        """{example index: output} of every process's batches, from this process's part."""
+        return outputs
+
+
+ONE_PROCESS = Shards()
 
 
 @dataclass(frozen=True)
@@ -26,6 +51,7 @@ class EvalContext:
     tokenizer: object = None
     eval_cfg: object = None  # forgetlab.config.EvalConfig
     extra_metrics: tuple[str, ...] = ()
+    shards: Shards = ONE_PROCESS  # several processes: each scores its share of the batches
 
     @property
     def device(self) -> torch.device:
@@ -76,8 +102,14 @@ class TaskKind(Protocol):
         """The scalar training loss of a collated batch (raises for kinds without one)."""
         ...
 
+    def loss_units(self, split: Any, indices: list[int]) -> int:
+        """How many terms `loss` of these examples is the mean of (examples, labelled target
+        tokens): what a data-parallel shard's loss is weighted by (raises like `loss`)."""
+        ...
+
     def evaluate(self, model: Any, task: str, split: Any, ctx: EvalContext) -> dict:
-        """Scores of the eval split: {"score" (higher is better), "metric", "n", ...}."""
+        """Scores of the eval split: {"score" (higher is better), "metric", "n", ...}. Kinds
+        that can score their batches apart let `ctx.shards` pick and join them."""
         ...
 
     def baseline(self, split: Any) -> float | None:
@@ -87,8 +119,8 @@ class TaskKind(Protocol):
 
 
 class ScoredOnly:
-    """collate and loss of a kind that is scored, not trained, and has no token loss to take
-    a Fisher from (multiple choice, generation): calling them raises."""
+    """collate, loss and loss_units of a kind that is scored, not trained, and has no token
+    loss to take a Fisher from (multiple choice, generation): calling them raises."""
 
     name: str
     trainable = False
@@ -98,7 +130,7 @@ class ScoredOnly:
             f"tasks of kind {self.name!r} are scored, not trained: list them in probes"
         )
 
-    collate = loss = _refuse
+    collate = loss = loss_units = _refuse
 
 
 def no_baseline(split: Any) -> None:

@@ -75,6 +75,11 @@ def loss(model, task: str, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
+def loss_units(split: EncodedSplit, indices: list[int]) -> int:
+    """The loss is a mean over examples."""
+    return len(indices)
+
+
 def predict(model, task: str, batch: dict) -> torch.Tensor:
     return model(task, **batch["inputs"]).argmax(-1)
 
@@ -84,16 +89,16 @@ def evaluate(model, task: str, data: EncodedSplit, ctx: EvalContext) -> dict:
     """Accuracy (the score) and the task's extra metrics (MCC, F1) on its eval split."""
     was_training = model.training
     model.to(ctx.device).eval()
-    preds = [0] * len(data)
+    mine: dict[int, int] = {}
     try:
-        for indices in eval_batches(data.lengths, ctx.batch_size):
+        for indices in ctx.shards.own(eval_batches(data.lengths, ctx.batch_size)):
             batch = collate(data, indices, ctx.pad_id, ctx.device)
             with ctx.autocast():
-                out = predict(model, task, batch).tolist()
-            for i, p in zip(indices, out):
-                preds[i] = p
+                mine.update(zip(indices, predict(model, task, batch).tolist()))
     finally:
         model.train(was_training)
+    joined = ctx.shards.join(mine)
+    preds = [joined[i] for i in range(len(data))]
     scores = classification_scores(preds, data.labels, ctx.extra_metrics)
     return {"score": scores["accuracy"], "metric": "accuracy", **scores, "n": len(data)}
 
@@ -115,6 +120,7 @@ class Classification(LengthBatches):
     baseline = staticmethod(majority)
     collate = staticmethod(collate)
     loss = staticmethod(loss)
+    loss_units = staticmethod(loss_units)
     predict = staticmethod(predict)
 
 

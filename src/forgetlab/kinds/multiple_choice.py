@@ -165,10 +165,13 @@ def evaluate_mc(model, task: str, split: MCSplit, ctx: EvalContext) -> dict:
     was_training = model.training
     try:
         with ctx.autocast():
-            lls = choice_loglikelihoods(model.backbone, split, ctx.batch_size, ctx.device)
+            lls = choice_loglikelihoods(
+                model.backbone, split, ctx.batch_size, ctx.device, pick=ctx.shards.own
+            )
     finally:
         model.train(was_training)
-    scores = mc_metrics(lls, split)
+    joined = ctx.shards.join({i: ll for i, ll in enumerate(lls) if ll})  # every question has 2+
+    scores = mc_metrics([joined[i] for i in range(len(split))], split)
     return {"score": scores["acc"], "metric": "accuracy", "accuracy": scores["acc"], **scores}
 
 

@@ -54,20 +54,27 @@ def lm_loss(model, task: str, batch: dict) -> torch.Tensor:
     )
 
 
+def lm_loss_units(split: LMSplit, indices: list[int]) -> int:
+    """The loss is a mean over labelled target tokens (every label but each row's first)."""
+    return sum(sum(y != IGNORE for y in split.labels[i][1:]) for i in indices)
+
+
 NLL_ROWS = 8
 
 
 @torch.no_grad()
 def per_example_nll(model, split: LMSplit, ctx: EvalContext) -> tuple[list[float], list[int]]:
-    """Summed NLL and labelled-token count of every example (eval mode, autocast)."""
-    sums, counts = [0.0] * len(split), [0] * len(split)
+    """Summed NLL and labelled-token count of every example (eval mode, autocast); with
+    several processes (`ctx.shards`) each scores its batches and the counts are joined."""
+    mine: dict[int, tuple[float, int]] = {}
     backbone = model.backbone
     was_training = model.training
     model.eval()
     try:
         # Few rows per forward: the logits are rows × length × vocabulary floats (SmolLM2:
         # 8 × 320 × 49,152 × 4 bytes = 0.5 GB), and moving them dominates the time on CPU.
-        for rows in eval_batches(split.lengths, min(ctx.batch_size, NLL_ROWS)):
+        batches = eval_batches(split.lengths, min(ctx.batch_size, NLL_ROWS))
+        for rows in ctx.shards.own(batches):
             batch = collate_lm(split, rows, ctx.pad_id, ctx.device)
             with ctx.autocast():
                 logits = backbone(**batch["inputs"]).logits[:, :-1]
@@ -77,11 +84,11 @@ def per_example_nll(model, split: LMSplit, ctx: EvalContext) -> tuple[list[float
                 reduction="none",
             ).view(targets.shape)  # fmt: skip
             for r, i in enumerate(rows):
-                sums[i] = float(nll[r].sum())
-                counts[i] = int((targets[r] != IGNORE).sum())
+                mine[i] = float(nll[r].sum()), int((targets[r] != IGNORE).sum())
     finally:
         model.train(was_training)
-    return sums, counts
+    joined = ctx.shards.join(mine)
+    return [joined[i][0] for i in range(len(split))], [joined[i][1] for i in range(len(split))]
 
 
 def evaluate_nll(model, task: str, split: LMSplit, ctx: EvalContext) -> dict:
@@ -113,6 +120,7 @@ class NextTokenKind(LengthBatches):
     packs = False
     collate = staticmethod(collate_lm)
     loss = staticmethod(lm_loss)
+    loss_units = staticmethod(lm_loss_units)
     evaluate = staticmethod(evaluate_nll)
     baseline = staticmethod(no_baseline)
 

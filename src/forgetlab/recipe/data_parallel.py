@@ -1,29 +1,36 @@
 """Data parallelism across the processes of one run (`accelerate launch`, torchrun,
-`forgetlab run --processes N`): what the training loop needs and nothing more.
+`forgetlab run --processes N`): what the training loop, the evaluator and --resume need and
+nothing more.
 
-Every rank draws the same global batch (the same seeded rng) and takes its own contiguous
-shard of it. A shard's data loss (a mean over the shard) is weighted by
-n_shard · world / n_global, so that after the gradients are averaged across ranks they equal
-the gradient of the global batch's mean. The gradients are averaged here with one
-all-reduce of a flat buffer (no DistributedDataParallel wrapper: parameter names, hooks and
-the model object stay as they are), after which every rank clips and steps identically.
-Classification losses are means over examples, so the weighting is exact; token-mean losses
-(causal LMs) are weighted by examples too, as DistributedDataParallel would.
+Training: every rank draws the same global batch (the same seeded rng) and takes its own
+contiguous shard of it. A shard's task loss (a mean over the shard's loss units: examples for
+classification, labelled target tokens for causal LMs, `TaskKind.loss_units`) is weighted by
+the shard's share of the global batch's units times the world, so that after the gradients
+are averaged across ranks they equal the gradient of the global batch's mean, whatever the
+shards' token counts; the strategies' losses are their own shares (`StrategyContext.share`).
+The gradients are averaged here with one all-reduce of a flat buffer (no
+DistributedDataParallel wrapper: parameter names, hooks and the model object stay as they
+are), after which every rank clips and steps identically.
+
+Evaluation: each rank scores every world-th eval batch of a task and the kinds join the
+per-example outputs with an all-gather (`Shards`), so every rank computes one process's
+scores. Resuming: rank 0 reads the run directory and broadcasts the state and checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-# The ranks > 0 write into a temporary directory, so they have nothing to resume from.
-RESUME_REFUSED = (
-    "--resume runs in one process: resume without --processes or a launcher "
-    "(a run started over several processes continues in one)"
-)
+from forgetlab.kinds.base import ONE_PROCESS, Shards
+from forgetlab.rundir import RunDir
+
+T = TypeVar("T")
 
 
 def process_rank() -> int:
@@ -32,16 +39,41 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def eval_shards(accelerator) -> Shards:
+    """How the accelerator's processes share evaluation: each its part of every eval set."""
+    world = accelerator.num_processes
+    return DataParallel(accelerator.process_index, world) if world > 1 else ONE_PROCESS
+
+
+def share_resume(out: RunDir, seed: int, state: dict | None, names: list[str], accelerator):
+    """--resume over several processes: rank 0 read `seed`'s state.json (the ranks above 0
+    write into a temporary directory, which holds none); every rank gets rank 0's state, and
+    the stage checkpoint it continues from is copied into every rank's run directory, so that
+    all ranks load the same weights and agree on where the seed continues."""
+    dp = DataParallel(accelerator.process_index, accelerator.num_processes)
+    state = dp.broadcast(state)
+    done = len(state["rows"]) - 1 if state else 0
+    if 0 < done < len(names):
+        dp.share_folder(out.checkpoint_dir(seed, done, names[done - 1]))
+    return state
+
+
 def launched_processes() -> int:
     """How many workers the launcher started (WORLD_SIZE); 1 without a launcher."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-class DataParallel:
-    """The loop's view of `world` processes of which this one is `rank`."""
+class DataParallel(Shards):
+    """The loop's and the evaluator's view of `world` processes of which this one is `rank`."""
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
+
+    def join(self, outputs: dict[int, Any]) -> dict[int, Any]:
+        """Every rank's {example index: output}, gathered onto every rank."""
+        parts: list[dict[int, Any] | None] = [None] * self.world
+        dist.all_gather_object(parts, outputs)
+        return {i: out for part in parts for i, out in (part or {}).items()}
 
     def shard(self, indices: list[int]) -> list[int]:
         """This rank's contiguous part of the global batch (sizes differ by one at most; an
@@ -53,6 +85,25 @@ class DataParallel:
         """What a shard's mean loss is multiplied by so that averaged gradients are the
         global batch's mean gradient."""
         return n_shard * self.world / n_global
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's `obj`, on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def share_folder(self, folder: Path) -> None:
+        """Rank 0's files under `folder` (a stage checkpoint), written into the same place on
+        every other rank: each rank then loads its own copy."""
+        files = None
+        if self.rank == 0:
+            files = {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
+                     if f.is_file()}  # fmt: skip
+        files = self.broadcast(files)
+        if self.rank > 0:
+            for name, data in files.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the ranks."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from forgetlab.config import Config
 from forgetlab.kinds import KINDS, EvalContext
+from forgetlab.recipe.data_parallel import eval_shards
 from forgetlab.recipe.prepare import PreparedTask
 
 log = logging.getLogger("forgetlab")
@@ -25,8 +26,12 @@ def evaluate_task(model, task: str, kind: str, data, ctx: EvalContext) -> dict:
 def eval_row(
     model, tasks: list[PreparedTask], config: Config, accelerator, pad_id: int, tokenizer=None
 ) -> list[dict]:
-    """Every task's scores (the sequence's tasks, then the probes) with the model as it is."""
+    """Every task's scores (the sequence's tasks, then the probes) with the model as it is.
+    Over a launcher's processes each scores its share of every task's batches and the kinds
+    join the outputs (`Shards`), so every rank gets one process's row; generation tasks are
+    scored whole on every rank (their batches are not split)."""
     row = []
+    shards = eval_shards(accelerator)
     for t in tasks:
         ctx = EvalContext(
             batch_size=config.eval.batch_size,
@@ -35,6 +40,7 @@ def eval_row(
             tokenizer=tokenizer,
             eval_cfg=config.eval,
             extra_metrics=t.data.extra_metrics,
+            shards=shards,
         )
         row.append(evaluate_task(model, t.name, t.kind, t.eval, ctx))
     return row

@@ -32,6 +32,7 @@ from forgetlab.recipe.build import (
     save_checkpoint,
     verify_checkpoint,
 )
+from forgetlab.recipe.data_parallel import process_rank, share_resume
 from forgetlab.recipe.evaluate import CurveCallback, CurveHook, eval_row, log_row
 from forgetlab.recipe.guard import StageGuard
 from forgetlab.recipe.prepare import PreparedTask, RunTasks, pad_token_id, prepare_run
@@ -71,7 +72,7 @@ def _run_locked(
     config: Config, out: RunDir, resume: bool, on_curve: CurveCallback | None
 ) -> RunResult:
     stale = out.remove_stale_temp()  # a killed writer's half-written files (we hold the lock)
-    _prepare_out_dir(config, out, resume)
+    _prepare_out_dir(config, out, resume and process_rank() == 0)  # rank 0 checks for all
     if stale:
         log.info("removed %d half-written temporary file(s) of an earlier run", len(stale))
     handler = _attach_log_file(out.log_path)
@@ -113,6 +114,8 @@ def run_seed(
     seed's state.json is written after every row, so --resume continues after the last."""
     tasks, scored = run_tasks.tasks, run_tasks.scored
     state = out.state(seed) if resume else None
+    if resume and accelerator.num_processes > 1:  # rank 0's state and checkpoint, on every rank
+        state = share_resume(out, seed, state, [t.name for t in tasks], accelerator)
     if state and len(state["rows"]) == len(tasks) + 1:
         if out.seed_metrics_path(seed).is_file():
             log.info("seed %d: already complete, skipped", seed)

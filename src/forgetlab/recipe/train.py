@@ -6,7 +6,8 @@ padding and length-grouped batches; the regularisers' penalties and the strategi
 losses join the task loss through their hooks. Every stage reseeds from (seed, stage), so a
 run resumed from a stage checkpoint continues exactly as an uninterrupted one would. Over
 several processes (a launcher's), each rank trains on its shard of every global batch and the
-gradients are averaged (`forgetlab.recipe.data_parallel`).
+gradients are averaged (`forgetlab.recipe.data_parallel`). On a CPU shared with other
+processes, torch's thread count follows the cores they leave (`forgetlab.thread_governor`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from forgetlab.models.task_model import TaskModel
 from forgetlab.recipe.data_parallel import DataParallel
 from forgetlab.regularizers.base import Regularizer, StageContext
 from forgetlab.strategies.base import EarlierTask, Strategy, StrategyContext
+from forgetlab.threads import pacer
 
 log = logging.getLogger("forgetlab")
 
@@ -87,23 +89,23 @@ def _shard_total(
     task_loss: torch.Tensor,
     penalties: list[torch.Tensor],
     fixed: int,
-    n_shard: int,
-    n_global: int,
-    tokens: int,
-) -> tuple[torch.Tensor, tuple[float, float], int]:
-    """A rank's loss to backpropagate: its shard's data loss (task loss and strategies'
-    losses) weighted, the penalties that are the same on every rank (`penalties[:fixed]`)
-    not; and, over the global batch, the (task loss, penalty) to log and the token count."""
+    share: float,
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """A rank's loss to backpropagate: its part of the global batch's data loss (the task
+    loss, a mean over the shard, times the shard's `share` of the batch's loss units; the
+    strategies' losses, already their own shares) times the world, since the gradients are
+    averaged; plus the penalties that are the same on every rank (`penalties[:fixed]`). And,
+    over the global batch, the (task loss, penalty) to log."""
     own = penalties[fixed:]
-    data = task_loss + torch.stack(own).sum() if own else task_loss
+    data = task_loss * share
+    if own:
+        data = data + torch.stack(own).sum()
     shared = torch.stack(penalties[:fixed]).sum() if fixed else None
-    total = data * dp.weight(n_shard, n_global)
+    total = data * dp.world
     if shared is not None:
         total = total + shared
-    own_value = sum(p.item() for p in own)
-    loss, extra, tokens = dp.sum([task_loss.item() * n_shard, own_value * n_shard, tokens])
-    penalty = extra / n_global + (0.0 if shared is None else shared.item())
-    return total, (loss / n_global, penalty), int(tokens)
+    loss, extra = dp.sum([task_loss.item() * share, sum(p.item() for p in own)])
+    return total, (loss, extra + (0.0 if shared is None else shared.item()))
 
 
 def train_stage(
@@ -195,34 +197,39 @@ def train_stage(
     stream = batch_stream()
     if dp is not None:  # own dropout masks per rank; what the ranks share was drawn above
         torch.manual_seed(stage_seed(seed, stage) * 1009 + 1 + dp.rank)
+    lengths = data.lengths  # attended tokens per example
     step = 0
     stop = hook(0)
+    # On a CPU shared with other processes: torch's threads fitted to the cores they leave,
+    # checked at most once a second (forgetlab.thread_governor; None: the user chose them)
+    pace = pacer() if device.type == "cpu" and world == 1 else None
     for micro in range(micro_batches):
         if stop:
             break
+        if pace is not None:
+            pace()
         indices = next(stream)
         mine = dp.shard(indices) if dp else indices
-        batch = ops.collate(data, mine, pad_id, device) if mine else None
+        tokens = sum(lengths[i] for i in indices)
+        # An empty shard (a batch smaller than the world) scores a stand-in example with
+        # weight 0, so that every rank runs the same hooks (the strategies' draws stay in step).
+        sctx.batch_examples, sctx.share = len(indices), len(mine) / len(indices)
+        sctx.token_share = sum(lengths[i] for i in mine) / tokens
+        batch = ops.collate(data, mine or indices[:1], pad_id, device)
         with accelerator.autocast():
-            task_loss = ops.loss(model, task, batch) if mine else torch.zeros((), device=device)
+            task_loss = ops.loss(model, task, batch)
             penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
             if (own := method.penalty(model, method_cfg)) is not None:  # e.g. O-LoRA's overlap
                 penalties.append(own)
             fixed = len(penalties)  # the same on every rank; what follows is the shard's
-            if mine:
-                penalties += [
-                    x for s in strategies if (x := s.loss(model, batch, sctx)) is not None
-                ]
+            penalties += [x for s in strategies if (x := s.loss(model, batch, sctx)) is not None]
             penalty = torch.stack(penalties).sum() if penalties else None
         if dp is None:
             total = task_loss if penalty is None else task_loss + penalty
             logged = task_loss.item(), 0.0 if penalty is None else penalty.item()
-            tokens = int(batch["inputs"]["attention_mask"].sum())
-        else:
-            tokens = 0 if batch is None else int(batch["inputs"]["attention_mask"].sum())
-            total, logged, tokens = _shard_total(
-                dp, task_loss, penalties, fixed, len(mine), len(indices), tokens
-            )
+        else:  # the shard's part of the batch's loss units (examples, labelled tokens)
+            units = ops.loss_units(data, mine) / max(ops.loss_units(data, indices), 1)
+            total, logged = _shard_total(dp, task_loss, penalties, fixed, units)
         # with several ranks: the global loss, so that every rank stops together
         if not (torch.isfinite(total) if dp is None else math.isfinite(sum(logged))):
             bar.close()
@@ -231,8 +238,7 @@ def train_stage(
                 f"stage {stage} ({task}): loss became {value} at step {step + 1} "
                 f"(lr {scheduler.get_last_lr()[0]:.2e}); try a lower training.lr"
             )
-        if dp is None or total.requires_grad:  # an empty shard without penalties: nothing
-            accelerator.backward(total / cfg.grad_accum)
+        accelerator.backward(total / cfg.grad_accum)
         stats.examples += len(indices)
         stats.tokens += tokens
         window.append(logged)

@@ -55,6 +55,12 @@ class StrategyContext:
     seed: int  # the run's seed: what every random draw of a strategy derives from
     batch_size: int  # training.batch_size, the size of the loop's own batches
     earlier: list[EarlierTask] = field(default_factory=list)  # in sequence order
+    # Set before every micro-batch. Over several processes (data parallel) each gets its
+    # shard of the loop's global batch, and a strategy's loss must be this process's share
+    # of the global batch's term, so that the shares add up to one process's term:
+    batch_examples: int = 0  # examples of the global batch (all processes)
+    share: float = 1.0  # fraction of them in this process's batch (1 in one process)
+    token_share: float = 1.0  # fraction of the global batch's attended tokens in it
 
 
 @dataclass
@@ -91,7 +97,8 @@ class Strategy:
 
     def loss(self, model: TaskModel, batch: dict, ctx: StrategyContext) -> torch.Tensor | None:
         """Added to the task loss of every micro-batch (`batch`: the loop's collated batch of
-        the current task); None adds nothing."""
+        the current task, this process's shard of it); None adds nothing. Over several
+        processes, this process's share of the term (`ctx.share`, `ctx.token_share`)."""
         return None
 
     def on_stage_end(self, ctx: StrategyContext) -> None:

@@ -103,7 +103,9 @@ class LwF(Strategy):
                 old = self.previous(task, **inputs)
             term = distillation(old, model(task, **inputs), mask, self.cfg.temperature)
             total = term if total is None else total + term
-        return None if total is None else self.cfg.weight * total
+        # a mean over this process's rows (positions of decoders): its share of the batch's
+        share = ctx.token_share if causal else ctx.share
+        return None if total is None else self.cfg.weight * total * share
 
     def on_stage_end(self, ctx: StrategyContext) -> None:
         self.previous = None  # free the copy: the next stage snapshots the model anew

@@ -31,6 +31,10 @@ Each example weighs as much as a current one: the replayed loss added to the tas
 
 with B the current batch's size, i.e. the loop's total is the sum of per-example losses over
 the combined batch divided by B, which is (B + R)/B times the combined batch's mean loss.
+
+Over several processes (data parallel) B is the global batch's size; every process draws the
+same R examples (the same seeded draws) and scores all of them, and counts the term by its
+share of the current batch, so that the processes' terms add up to one process's.
 """
 
 from __future__ import annotations
@@ -144,14 +148,15 @@ class Replay(Strategy):
     def loss(self, model: TaskModel, batch: dict, ctx: StrategyContext) -> torch.Tensor | None:
         if not self.buffer:  # stage 1: nothing to replay
             return None
-        current = batch_size_of(batch)
+        current = ctx.batch_examples or batch_size_of(batch)  # B: the global batch
         total = None
         for pos, indices in self.draw(replay_size(ctx.batch_size, self.cfg.ratio)).items():
             task = self.earlier[pos]
             replayed = task.ops.collate(task.data, indices, ctx.pad_id, ctx.device)
             term = task.ops.loss(model, task.name, replayed) * (len(indices) / current)
             total = term if total is None else total + term
-        return total
+        # Every process draws and scores the same replayed examples; each counts its share.
+        return None if total is None else total * ctx.share
 
     def on_stage_end(self, ctx: StrategyContext) -> None:
         self.buffer, self.earlier = [], []

@@ -13,6 +13,7 @@ is the plain one-forward-per-choice reference the fast path is tested against.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,15 +26,21 @@ if TYPE_CHECKING:
 
 
 def choice_loglikelihoods(
-    model, split: MCSplit, batch_size: int, device: str | torch.device
+    model,
+    split: MCSplit,
+    batch_size: int,
+    device: str | torch.device,
+    pick: Callable[[list[list[int]]], list[list[int]]] | None = None,
 ) -> list[list[float]]:
     """Summed log-probability of each choice's continuation given its context, per question.
     `batch_size` caps the choice rows per forward (a question with more choices than that is
-    scored alone)."""
+    scored alone). `pick` chooses which of the batches of questions to score (one process's
+    share of them, `Shards.own`); the questions of the others keep an empty list."""
     result: list[list[float]] = [[] for _ in range(len(split))]
     names = _ForwardNames.of(model)
+    groups = _groups(split, batch_size)
     with eval_mode(model):
-        for group in _groups(split, batch_size):
+        for group in pick(groups) if pick else groups:
             for i, lls in zip(group, _score_group(model, names, split, group, device)):
                 result[i] = lls
     return result
