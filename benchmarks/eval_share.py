@@ -11,13 +11,15 @@ before a change and with it:
 - fp32 training: `eval.dtype: auto` (scoring in fp32, as the training) against
   `eval.dtype: bf16` (bf16 autocast inference); the two train the same weights (scoring draws
   no random numbers), so the difference of their matrices is bf16's effect on the scores;
-- bf16 training (the quickstart's): `eval.batch_size` 64 (the default) against 256.
+- bf16 training (the quickstart's): `eval.batch_size` 64 (the default) against
+  `--eval-batch` (256).
 
 Every eval batch is length-sorted already (`kinds/batches.eval_batches`). A run's tasks score
 different inputs, so one backbone pass shared by heads that score the same inputs does not
 apply here.
 
-    python benchmarks/eval_share.py [--examples 300] [--pair fp32|bf16|both] [--threads T]
+    python benchmarks/eval_share.py [--examples 300] [--pair fp32|bf16|both]
+                                     [--eval-batch 256] [--threads T]
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ PAIRS = [
     (
         "bf16 training",
         ("eval batch 64", {"training": {"mixed_precision": "bf16"}}),
-        ("eval batch 256", {"training": {"mixed_precision": "bf16"}, "eval": {"batch_size": 256}}),
+        ("eval batch {n}", {"training": {"mixed_precision": "bf16"}, "eval": {"batch_size": 0}}),
     ),
 ]
 
@@ -89,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=300, help="training examples per task")
     parser.add_argument("--pair", choices=["fp32", "bf16", "both"], default="both")
+    parser.add_argument("--eval-batch", type=int, default=256, help="bf16 pair: against 64")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -106,6 +109,11 @@ def main() -> None:
             if args.pair not in ("both", label.split()[0]):
                 continue
             got = []
+            if label.startswith("bf16"):  # the batch size to compare with the default 64
+                after = (
+                    after[0].format(n=args.eval_batch),
+                    {**after[1], "eval": {"batch_size": args.eval_batch}},
+                )
             for name, extra in (before, after):
                 metrics = one_run(args.examples, tmp, f"{label} {name}", extra)
                 per_stage, overall, timing = shares(metrics)
