@@ -57,6 +57,15 @@ class EvalContext:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    def autocast(self):
+        """The precision scoring runs in: `eval.dtype` — `auto` follows the training's
+        (`training.mixed_precision`, through the accelerator), `fp32` turns autocast off,
+        `bf16` autocasts to bfloat16 whatever the training used."""
+        dtype = getattr(self.eval_cfg, "dtype", "auto")
+        if dtype == "auto":
+            return self.accelerator.autocast()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
 
 @runtime_checkable
 class TaskKind(Protocol):

@@ -93,7 +93,7 @@ def evaluate(model, task: str, data: EncodedSplit, ctx: EvalContext) -> dict:
     try:
         for indices in ctx.shards.own(eval_batches(data.lengths, ctx.batch_size)):
             batch = collate(data, indices, ctx.pad_id, ctx.device)
-            with ctx.accelerator.autocast():
+            with ctx.autocast():
                 mine.update(zip(indices, predict(model, task, batch).tolist()))
     finally:
         model.train(was_training)

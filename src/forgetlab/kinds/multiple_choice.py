@@ -164,7 +164,7 @@ def evaluate_mc(model, task: str, split: MCSplit, ctx: EvalContext) -> dict:
     """Accuracy by log-likelihood (the score) with `mc_metrics`' acc_norm, chance, p-values."""
     was_training = model.training
     try:
-        with ctx.accelerator.autocast():
+        with ctx.autocast():
             lls = choice_loglikelihoods(
                 model.backbone, split, ctx.batch_size, ctx.device, pick=ctx.shards.own
             )

@@ -76,7 +76,7 @@ def per_example_nll(model, split: LMSplit, ctx: EvalContext) -> tuple[list[float
         batches = eval_batches(split.lengths, min(ctx.batch_size, NLL_ROWS))
         for rows in ctx.shards.own(batches):
             batch = collate_lm(split, rows, ctx.pad_id, ctx.device)
-            with ctx.accelerator.autocast():
+            with ctx.autocast():
                 logits = backbone(**batch["inputs"]).logits[:, :-1]
             targets = batch["labels"][:, 1:]
             nll = F.cross_entropy(

@@ -91,11 +91,29 @@ def format_run(summary: dict) -> str:
         f"            bwt                        {text_pm(agg, 'bwt')}",
         f"Transfer:   fwt                        {text_pm(agg, 'fwt')}",
     ]
+    if (spent := format_time(summary)) is not None:
+        lines.append(spent)
     if summary.get("probes"):
         lines += ["", *format_probes(summary)]
     if summary.get("guard"):
         lines += ["", *format_guard(summary)]
     return "\n".join(lines)
+
+
+def format_time(summary: dict) -> str | None:
+    """Training and evaluation seconds over every seed (each seed's metrics `timing`: the base
+    row, the curve points and every stage's row count as evaluation), and evaluation's share
+    of training time; None for runs recorded before timing was."""
+    timings = [m["timing"] for m in summary.get("per_seed", {}).values() if "timing" in m]
+    if not timings:
+        return None
+    train_s = sum(t["train_s"] for t in timings)
+    eval_s = sum(t["eval_s"] for t in timings)
+    share = 100 * eval_s / max(train_s, 1e-9)
+    return (
+        f"Time:       training {train_s:.1f} s, evaluation {eval_s:.1f} s "
+        f"= {share:.0f}% of training time"
+    )
 
 
 def format_guard(summary: dict, name: str = "") -> list[str]:
