@@ -185,7 +185,10 @@ class TrainingConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 64
+    # 16, not 64: scoring pads each length-sorted batch to its longest example, and on CPU the
+    # padding of bigger batches costs more than they save (evaluation 1.72x faster at 16 than
+    # at 64, identical matrices; benchmarks/eval_share.py). On a GPU raise it.
+    batch_size: int = 16
     alpha: float = 0.05  # significance level of the `learned` test
     # Also evaluate during training: every N optimizer steps (N >= 1), or every fraction of
     # the stage's steps (0 < f < 1); the curves of learning and forgetting over duration.
