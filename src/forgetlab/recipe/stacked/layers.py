@@ -151,9 +151,8 @@ def _differs(modules: list[nn.Module]) -> bool:
     first = dict(modules[0].named_parameters(recurse=False))
     if any(p.requires_grad for p in first.values()):
         return True
-    return any(
-        not torch.equal(first[n], p) for m in modules[1:] for n, p in m.named_parameters(recurse=False)
-    )
+    rest = [dict(m.named_parameters(recurse=False)) for m in modules[1:]]
+    return any(not torch.equal(first[n], p) for params in rest for n, p in params.items())
 
 
 def stack_models(models: list[nn.Module]) -> StackedModel:
