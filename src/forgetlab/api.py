@@ -53,6 +53,32 @@ def run_all(config: Config | str | Path, resume: bool = False) -> list:
     return [run(child, resume=resume) for child in children]
 
 
+def run_stacked(configs: list[Config | str | Path], resume: bool = False) -> list:
+    """Train every seed of every config in one process as one stacked model (see
+    `forgetlab.recipe.stacked`): the configs differ only in values (learning rate, seeds,
+    warm-up, weight decay, max_grad_norm), and each run directory ends with the numbers its
+    lone run would have. A config with `variants:` contributes each variant. Returns one
+    `StackedOutcome` per run, in order (`.result`: its RunResult, recorded in its results
+    store; `.error`: the TrainingDiverged of a run whose training diverged — its other
+    seeds and finished stages are kept). `resume` is refused: a stack starts afresh."""
+    from forgetlab.recipe.data_parallel import launched_processes
+    from forgetlab.recipe.stacked.run import run_stacked as _run_stacked
+
+    if launched_processes() > 1:
+        raise ForgetlabError("stacked trials run in one process: drop --processes")
+    if resume:
+        raise ForgetlabError("stacked trials cannot resume: run the unfinished ones one by one")
+    loaded = [c if isinstance(c, Config) else load_config(c) for c in configs]
+    runs = [child for c in loaded for child in ([v for _, v in variant_configs(c)] or [c])]
+    for config in runs:
+        ResultsStore(config.output.store).check_target()
+    outcomes = _run_stacked(runs)
+    for outcome in outcomes:
+        if outcome.result is not None:
+            record_result(outcome.result)
+    return outcomes
+
+
 def load_run(run_dir: str | Path) -> dict:
     """The metrics.json of a finished run directory, checked to hold a run's summary
     (ForgetlabError names the file otherwise)."""
@@ -212,5 +238,7 @@ __all__ = [
     "predict_lr",
     "report",
     "run",
+    "run_all",
+    "run_stacked",
     "sweep",
 ]

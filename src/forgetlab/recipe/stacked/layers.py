@@ -167,6 +167,8 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
         twins = [m.get_submodule(name) for m in models]
         if not _differs(twins):
             continue
+        if not name:
+            raise ConfigError("stacked trials: the model's own parameters cannot be stacked")
         cls = STACKED.get(type(module))
         if cls is None:
             raise ConfigError(
