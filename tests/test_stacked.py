@@ -185,3 +185,56 @@ def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_ref
     dora = load_config(raw=tiny_raw(tmp_path / "c", method="dora"))
     with pytest.raises(ConfigError, match="method dora cannot be stacked"):
         check_stackable([dora])
+
+
+def test_sweep_stack_is_checked():
+    from forgetlab.sweeps.spec import parse_sweep
+
+    space = {"training.lr": [1e-3, 2e-3]}
+    assert parse_sweep({"space": space, "stack": 4}).stack == 4
+    with pytest.raises(ConfigError, match="sweep.stack=0 must be a whole number >= 1"):
+        parse_sweep({"space": space, "stack": 0})
+    with pytest.raises(ConfigError, match="sweep.stack stacks grid points: sampler tpe"):
+        parse_sweep({"space": space, "stack": 2, "sampler": "tpe", "trials": 4})
+
+
+@needs_data
+@pytest.mark.slow
+def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_as_one_stack(tmp_path, capfd):
+    """Three rates x two seeds in one worker as one stack of six trials; every trial an
+    ordinary run directory with the numbers its lone run has."""
+    import yaml
+
+    from forgetlab.cli import main
+    from forgetlab.recipe.run import run
+    from forgetlab.store import ResultsStore
+
+    out = tmp_path / "sweep"
+    raw = tiny_raw(out, batch_size=8, epochs=1)
+    raw["data"] = {"max_train_examples": 20, "max_eval_examples": 16}
+    raw["model"] = {"max_length": 32, "dropout": 0.0, "head_dropout": 0.0}
+    raw["method"]["lora_dropout"] = 0.0
+    raw["sweep"] = {"space": {"training.lr": [1e-3, 2e-3, 4e-3]}, "seeds": [1, 2], "stack": 3}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(path)]) == 0
+    assert "stacking 3 trials" in capfd.readouterr().err
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 3 and all((t / "metrics.json").is_file() for t in trials)
+    assert len(ResultsStore(raw["output"]["store"]).runs()) == 3
+    from forgetlab import load_config
+
+    lone = raw | {"training": raw["training"] | {"lr": 2e-3}, "seeds": [1, 2]}
+    lone = {k: v for k, v in lone.items() if k != "sweep"}
+    lone["output"] = {**raw["output"], "dir": str(tmp_path / "lone")}
+    alone = run(load_config(raw=lone))
+    stacked = json.loads((trials[1] / "metrics.json").read_text())
+    flat = [x for row in stacked["accuracy_matrix"] for x in row]
+    assert flat == pytest.approx([x for row in alone.metrics["accuracy_matrix"] for x in row])
+    for seed in (1, 2):
+        a = json.loads((tmp_path / "lone" / f"seed-{seed}" / "state.json").read_text())
+        b = json.loads((trials[1] / f"seed-{seed}" / "state.json").read_text())
+        curve = [p[1] for s in a["stages"] for p in s["loss_curve"]]
+        assert curve == pytest.approx(
+            [p[1] for s in b["stages"] for p in s["loss_curve"]], abs=1e-5
+        )
