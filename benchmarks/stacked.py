@@ -9,7 +9,7 @@ fresh process, so that its peak RSS is its own. The table prints aggregate examp
 over the time), the ratio, and peak RSS.
 
     python benchmarks/stacked.py [--trials 8] [--examples 160] [--method full|lora|both]
-                                 [--repeats 1] [--threads 2] [--bf16]
+                                 [--repeats 1] [--threads 2] [--bf16] [--same-seed]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def trial_config(method: str, k: int, args: argparse.Namespace):
             "model": {"max_length": 128},
             "data": {"max_train_examples": args.examples, "max_eval_examples": 16},
             "method": {"name": method},
-            "seeds": [k + 1],
+            "seeds": [1 if args.same_seed else k + 1],
             "training": {
                 "lr": RATES[method] * (1 + 0.25 * k),
                 "epochs": 1,
@@ -99,7 +99,8 @@ def parent(args: argparse.Namespace) -> None:
     precision = "bf16" if args.bf16 else "fp32"
     print(
         f"{args.trials} trials x {args.examples} {args.task} examples, 1 epoch, batch 16, "
-        f"{precision}, {args.threads} threads, {args.repeats} repeat(s)"
+        f"{precision}, {args.threads} threads, {args.repeats} repeat(s), "
+        f"{'one seed' if args.same_seed else 'a seed per trial'}"
     )
     methods = ["lora", "full"] if args.method == "both" else [args.method]
     rows = []
@@ -110,7 +111,8 @@ def parent(args: argparse.Namespace) -> None:
                 cmd = [sys.executable, __file__, "--child", mode, "--method", method,
                        "--trials", str(args.trials), "--examples", str(args.examples),
                        "--threads", str(args.threads), "--task", args.task,
-                       *(["--bf16"] if args.bf16 else [])]  # fmt: skip
+                       *(["--bf16"] if args.bf16 else []),
+                       *(["--same-seed"] if args.same_seed else [])]  # fmt: skip
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                 if out.returncode != 0:
@@ -149,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--task", default="sst2")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument(
+        "--same-seed",
+        action="store_true",
+        help="every trial seed 1 (only the rates differ): the same batch order, no extra padding",
+    )
     p.add_argument("--child", choices=("sequential", "stacked"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
