@@ -169,19 +169,19 @@ def test_a_run_killed_before_its_config_was_written_resumes_from_the_start(tmp_p
     there, so resuming it starts it; a directory that holds results without a config, or
     none at all (a mistyped --out), is still refused."""
     from forgetlab.errors import ForgetlabError
-    from forgetlab.recipe.run import _prepare_out_dir
+    from forgetlab.recipe.run import prepare_out_dir
     from forgetlab.resolve import load_config
     from forgetlab.rundir import RunDir
 
     out = tmp_path / "run"
     config = load_config(raw=tiny(out))
     with pytest.raises(ForgetlabError, match="holds no run"):
-        _prepare_out_dir(config, RunDir(out), resume=True)
+        prepare_out_dir(config, RunDir(out), resume=True)
     out.mkdir()
     (out / ".lock").touch()
-    _prepare_out_dir(config, RunDir(out), resume=True)
+    prepare_out_dir(config, RunDir(out), resume=True)
     assert yaml.safe_load((out / "config.yaml").read_text())["name"] == "killed"
     other = tmp_path / "other"
     (other / "seed-1").mkdir(parents=True)
     with pytest.raises(ForgetlabError, match="holds no run"):
-        _prepare_out_dir(config, RunDir(other), resume=True)
+        prepare_out_dir(config, RunDir(other), resume=True)

@@ -25,6 +25,7 @@ from forgetlab.api import (  # noqa: E402
     report,
     run,
     run_all,
+    run_stacked,
     sweep,
 )
 from forgetlab.version import __version__  # noqa: E402
@@ -44,5 +45,6 @@ __all__ = [
     "report",
     "run",
     "run_all",
+    "run_stacked",
     "sweep",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetlab.config import Config
-from forgetlab.errors import ConfigError
+from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.methods import METHODS
 from forgetlab.metrics import metrics_from_csv
 from forgetlab.report.text import format_comparison, format_run
@@ -52,6 +52,32 @@ def run_all(config: Config | str | Path, resume: bool = False) -> list:
         config = load_config(config)
     children = [child for _, child in variant_configs(config)] or [config]
     return [run(child, resume=resume) for child in children]
+
+
+def run_stacked(configs: list[Config | str | Path], resume: bool = False) -> list:
+    """Train every seed of every config in one process as one stacked model (see
+    `forgetlab.recipe.stacked`): the configs differ only in values (learning rate, seeds,
+    warm-up, weight decay, max_grad_norm), and each run directory ends with the numbers its
+    lone run would have. A config with `variants:` contributes each variant. Returns one
+    `StackedOutcome` per run, in order (`.result`: its RunResult, recorded in its results
+    store; `.error`: the TrainingDiverged of a run whose training diverged — its other
+    seeds and finished stages are kept). `resume` is refused: a stack starts afresh."""
+    from forgetlab.recipe.data_parallel import launched_processes
+    from forgetlab.recipe.stacked.run import run_stacked as _run_stacked
+
+    if launched_processes() > 1:
+        raise ForgetlabError("stacked trials run in one process: drop --processes")
+    if resume:
+        raise ForgetlabError("stacked trials cannot resume: run the unfinished ones one by one")
+    loaded = [c if isinstance(c, Config) else load_config(c) for c in configs]
+    runs = [child for c in loaded for child in ([v for _, v in variant_configs(c)] or [c])]
+    for config in runs:
+        ResultsStore(config.output.store).check_target()
+    outcomes = _run_stacked(runs)
+    for outcome in outcomes:
+        if outcome.result is not None:
+            record_result(outcome.result)
+    return outcomes
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -214,5 +240,7 @@ __all__ = [
     "predict_lr",
     "report",
     "run",
+    "run_all",
+    "run_stacked",
     "sweep",
 ]

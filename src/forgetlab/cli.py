@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-stage lines")
     r.add_argument(
+        "--stack",
+        action="store_true",
+        help="train the config's seeds and variants (differing only in values: lr, seeds, "
+        "warm-up, weight decay) as one stacked model in this process",
+    )
+    r.add_argument(
         "--processes",
         type=int,
         help="data-parallel over N processes on this machine (torchrun; gloo on CPU): each "
@@ -356,6 +362,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = api.load_config(args.config, overrides)
     _quiet_libraries()
     _log_to_stderr(args.quiet)  # the run log file gets DEBUG (per-step) lines
+    if args.stack:
+        return _print_stacked(api.run_stacked([config], resume=args.resume))
     results = api.run_all(config, resume=args.resume)
     if process_rank() > 0:
         return 0
@@ -365,6 +373,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if len(results) > 1:
         print(api.compare([r.run_dir for r in results]))
     return 0
+
+
+def _print_stacked(outcomes: list) -> int:
+    """The stacked runs' summaries; a run that diverged is named with its error (exit 1)."""
+    from forgetlab import api
+
+    done = [o.result for o in outcomes if o.result is not None]
+    for outcome in outcomes:
+        if outcome.result is not None:
+            print(api.format_run(outcome.result.metrics))
+            print(f"\nrun directory: {outcome.result.run_dir}\n")
+        else:
+            print(f"forgetlab: {outcome.config.output.dir}: {outcome.error}", file=sys.stderr)
+    if len(done) > 1:
+        print(api.compare([r.run_dir for r in done]))
+    return 0 if len(done) == len(outcomes) else 1
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

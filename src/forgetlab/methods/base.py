@@ -143,6 +143,12 @@ class Method:
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     # True: `prepare` computes the init from data and must get a `Calibration`.
     needs_calibration: ClassVar[bool] = False
+    # True: K trials of this method that differ only in values (lr, seed, warm-up, weight
+    # decay) can train as one stacked model (`forgetlab.recipe.stacked`): every weight that
+    # trains lives in an nn.Linear, nn.LayerNorm or nn.Embedding used as a plain layer, and
+    # there are no per-stage hooks. Read from the class itself, never inherited (see
+    # `is_stackable`): a variant that changes the forward must not become stackable unseen.
+    stackable: ClassVar[bool] = False
 
     def prepare(
         self, model: TaskModel, cfg: MethodConfig, calibration: Calibration | None = None
@@ -183,6 +189,11 @@ class Method:
         missing, unexpected = model.backbone.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "position_ids" not in m]:
             raise ForgetlabError(f"checkpoint {path} does not match the model")
+
+
+def is_stackable(method: Method) -> bool:
+    """Whether `method`'s own class declares `stackable = True`."""
+    return bool(vars(type(method)).get("stackable", False))
 
 
 def save_heads(model: TaskModel, path: Path) -> None:

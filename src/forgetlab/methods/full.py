@@ -11,6 +11,7 @@ class FullFineTuning(Method):
     summary = "all backbone weights and the head train"
     reference = "Devlin et al. 2019, arXiv:1810.04805 (fine-tuning every weight, as BERT)"
     config_cls = MethodConfig
+    stackable = True
 
     def prepare(self, model: TaskModel, cfg: MethodConfig) -> None:
         for p in model.parameters():

@@ -18,4 +18,5 @@ class GaussianLora(Lora):
     summary = "LoRA with A ~ N(0, 1/r^2), B = 0 (PEFT's gaussian init)"
     reference = "Hayou, Ghosh & Yu 2024, arXiv:2406.08447 (Init[A])"
     config_cls = LoraMethodConfig
+    stackable = True  # an init or a scaling: the forward is plain LoRA
     peft_extra = {"init_lora_weights": "gaussian"}

@@ -81,6 +81,7 @@ class Lora(Method):
     summary = "low-rank update B@A on the target modules; base weights frozen (PEFT)"
     reference = "Hu et al. 2021, arXiv:2106.09685"
     config_cls = LoraMethodConfig
+    stackable = True
     # Extra LoraConfig arguments that make a variant (use_dora, init_lora_weights, ...).
     peft_extra: ClassVar[dict[str, Any]] = {}
 

@@ -16,4 +16,5 @@ class RsLora(Lora):
     summary = "LoRA with the rank-stabilised scale alpha/sqrt(r) instead of alpha/r"
     reference = "Kalajdzievski 2023, arXiv:2312.03732"
     config_cls = LoraMethodConfig
+    stackable = True  # an init or a scaling: the forward is plain LoRA
     peft_extra = {"use_rslora": True}

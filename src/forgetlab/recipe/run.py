@@ -72,10 +72,10 @@ def _run_locked(
     config: Config, out: RunDir, resume: bool, on_curve: CurveCallback | None
 ) -> RunResult:
     stale = out.remove_stale_temp()  # a killed writer's half-written files (we hold the lock)
-    _prepare_out_dir(config, out, resume and process_rank() == 0)  # rank 0 checks for all
+    prepare_out_dir(config, out, resume and process_rank() == 0)  # rank 0 checks for all
     if stale:
         log.info("removed %d half-written temporary file(s) of an earlier run", len(stale))
-    handler = _attach_log_file(out.log_path)
+    handler = attach_log_file(out.log_path)
     try:
         accelerator = make_accelerator(config.training, project_dir=str(out.path))
         if config.training.trackers:
@@ -89,14 +89,22 @@ def _run_locked(
             )
             for seed in config.seeds
         }
-        summary = summarize(config, run_tasks.tasks, per_seed)
-        atomic_write_json(out.metrics_path, summary)
+        result = finish_run(config, run_tasks, out, per_seed)
         if config.training.trackers:
             accelerator.end_training()
-        return RunResult(run_dir=out.path, config=config, metrics=summary, seed_metrics=per_seed)
+        return result
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def finish_run(
+    config: Config, run_tasks: RunTasks, out: RunDir, per_seed: dict[int, dict]
+) -> RunResult:
+    """Write the run's metrics.json from its seeds' metrics."""
+    summary = summarize(config, run_tasks.tasks, per_seed)
+    atomic_write_json(out.metrics_path, summary)
+    return RunResult(run_dir=out.path, config=config, metrics=summary, seed_metrics=per_seed)
 
 
 def run_seed(
@@ -123,7 +131,7 @@ def run_seed(
         # every row is recorded (the run died after its last state.json write): the seed's
         # metrics come from state.json alone, no checkpoint needed (output.checkpoints: none)
         log.info("seed %d: every row recorded; writing its metrics", seed)
-        return _finish_seed(config, run_tasks, out, state)
+        return finish_seed(config, run_tasks, out, state)
 
     # 1. build the model (and the regulariser and strategies: fresh estimates per seed)
     method, mcfg = get_method(config.method["name"]), method_config(config.method)
@@ -145,19 +153,7 @@ def run_seed(
         load_checkpoint(model, method, out.checkpoint_dir(seed, done, tasks[done - 1].name), reg)
         log.info("seed %d: resumed after stage %d (%s)", seed, done, tasks[done - 1].name)
     elif not state:
-        state = {
-            "version": __version__,
-            "seed": seed,
-            "rows": [],
-            "stages": [],
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-        }
-        start = time.perf_counter()
-        state["rows"].append(eval_row(model, scored, config, accelerator, pad_id, tokenizer))
-        state["base_eval_s"] = time.perf_counter() - start
-        atomic_write_json(out.state_path(seed), state)
-        log_row(seed, "base", scored, state["rows"][-1])
+        state = base_state(config, run_tasks, seed, out, model, accelerator, pad_id, tokenizer)
 
     # 3. one stage per task: train, score every task and probe, checkpoint, record the row
     for stage in range(len(state["rows"]), len(tasks) + 1):
@@ -194,47 +190,118 @@ def run_seed(
                 on_step=_step_hooks(hooks),
             )
         except TrainingDiverged as e:
-            raise TrainingDiverged(
-                f"{e}. Finished stages are kept in {out.seed_dir(seed)} "
-                "(--resume continues after them)"
-            ) from e
-        log.info(
-            "seed %d stage %d %s: %d steps, loss %.4f -> %.4f, %.1f ex/s, %.0f tok/s",
-            seed,
-            stage,
-            task.name,
-            stats.steps,
-            stats.first_loss or float("nan"),
-            stats.final_loss or float("nan"),
-            stats.examples_per_s,
-            stats.tokens_per_s,
-        )
-        start = time.perf_counter()
-        row = eval_row(model, scored, config, accelerator, pad_id, tokenizer)
-        # train_s: the training loop alone; eval_s: every evaluation of this stage (the curve
-        # points and guard checks during it, the row after it) — the cost a sweep pays
+            raise diverged_in_run(e, out, seed) from e
+        log_stage(seed, stage, stats)
+        # eval_s: every evaluation of this stage (the curve points and guard checks during it,
+        # the row after it) — the cost a sweep pays
         eval_s = curves.eval_s + (guard.eval_s if guard else 0.0)
-        timing = {"train_s": stats.wall_s, "eval_s": eval_s + time.perf_counter() - start}
-        log.info(
-            "seed %d stage %d: evaluation %.1f s = %.0f%% of training time",
-            seed,
+        record_stage(
+            config,
+            run_tasks,
+            out,
+            state,
             stage,
-            timing["eval_s"],
-            100 * timing["eval_s"] / max(timing["train_s"], 1e-9),
+            stats,
+            eval_s,
+            model,
+            method,
+            reg,
+            (accelerator, pad_id, tokenizer),
         )
-        if config.output.checkpoints != "none" or stage < len(tasks):
-            save_checkpoint(model, method, out.checkpoint_dir(seed, stage, task.name), reg)
-        state["rows"].append(row)
-        state["stages"].append({**stats.to_dict(), **timing})
-        atomic_write_json(out.state_path(seed), state)  # the stage counts as done only from here
-        log_row(seed, f"after {task.name}", scored, row)
-        _prune_checkpoints(config, out, seed, tasks, stage)
 
     # 4. the seed's metrics
-    return _finish_seed(config, run_tasks, out, state)
+    return finish_seed(config, run_tasks, out, state)
 
 
-def _finish_seed(config: Config, run_tasks: RunTasks, out: RunDir, state: dict) -> dict:
+def diverged_in_run(error: TrainingDiverged, out: RunDir, seed: int) -> TrainingDiverged:
+    """A stage's TrainingDiverged as the run reports it: where its finished stages are."""
+    return TrainingDiverged(
+        f"{error}. Finished stages are kept in {out.seed_dir(seed)} (--resume continues after them)"
+    )
+
+
+def log_stage(seed: int, stage: int, stats: StageStats) -> None:
+    log.info(
+        "seed %d stage %d %s: %d steps, loss %.4f -> %.4f, %.1f ex/s, %.0f tok/s",
+        seed,
+        stage,
+        stats.task,
+        stats.steps,
+        stats.first_loss or float("nan"),
+        stats.final_loss or float("nan"),
+        stats.examples_per_s,
+        stats.tokens_per_s,
+    )
+
+
+def base_state(
+    config: Config,
+    run_tasks: RunTasks,
+    seed: int,
+    out: RunDir,
+    model,
+    accelerator,
+    pad_id: int,
+    tokenizer=None,
+) -> dict:
+    """A new seed's state.json: the model's parameter counts and row 0 (the model before any
+    training), written before it is returned."""
+    trainable, total = count_parameters(model)
+    state = {
+        "version": __version__,
+        "seed": seed,
+        "rows": [],
+        "stages": [],
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    }
+    start = time.perf_counter()
+    state["rows"].append(eval_row(model, run_tasks.scored, config, accelerator, pad_id, tokenizer))
+    state["base_eval_s"] = time.perf_counter() - start
+    atomic_write_json(out.state_path(seed), state)
+    log_row(seed, "base", run_tasks.scored, state["rows"][-1])
+    return state
+
+
+def record_stage(
+    config: Config,
+    run_tasks: RunTasks,
+    out: RunDir,
+    state: dict,
+    stage: int,
+    stats: StageStats,
+    eval_s: float,
+    model,
+    method,
+    reg,
+    scoring: tuple,
+) -> None:
+    """After stage `stage` trained: score its row, save its checkpoint, append the row and the
+    stage's stats to state.json (the stage counts as done only from then on) and prune older
+    checkpoints. `eval_s`: evaluation time already spent during the stage; `scoring`:
+    (accelerator, pad_id, tokenizer) for `eval_row`."""
+    tasks, seed, task = run_tasks.tasks, state["seed"], run_tasks.tasks[stage - 1]
+    start = time.perf_counter()
+    row = eval_row(model, run_tasks.scored, config, *scoring)
+    # train_s: the training loop alone
+    timing = {"train_s": stats.wall_s, "eval_s": eval_s + time.perf_counter() - start}
+    log.info(
+        "seed %d stage %d: evaluation %.1f s = %.0f%% of training time",
+        seed,
+        stage,
+        timing["eval_s"],
+        100 * timing["eval_s"] / max(timing["train_s"], 1e-9),
+    )
+    if config.output.checkpoints != "none" or stage < len(tasks):
+        save_checkpoint(model, method, out.checkpoint_dir(seed, stage, task.name), reg)
+    state["rows"].append(row)
+    state["stages"].append({**stats.to_dict(), **timing})
+    atomic_write_json(out.state_path(seed), state)
+    log_row(seed, f"after {task.name}", run_tasks.scored, row)
+    _prune_checkpoints(config, out, seed, tasks, stage)
+
+
+def finish_seed(config: Config, run_tasks: RunTasks, out: RunDir, state: dict) -> dict:
     """Write a seed's metrics.json and matrix CSV from its state.json rows."""
     metrics = seed_metrics(config, run_tasks.tasks, state, run_tasks.probes)
     atomic_write_text(out.matrix_csv_path(state["seed"]), seed_matrix_csv(metrics))
@@ -292,7 +359,7 @@ def _diff_configs(old: dict, new: dict, prefix: tuple = ()) -> str | None:
     return None
 
 
-def _prepare_out_dir(config: Config, out: RunDir, resume: bool) -> None:
+def prepare_out_dir(config: Config, out: RunDir, resume: bool) -> None:
     if resume:
         if not out.config_path.is_file():
             if not out.path.is_dir() or out.holds_results():  # a typo'd --out; or not ours
@@ -335,7 +402,7 @@ def _check_resumable(config: Config, out: RunDir) -> None:
             verify_checkpoint(out.checkpoint_dir(seed, done, names[done - 1]))
 
 
-def _attach_log_file(path: Path) -> logging.Handler:
+def attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.DEBUG)

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -58,9 +58,49 @@ class StageStats:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record(self, step: int, window: list[tuple[float, float]]) -> tuple[float, float]:
+        """Log the micro-batches' (task loss, penalty) since the last point as one point of
+        the loss curve at `step`; empties `window` and returns the point's means."""
+        mean_loss = sum(w[0] for w in window) / len(window)
+        mean_pen = sum(w[1] for w in window) / len(window)
+        window.clear()
+        self.loss_curve.append([step, mean_loss, mean_pen])
+        if self.first_loss is None:
+            self.first_loss = mean_loss
+        self.final_loss = mean_loss
+        return mean_loss, mean_pen
+
 
 def stage_seed(seed: int, stage: int) -> int:
     return seed * 1000 + stage
+
+
+def stage_steps(cfg: TrainingConfig, n_examples: int) -> tuple[int, int, int]:
+    """A stage's (micro-batches, optimizer steps, warm-up steps) on `n_examples` examples."""
+    batches_per_epoch = math.ceil(n_examples / cfg.batch_size)
+    micro_batches = max(1, math.ceil(batches_per_epoch * cfg.epochs))
+    total_steps = math.ceil(micro_batches / cfg.grad_accum)
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+        micro_batches = min(micro_batches, total_steps * cfg.grad_accum)
+    return micro_batches, total_steps, cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+
+
+def batch_stream(
+    kind: str, data: EncodedSplit, cfg: TrainingConfig, rng: random.Random
+) -> Iterator[list[int]]:
+    """A stage's training batches (example indices), epoch after epoch, in `rng`'s order;
+    fractional epochs stop mid-way through the last one."""
+    while True:
+        yield from KINDS[kind].train_batches(data.lengths, cfg.batch_size, rng, cfg.group_by_length)
+
+
+def diverged(stage: int, task: str, loss: float, step: int, lr: float) -> TrainingDiverged:
+    """The error of a stage whose loss became non-finite at optimizer step `step`."""
+    return TrainingDiverged(
+        f"stage {stage} ({task}): loss became {loss} at step {step} "
+        f"(lr {lr:.2e}); try a lower training.lr"
+    )
 
 
 def make_accelerator(cfg: TrainingConfig, project_dir: str | None = None) -> Accelerator:
@@ -140,13 +180,7 @@ def train_stage(
     method.on_stage_start(model, method_cfg, stage, task)
     model.to(device).train()
 
-    batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    micro_batches = max(1, math.ceil(batches_per_epoch * cfg.epochs))
-    total_steps = math.ceil(micro_batches / cfg.grad_accum)
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-        micro_batches = min(micro_batches, total_steps * cfg.grad_accum)
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    micro_batches, total_steps, warmup = stage_steps(cfg, len(data))
 
     optimizer = _optimizer(model, method, method_cfg, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
@@ -174,10 +208,6 @@ def train_stage(
     for strategy in strategies:
         strategy.on_stage_start(sctx)
 
-    def batch_stream():
-        while True:  # epochs; fractional epochs stop mid-way through the last one
-            yield from ops.train_batches(data.lengths, cfg.batch_size, rng, cfg.group_by_length)
-
     stats = StageStats(task=task)
     window: list[tuple[float, float]] = []
     bar = tqdm(
@@ -194,7 +224,7 @@ def train_stage(
         start += time.perf_counter() - paused
         return stop
 
-    stream = batch_stream()
+    stream = batch_stream(kind, data, cfg, rng)
     if dp is not None:  # own dropout masks per rank; what the ranks share was drawn above
         torch.manual_seed(stage_seed(seed, stage) * 1009 + 1 + dp.rank)
     lengths = data.lengths  # attended tokens per example
@@ -234,10 +264,7 @@ def train_stage(
         if not (torch.isfinite(total) if dp is None else math.isfinite(sum(logged))):
             bar.close()
             value = total.item() if dp is None else sum(logged)
-            raise TrainingDiverged(
-                f"stage {stage} ({task}): loss became {value} at step {step + 1} "
-                f"(lr {scheduler.get_last_lr()[0]:.2e}); try a lower training.lr"
-            )
+            raise diverged(stage, task, value, step + 1, scheduler.get_last_lr()[0])
         accelerator.backward(total / cfg.grad_accum)
         stats.examples += len(indices)
         stats.tokens += tokens
@@ -255,14 +282,8 @@ def train_stage(
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == total_steps:
-            mean_loss = sum(w[0] for w in window) / len(window)
-            mean_pen = sum(w[1] for w in window) / len(window)
-            window.clear()
+            mean_loss, mean_pen = stats.record(step, window)
             elapsed = time.perf_counter() - start
-            stats.loss_curve.append([step, mean_loss, mean_pen])
-            if stats.first_loss is None:
-                stats.first_loss = mean_loss
-            stats.final_loss = mean_loss
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             log.debug(
                 "stage %d %s step %d/%d loss %.4f penalty %.4g lr %.2e %.1f ex/s %.0f tok/s",

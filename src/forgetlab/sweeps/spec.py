@@ -282,6 +282,9 @@ class SweepSpec:
     heartbeat_s: int = 10  # a killed worker's trial is failed and retried after 2× this
     max_retry: int = 3
     resources: Resources = field(default_factory=Resources)  # --backend ray: per trial
+    # Up to this many grid points that differ only in values (rate, warm-up, weight decay)
+    # train in one worker as one stacked model (forgetlab.recipe.stacked); 1: one at a time.
+    stack: int = 1
 
     def __post_init__(self) -> None:
         if self.methods and self.variants:
@@ -319,6 +322,7 @@ class SweepSpec:
             raise ConfigError(f"sweep.sampler={self.sampler} needs a sweep.space to sample")
         self._check_predict()
         self._check_pruner()
+        self._check_stack()
         size = sum(
             math.prod(len(a.values) for a in self.arm_space(arm).values())
             for arm in self.arm_names or [None]
@@ -385,6 +389,17 @@ class SweepSpec:
             return None
         name = self.prune_on or self.objectives[0]
         return ALIASES.get(name, name)
+
+    def _check_stack(self) -> None:
+        if not isinstance(self.stack, int) or isinstance(self.stack, bool) or self.stack < 1:
+            raise ConfigError(f"sweep.stack={self.stack!r} must be a whole number >= 1")
+        if self.stack > 1 and not self.is_grid:
+            raise ConfigError(
+                f"sweep.stack stacks grid points: sampler {self.sampler} picks each trial "
+                "from the ones before it (use sampler: grid or predicted)"
+            )
+        if self.stack > 1 and self.pruner != "none":
+            raise ConfigError("sweep.stack: stacked trials cannot be pruned (pruner: none)")
 
     def _check_pruner(self) -> None:
         if self.pruner not in PRUNERS:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetlab.config import Config, apply_overrides, load_raw, parse_override
-from forgetlab.errors import ConfigError
+from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.metrics import target_gain
 from forgetlab.resolve import load_config
 from forgetlab.rundir import RunDir
@@ -133,6 +133,42 @@ def run_trial(config: Config, on_curve=None) -> dict:
     result = run(config, resume=resume, on_curve=on_curve)
     record_result(result)
     return result.metrics
+
+
+def run_stacked_trials(configs: list[Config]) -> list[dict | ForgetlabError]:
+    """Run trials that differ only in values as one stack (`forgetlab.recipe.stacked`) and
+    index each finished one in the results store; per trial its metrics.json content, or
+    the error that stopped it (a diverged trial stops alone). A trial whose directory holds
+    the start of an earlier attempt resumes on its own (a stack starts afresh)."""
+    from forgetlab.recipe.stacked.run import check_stackable, run_stacked, stack_difference
+
+    groups: list[list[Config]] = []
+    for config in configs:
+        if RunDir(config.output.dir).config_path.is_file():
+            continue  # an earlier attempt's start: resumed alone below
+        home = next((g for g in groups if stack_difference(g[0], config) is None), None)
+        home.append(config) if home else groups.append([config])
+    out: dict[str, dict | ForgetlabError] = {}
+    for group in groups:
+        try:
+            check_stackable(group)
+        except ConfigError:
+            continue  # e.g. a method that cannot stack: one at a time
+        if len(group) < 2:
+            continue
+        for outcome in run_stacked(group):
+            if outcome.result is not None:
+                record_result(outcome.result)
+                out[outcome.config.output.dir] = outcome.result.metrics
+            else:
+                out[outcome.config.output.dir] = outcome.error
+    for config in configs:
+        if config.output.dir not in out:
+            try:
+                out[config.output.dir] = run_trial(config)
+            except ForgetlabError as e:
+                out[config.output.dir] = e
+    return [out[c.output.dir] for c in configs]
 
 
 def objective_values(summary: dict, metrics: list[str]) -> list[float | None]:

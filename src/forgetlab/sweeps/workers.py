@@ -31,6 +31,7 @@ from forgetlab.sweeps.trial import (
     SweepConfig,
     load_sweep_config,
     objective_values,
+    run_stacked_trials,
     run_trial,
     set_torch_threads,
     torch_threads,
@@ -64,13 +65,7 @@ class Objective:
             # A retry keeps its folder's name (on another machine: under that one's output.dir).
             name = Path(trial.user_attrs.get("run_dir") or point.name).name
             run_dir = self.sweep.out / "trials" / name
-        trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        trial.set_user_attr("overrides", point.overrides)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr("torch_threads", torch_threads())
-        for key, value in self.attrs.items():
-            trial.set_user_attr(key, value)
-        log.info("trial %d: %s", trial.number, point.name)
+        self._start(trial, point, run_dir)
         reporter = CurveReporter(trial, spec) if spec.pruner != "none" else None
         try:
             config = self.sweep.point_config(point, run_dir, self.store)
@@ -96,6 +91,56 @@ class Objective:
             "  ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, values)),
         )  # fmt: skip
         return values[0] if len(values) == 1 else values
+
+    def _start(self, trial: optuna.Trial, point: Point, run_dir: Path) -> None:
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("overrides", point.overrides)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("torch_threads", torch_threads())
+        for key, value in self.attrs.items():
+            trial.set_user_attr(key, value)
+        log.info("trial %d: %s", trial.number, point.name)
+
+    def stacked(self, study: optuna.Study, points: list[Point]) -> int:
+        """sweep.stack: ask for up to `stack` grid points, train those that differ only in
+        values as one stacked model (the others one by one), tell each trial its objectives
+        or its error. Returns how many trials ran."""
+        spec, asked = self.sweep.spec, []
+        while len(asked) < spec.stack and studies.next_step(study, spec, points) == "run":
+            trial = study.ask()
+            point = self.by_name[trial.suggest_categorical("point", list(self.by_name))]
+            if self._taken(trial, point.name) or point.name in [p.name for _, p, _ in asked]:
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.PRUNED)
+                break  # the grid's free points are handed out: run what we have
+            run_dir = self.sweep.out / "trials" / point.name
+            self._start(trial, point, run_dir)
+            try:
+                asked.append((trial, point, self.sweep.point_config(point, run_dir, self.store)))
+            except ForgetlabError as e:
+                trial.set_user_attr("error", str(e))
+                study.tell(trial, state=TrialState.FAIL)
+        if len(asked) > 1:
+            log.info("stacking %d trials: %s", len(asked), ", ".join(p.name for _, p, _ in asked))
+        results = run_stacked_trials([config for _, _, config in asked]) if asked else []
+        for (trial, point, _), result in zip(asked, results):
+            values = (
+                None if isinstance(result, Exception) else objective_values(result, spec.metrics)
+            )
+            if values is not None and None in values:
+                missing = spec.metrics[values.index(None)]
+                result = ForgetlabError(f"objective {missing} is undefined for {point.name}")
+            if isinstance(result, Exception):
+                trial.set_user_attr("error", str(result))
+                log.error("trial %d (%s) failed: %s", trial.number, point.name, result)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            log.info(
+                "trial %d: %s  %s", trial.number, point.name,
+                "  ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, values)),
+            )  # fmt: skip
+            study.tell(trial, values[0] if len(values) == 1 else values)
+        return len(asked)
 
     def _taken(self, trial: optuna.Trial, name: str) -> bool:
         """Another worker's earlier trial already runs (or ran) this point: a race at the end
@@ -129,8 +174,7 @@ def work(sweep: SweepConfig, url: str, study_name: str, store: str) -> int:
     study, objective = open_study(sweep, url, study_name, store)
     ran = 0
     while wait_for_trial(study, sweep.spec, objective.points):
-        run_one(study, objective)
-        ran += 1
+        ran += run_one(study, objective)
     return ran
 
 
@@ -157,10 +201,14 @@ def wait_for_trial(study: optuna.Study, spec: SweepSpec, points: list[Point]) ->
         time.sleep(min(2.0, spec.heartbeat_s / 2))
 
 
-def run_one(study: optuna.Study, objective: Objective) -> None:
+def run_one(study: optuna.Study, objective: Objective) -> int:
     """One trial: Optuna asks (the grid's next point, or a sample), the objective runs it, and
-    Optuna is told; a forgetlab error fails this trial only."""
+    Optuna is told; a forgetlab error fails this trial only. With sweep.stack: up to that many
+    trials as one stacked model. Returns how many trials ran."""
+    if objective.sweep.spec.stack > 1:
+        return objective.stacked(study, objective.points)
     study.optimize(objective, n_trials=1, catch=(ForgetlabError,), gc_after_trial=False)
+    return 1
 
 
 def cores() -> int:

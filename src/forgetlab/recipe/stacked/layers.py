@@ -1,0 +1,181 @@
+"""K prepared copies of one model as one batched model, without vmap over the model's code.
+
+Every module whose parameters train (or differ between the trials) is replaced by a stacked
+twin holding the K trials' parameters as [K, ...] tensors; the batch is K contiguous blocks of
+`rows` rows, block k being trial k's, and a stacked layer applies trial k's slice to block k
+(`bmm` over [K, rows * L, in]). Everything else the model computes row by row (attention,
+softmax, GELU, the frozen base layers of LoRA) then runs unchanged on the concatenated batch:
+a frozen base layer is one GEMM over all K trials' rows, and under PEFT only `lora_A` /
+`lora_B` are stacked. Trials that left the stack (finished, diverged) are skipped through
+`Layout.active`: their rows are no longer in the batch and their slices are not read.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forgetlab.errors import ConfigError
+
+
+@dataclass
+class Layout:
+    """Shared by every stacked layer of one model: which trials the batch holds (their
+    indices into the K slices, in block order) and how many rows each block has."""
+
+    size: int  # K
+    active: list[int] = field(default_factory=list)
+    rows: int = 0
+    _index: torch.Tensor | None = None
+
+    def set(self, active: list[int], rows: int) -> None:
+        self.active, self.rows, self._index = list(active), rows, None
+
+    def take(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The active trials' slices of a [K, ...] tensor, in block order."""
+        if len(self.active) == self.size:
+            return stacked
+        if self._index is None or self._index.device != stacked.device:
+            self._index = torch.tensor(self.active, device=stacked.device)
+        return stacked.index_select(0, self._index)
+
+
+def _stack(params: list[torch.Tensor | None]) -> nn.Parameter | None:
+    if params[0] is None:
+        return None
+    return nn.Parameter(
+        torch.stack([p.detach() for p in params]).contiguous(),
+        requires_grad=params[0].requires_grad,
+    )
+
+
+class StackedLinear(nn.Module):
+    """K nn.Linear layers: weight [K, out, in], bias [K, out]."""
+
+    def __init__(self, layers: list[nn.Linear], layout: Layout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.in_features, self.out_features = layers[0].in_features, layers[0].out_features
+        self.weight = _stack([m.weight for m in layers])
+        self.bias = _stack([m.bias for m in layers])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        blocks = x.reshape(len(lay.active), -1, x.shape[-1])
+        weight = lay.take(self.weight).transpose(1, 2)
+        if self.bias is None:
+            out = torch.bmm(blocks, weight)
+        else:
+            out = torch.baddbmm(lay.take(self.bias).unsqueeze(1), blocks, weight)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class StackedLayerNorm(nn.Module):
+    """K nn.LayerNorm layers over the last dimension: weight and bias [K, D]."""
+
+    def __init__(self, layers: list[nn.LayerNorm], layout: Layout) -> None:
+        super().__init__()
+        if len(layers[0].normalized_shape) != 1 or layers[0].weight is None:
+            raise ConfigError("stacked trials: only LayerNorm over the last dimension stacks")
+        self.layout = layout
+        self.normalized_shape, self.eps = layers[0].normalized_shape, layers[0].eps
+        self.weight = _stack([m.weight for m in layers])
+        self.bias = _stack([m.bias for m in layers])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        blocks = F.layer_norm(
+            x.reshape(len(lay.active), -1, x.shape[-1]), self.normalized_shape, eps=self.eps
+        )
+        out = blocks * lay.take(self.weight).unsqueeze(1)
+        if self.bias is not None:
+            out = out + lay.take(self.bias).unsqueeze(1)
+        return out.reshape(x.shape)
+
+
+class StackedEmbedding(nn.Module):
+    """K nn.Embedding tables: weight [K, V, D]. Ids with a leading dimension of 1 (BERT's
+    broadcast position ids) are looked up in every trial's table and repeated over its rows."""
+
+    def __init__(self, layers: list[nn.Embedding], layout: Layout) -> None:
+        super().__init__()
+        first = layers[0]
+        if first.max_norm is not None or first.sparse:
+            raise ConfigError("stacked trials: embeddings with max_norm or sparse do not stack")
+        self.layout = layout
+        self.padding_idx = first.padding_idx
+        self.weight = _stack([m.weight for m in layers])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        tables = lay.take(self.weight)
+        if ids.shape[0] == 1 and len(lay.active) * lay.rows != 1:  # broadcast ids
+            per_trial = [F.embedding(ids, t, self.padding_idx) for t in tables]
+            return torch.cat([e.expand(lay.rows, *e.shape[1:]) for e in per_trial])
+        blocks = ids.reshape(len(lay.active), -1)
+        # one lookup per trial: padding_idx keeps its zero gradient in every table
+        out = torch.stack([F.embedding(b, t, self.padding_idx) for b, t in zip(blocks, tables)])
+        return out.reshape(*ids.shape, tables.shape[-1])
+
+
+STACKED = {nn.Linear: StackedLinear, nn.LayerNorm: StackedLayerNorm, nn.Embedding: StackedEmbedding}
+
+
+@dataclass
+class StackedModel:
+    """The batched model (`model`, the first trial's module tree with stacked layers), its
+    `layout`, and which stacked modules came from which module name of the trials' models."""
+
+    model: nn.Module
+    layout: Layout
+    stacked: dict[str, nn.Module]
+
+    def named_stacked_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, module in self.stacked.items():
+            for pname, p in module.named_parameters(recurse=False):
+                yield f"{name}.{pname}", p
+
+    @torch.no_grad()
+    def copy_to(self, trial: int, model: nn.Module) -> None:
+        """Write trial `trial`'s slices into its own plain model (to score or save it)."""
+        for name, p in self.named_stacked_parameters():
+            model.get_parameter(name).copy_(p[trial])
+
+
+def _differs(modules: list[nn.Module]) -> bool:
+    first = dict(modules[0].named_parameters(recurse=False))
+    if any(p.requires_grad for p in first.values()):
+        return True
+    rest = [dict(m.named_parameters(recurse=False)) for m in modules[1:]]
+    return any(not torch.equal(first[n], p) for params in rest for n, p in params.items())
+
+
+def stack_models(models: list[nn.Module]) -> StackedModel:
+    """One batched model from K models of the same structure (K prepared trials). The trials'
+    models are left untouched; frozen modules equal in every trial are shared, not copied."""
+    layout = Layout(size=len(models))
+    skeleton = copy.deepcopy(models[0])
+    stacked: dict[str, nn.Module] = {}
+    for name, module in list(skeleton.named_modules()):
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        twins = [m.get_submodule(name) for m in models]
+        if not _differs(twins):
+            continue
+        if not name:
+            raise ConfigError("stacked trials: the model's own parameters cannot be stacked")
+        cls = STACKED.get(type(module))
+        if cls is None:
+            raise ConfigError(
+                f"stacked trials: module {name} ({type(module).__name__}) trains but cannot be "
+                f"stacked (stackable: {', '.join(t.__name__ for t in STACKED)})"
+            )
+        stacked[name] = cls(twins, layout)
+        parent, _, child = name.rpartition(".")
+        skeleton.get_submodule(parent)._modules[child] = stacked[name]
+    return StackedModel(model=skeleton, layout=layout, stacked=stacked)

@@ -1,0 +1,207 @@
+"""Train one stage of every trial of a stack, as `train_stage` trains it for a lone run.
+
+Each trial keeps what makes its numbers its own: its batch order (`random.Random` seeded by
+`stage_seed(seed, stage)`, as a lone run), its schedule, weight decay and clipping
+(`StackedAdamW`), its loss (the kind's loss over its own rows only) and its stop: a trial
+whose loss becomes non-finite leaves the stack alone, with the error a lone run would raise,
+and its rows are no longer computed. At each micro-batch the trials' batches are padded to a
+common number of rows and length (padding rows hold one unmasked pad token, so that every
+row's attention stays finite, and no loss reads them).
+
+Dropout: the stack draws its masks from one generator, seeded as the first active trial's
+lone run; with dropout > 0 a stacked trial is therefore equal to its lone run in
+distribution, not bit for bit (with dropout 0, as the tests run, the numbers agree to float
+rounding).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from forgetlab.config import TrainingConfig
+from forgetlab.errors import ConfigError, TrainingDiverged
+from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.methods import Method, MethodConfig
+from forgetlab.models.task_model import TaskModel
+from forgetlab.recipe.stacked.layers import StackedModel
+from forgetlab.recipe.stacked.optimizer import Schedule, StackedAdamW
+from forgetlab.recipe.train import StageStats, batch_stream, diverged, stage_seed, stage_steps
+
+log = logging.getLogger("forgetlab")
+
+# Kinds whose loss is a mean over rows of `model(task, **inputs)`: the stack scores each
+# trial's block with the kind's own loss.
+STACKABLE_KINDS = ("classification",)
+
+
+@dataclass
+class Trial:
+    """One trial of a stack: its own plain model (scored and saved after each stage), its
+    training values and its seed."""
+
+    model: TaskModel
+    training: TrainingConfig
+    seed: int
+
+
+class _Logits:
+    """Stands in for the model in the kind's loss: returns logits already computed (one
+    trial's block of the stacked forward)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def __call__(self, task: str, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def check_stackable_kind(kind: str) -> None:
+    if kind not in STACKABLE_KINDS:
+        raise ConfigError(
+            f"stacked trials: task kind {kind!r} cannot be stacked yet "
+            f"(stackable: {', '.join(STACKABLE_KINDS)}); run these trials one by one"
+        )
+
+
+def merge_batches(batches: list[dict], pad_id: int) -> tuple[dict, int]:
+    """The trials' collated batches as one: each padded to the longest length and the most
+    rows; returns the merged inputs and the rows per trial."""
+    rows = max(len(b["labels"]) for b in batches)
+    width = max(b["inputs"]["input_ids"].shape[1] for b in batches)
+    merged: dict[str, list[torch.Tensor]] = {k: [] for k in batches[0]["inputs"]}
+    for b in batches:
+        n = len(b["labels"])
+        for key, value in b["inputs"].items():
+            fill = pad_id if key == "input_ids" else 0
+            block = value.new_full((rows, width), fill)
+            block[:n, : value.shape[1]] = value
+            if key == "attention_mask":
+                block[n:, 0] = 1  # a padding row: one visible token, so attention stays finite
+            merged[key].append(block)
+    return {k: torch.cat(v) for k, v in merged.items()}, rows
+
+
+def _optimizer(
+    stack: StackedModel, trials: list[Trial], method: Method, mcfg: MethodConfig
+) -> StackedAdamW:
+    """Each trial's AdamW groups (the method's `optimizer_groups` on its own model) mapped
+    onto the stacked parameters."""
+    groups = []
+    for t in trials:
+        by_param = {}
+        for g in method.optimizer_groups(t.model, mcfg, t.training.lr, t.training.weight_decay):
+            for p in g["params"]:
+                by_param[id(p)] = (g["lr"], g["weight_decay"])
+        groups.append(by_param)
+    params, base_lr, decay = {}, {}, {}
+    for name, p in stack.named_stacked_parameters():
+        if not p.requires_grad:
+            continue
+        per_trial = [
+            g.get(id(t.model.get_parameter(name)), (0.0, 0.0)) for g, t in zip(groups, trials)
+        ]
+        params[name] = p
+        base_lr[name] = [lr for lr, _ in per_trial]
+        decay[name] = [wd for _, wd in per_trial]
+    return StackedAdamW(params, base_lr, decay, [t.training.max_grad_norm for t in trials])
+
+
+def train_stacked_stage(
+    stack: StackedModel,
+    trials: list[Trial],
+    alive: list[int],
+    method: Method,
+    method_cfg: MethodConfig,
+    task: str,
+    kind: str,
+    data: EncodedSplit,
+    accelerator: Accelerator,
+    stage: int,
+    pad_id: int,
+) -> dict[int, StageStats | TrainingDiverged]:
+    """Train the trials `alive` (indices into `trials`, the stack's slices) on one task; each
+    gets its StageStats, or the TrainingDiverged a lone run of it would have raised."""
+    check_stackable_kind(kind)
+    ops = KINDS[kind]
+    device = accelerator.device
+    set_seed(stage_seed(trials[alive[0]].seed, stage))  # the stack's dropout generator
+    model = stack.model.to(device).train()
+    plan = {k: stage_steps(trials[k].training, len(data)) for k in alive}
+    streams = {
+        k: batch_stream(
+            kind, data, trials[k].training, random.Random(stage_seed(trials[k].seed, stage))
+        )
+        for k in alive
+    }
+    schedules = {k: Schedule(plan[k][2], plan[k][1]) for k in alive}
+    optimizer = _optimizer(stack, trials, method, method_cfg)
+    stats = {k: StageStats(task=task) for k in alive}
+    windows: dict[int, list[tuple[float, float]]] = {k: [] for k in alive}
+    out: dict[int, StageStats | TrainingDiverged] = {}
+    cfg = trials[alive[0]].training  # grad_accum, log_every: the same in every trial
+    active, step = list(alive), 0
+    start = time.perf_counter()
+    for micro in range(max(p[0] for p in plan.values())):
+        active = [k for k in active if micro < plan[k][0]]
+        if not active:
+            break
+        own = [ops.collate(data, next(streams[k]), pad_id, device) for k in active]
+        inputs, rows = merge_batches(own, pad_id)
+        stack.layout.set(active, rows)
+        with accelerator.autocast():
+            logits = model(task, **inputs)
+            losses = [
+                ops.loss(_Logits(logits[i * rows : i * rows + len(b["labels"])]), task, b)
+                for i, b in enumerate(own)
+            ]
+        tokens = [b["inputs"]["attention_mask"].sum() for b in own]
+        values = torch.stack([*(x.detach().float() for x in losses), *tokens]).tolist()
+        finite = []
+        for i, k in enumerate(active):
+            loss = values[i]
+            if not math.isfinite(loss):
+                lr = trials[k].training.lr * schedules[k].factor
+                out[k] = diverged(stage, task, loss, step + 1, lr)
+                log.info("stacked trial %d (seed %d): %s", k, trials[k].seed, out[k])
+                continue
+            finite.append(losses[i])
+            stats[k].examples += len(own[i]["labels"])
+            stats[k].tokens += int(values[len(active) + i])
+            windows[k].append((loss, 0.0))
+        active = [k for k in active if k not in out]
+        if finite:
+            accelerator.backward(torch.stack(finite).sum() / cfg.grad_accum)
+        last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == plan[alive[0]][0]
+        if not last_of_step or not active:
+            continue
+        optimizer.clip(active)
+        optimizer.step(
+            [schedules[k].factor if k in schedules else 0.0 for k in range(len(trials))], active
+        )
+        optimizer.zero_grad()
+        step += 1
+        for k in active:
+            schedules[k].step()
+            stats[k].steps = step
+            if step % cfg.log_every == 0 or step == plan[k][1]:
+                stats[k].record(step, windows[k])
+    wall = time.perf_counter() - start
+    for k in alive:
+        if k in out:
+            continue
+        s = stats[k]
+        s.wall_s = wall  # the stack's time: every trial trained in it together
+        s.examples_per_s = s.examples / max(wall, 1e-9)
+        s.tokens_per_s = s.tokens / max(wall, 1e-9)
+        stack.copy_to(k, trials[k].model)
+        out[k] = s
+    model.eval()
+    return out

@@ -1,0 +1,240 @@
+"""Stacked trials (`forgetlab.recipe.stacked`): K trials that differ only in values train as one
+batched model and each ends with the numbers it has alone (fp32, dropout 0)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import needs_data, one_torch_thread, tiny_raw
+from torch import nn
+
+from forgetlab.errors import ConfigError, TrainingDiverged
+from forgetlab.recipe.stacked.layers import stack_models
+from forgetlab.recipe.stacked.optimizer import StackedAdamW
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
+
+
+def test_stacked_adamw_equals_torch_adamw_per_trial_with_its_own_clipping():
+    torch.manual_seed(0)
+    rates, decays, norms = [1e-2, 3e-3, 5e-2], [0.0, 0.1, 0.01], [None, 0.5, 0.05]
+    lone = [nn.Sequential(nn.Linear(4, 3)) for _ in rates]
+    stack = stack_models(lone)
+    params = dict(stack.named_stacked_parameters())
+    opt = StackedAdamW(
+        params,
+        {n: list(rates) for n in params},
+        {n: decays if n.endswith("weight") else [0.0] * 3 for n in params},
+        norms,
+    )
+    copies = [copy.deepcopy(m) for m in lone]
+    refs = [
+        torch.optim.AdamW(
+            [
+                {"params": [m[0].weight], "weight_decay": wd},
+                {"params": [m[0].bias], "weight_decay": 0.0},
+            ],
+            lr=lr,
+        )
+        for m, lr, wd in zip(copies, rates, decays)
+    ]
+    for step in range(6):
+        x = torch.randn(3 * 5, 4)
+        stack.layout.set([0, 1, 2], 5)
+        (stack.model(x) ** 2).sum().backward()
+        opt.clip([0, 1, 2])
+        opt.step([1.0 - 0.1 * step] * 3, [0, 1, 2])
+        opt.zero_grad()
+        for k, (m, ref) in enumerate(zip(copies, refs)):
+            (m(x[5 * k : 5 * k + 5]) ** 2).sum().backward()
+            if norms[k] is not None:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), norms[k])
+            for group in ref.param_groups:
+                group["lr"] = rates[k] * (1.0 - 0.1 * step)
+            ref.step()
+            ref.zero_grad()
+    for k, m in enumerate(copies):
+        torch.testing.assert_close(params["0.weight"][k], m[0].weight, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(params["0.bias"][k], m[0].bias, rtol=1e-6, atol=1e-6)
+
+
+def test_stacked_layers_give_each_trial_its_own_output_and_skip_trials_that_left():
+    torch.manual_seed(0)
+    models = [
+        nn.Sequential(nn.Embedding(10, 6, padding_idx=0), nn.LayerNorm(6), nn.Linear(6, 2))
+        for _ in range(3)
+    ]
+    stack = stack_models(models)
+    ids = torch.randint(0, 10, (3 * 2, 5))
+    stack.layout.set([0, 1, 2], 2)
+    out = stack.model(ids)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[2 * k : 2 * k + 2], m(ids[2 * k : 2 * k + 2]))
+    stack.layout.set([0, 2], 2)  # trial 1 left: its rows are gone
+    out = stack.model(torch.cat([ids[:2], ids[4:]]))
+    torch.testing.assert_close(out[2:], models[2](ids[4:]))
+
+
+def test_a_module_that_trains_but_cannot_stack_is_named():
+    models = [nn.Sequential(nn.Conv1d(2, 2, 1)) for _ in range(2)]
+    with pytest.raises(ConfigError, match="module 0 .Conv1d. trains but cannot be stacked"):
+        stack_models(models)
+
+
+def _config(out, method: str, lr: float, seed: int, **training):
+    from forgetlab import load_config
+
+    raw = tiny_raw(out, method=method, batch_size=8, epochs=1, **training)
+    raw["data"] = {"max_train_examples": 20, "max_eval_examples": 16}
+    raw["model"] = {"max_length": 32, "dropout": 0.0, "head_dropout": 0.0}
+    raw["output"]["checkpoints"] = "none"
+    raw["training"]["lr"] = lr
+    raw["seeds"] = [seed]
+    if method != "full":
+        raw["method"]["lora_dropout"] = 0.0
+    return load_config(raw=raw)
+
+
+def _state(config) -> dict:
+    return json.loads(Path(config.output.dir, f"seed-{config.seeds[0]}", "state.json").read_text())
+
+
+def _assert_same_numbers(alone, stacked) -> None:
+    a, b = _state(alone), _state(stacked)
+    curve_a = [p for s in a["stages"] for p in s["loss_curve"]]
+    curve_b = [p for s in b["stages"] for p in s["loss_curve"]]
+    assert [p[0] for p in curve_a] == [p[0] for p in curve_b]  # the same steps logged
+    assert [p[1] for p in curve_a] == pytest.approx([p[1] for p in curve_b], abs=1e-5)
+    assert [s["examples"] for s in a["stages"]] == [s["examples"] for s in b["stages"]]
+    assert [s["tokens"] for s in a["stages"]] == [s["tokens"] for s in b["stages"]]
+    cells = ("score", "accuracy")
+    rows_a = [c[k] for row in a["rows"] for c in row for k in cells]
+    rows_b = [c[k] for row in b["rows"] for c in row for k in cells]
+    assert rows_a == pytest.approx(rows_b, abs=1e-5)
+    metrics_a = json.loads(Path(alone.output.dir, "metrics.json").read_text())
+    metrics_b = json.loads(Path(stacked.output.dir, "metrics.json").read_text())
+    flat_a = [x for row in metrics_a["accuracy_matrix"] for x in row]
+    flat_b = [x for row in metrics_b["accuracy_matrix"] for x in row]
+    assert len(flat_a) == 6 and flat_a == pytest.approx(flat_b, abs=1e-5)
+
+
+@needs_data
+def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_path):
+    """Different rates, seeds and warm-ups; the fourth trial's rate makes its loss non-finite:
+    it stops alone (the error its lone run raises), the other three finish as they do alone."""
+    from forgetlab import api
+    from forgetlab.recipe.run import run
+
+    values = [(2e-3, 1, 0), (5e-4, 2, 1), (1e-3, 3, 2), (1e8, 4, 0)]
+
+    def config(name, lr, seed, warmup):
+        return _config(tmp_path / name, "lora", lr, seed, warmup_steps=warmup, max_grad_norm=None)
+
+    alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
+    stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
+    for config in alone[:3]:
+        run(config)
+    with pytest.raises(TrainingDiverged) as lone_error:
+        run(alone[3])
+    outcomes = api.run_stacked(stacked)
+    assert [o.error is None for o in outcomes] == [True, True, True, False]
+    assert (
+        str(outcomes[3].error).split(". Finished")[0]
+        == str(lone_error.value).split(". Finished")[0]
+    )
+    for a, b in zip(alone[:3], stacked[:3]):
+        _assert_same_numbers(a, b)
+    # the diverged trial keeps what its lone run keeps: the rows before the diverged stage
+    assert len(_state(stacked[3])["rows"]) == len(_state(alone[3])["rows"])
+
+
+@needs_data
+def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
+    from forgetlab.recipe.run import run
+    from forgetlab.recipe.stacked.run import run_stacked
+
+    values = [(1e-4, 1, 0, 0.01), (3e-5, 2, 1, 0.0), (5e-5, 3, 2, 0.1)]
+
+    def config(name, lr, seed, warmup, wd):
+        return _config(tmp_path / name, "full", lr, seed, warmup_steps=warmup, weight_decay=wd)
+
+    alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
+    stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
+    for c in alone:
+        run(c)
+    assert all(o.error is None for o in run_stacked(stacked))
+    for a, b in zip(alone, stacked):
+        _assert_same_numbers(a, b)
+
+
+def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_refused(tmp_path):
+    from forgetlab import load_config
+    from forgetlab.recipe.stacked.run import check_stackable
+
+    a = load_config(raw=tiny_raw(tmp_path / "a"))
+    b = load_config(raw=tiny_raw(tmp_path / "b", batch_size=4))
+    with pytest.raises(ConfigError, match="training.batch_size is 16 in one, 4 in another"):
+        check_stackable([a, b])
+    dora = load_config(raw=tiny_raw(tmp_path / "c", method="dora"))
+    with pytest.raises(ConfigError, match="method dora cannot be stacked"):
+        check_stackable([dora])
+
+
+def test_sweep_stack_is_checked():
+    from forgetlab.sweeps.spec import parse_sweep
+
+    space = {"training.lr": [1e-3, 2e-3]}
+    assert parse_sweep({"space": space, "stack": 4}).stack == 4
+    with pytest.raises(ConfigError, match="sweep.stack=0 must be a whole number >= 1"):
+        parse_sweep({"space": space, "stack": 0})
+    with pytest.raises(ConfigError, match="sweep.stack stacks grid points: sampler tpe"):
+        parse_sweep({"space": space, "stack": 2, "sampler": "tpe", "trials": 4})
+
+
+@needs_data
+@pytest.mark.slow
+def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_as_one_stack(tmp_path, capfd):
+    """Three rates x two seeds in one worker as one stack of six trials; every trial an
+    ordinary run directory with the numbers its lone run has."""
+    import yaml
+
+    from forgetlab.cli import main
+    from forgetlab.recipe.run import run
+    from forgetlab.store import ResultsStore
+
+    out = tmp_path / "sweep"
+    raw = tiny_raw(out, batch_size=8, epochs=1)
+    raw["data"] = {"max_train_examples": 20, "max_eval_examples": 16}
+    raw["model"] = {"max_length": 32, "dropout": 0.0, "head_dropout": 0.0}
+    raw["method"]["lora_dropout"] = 0.0
+    raw["sweep"] = {"space": {"training.lr": [1e-3, 2e-3, 4e-3]}, "seeds": [1, 2], "stack": 3}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(path)]) == 0
+    assert "stacking 3 trials" in capfd.readouterr().err
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 3 and all((t / "metrics.json").is_file() for t in trials)
+    assert len(ResultsStore(raw["output"]["store"]).runs()) == 3
+    from forgetlab import load_config
+
+    lone = raw | {"training": raw["training"] | {"lr": 2e-3}, "seeds": [1, 2]}
+    lone = {k: v for k, v in lone.items() if k != "sweep"}
+    lone["output"] = {**raw["output"], "dir": str(tmp_path / "lone")}
+    alone = run(load_config(raw=lone))
+    stacked = json.loads((trials[1] / "metrics.json").read_text())
+    flat = [x for row in stacked["accuracy_matrix"] for x in row]
+    assert flat == pytest.approx([x for row in alone.metrics["accuracy_matrix"] for x in row])
+    for seed in (1, 2):
+        a = json.loads((tmp_path / "lone" / f"seed-{seed}" / "state.json").read_text())
+        b = json.loads((trials[1] / f"seed-{seed}" / "state.json").read_text())
+        curve = [p[1] for s in a["stages"] for p in s["loss_curve"]]
+        assert curve == pytest.approx(
+            [p[1] for s in b["stages"] for p in s["loss_curve"]], abs=1e-5
+        )
