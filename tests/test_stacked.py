@@ -143,7 +143,7 @@ def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_pat
         run(config)
     with pytest.raises(TrainingDiverged) as lone_error:
         run(alone[3])
-    outcomes = api.run_stacked(stacked)
+    outcomes = api.run_stacked(stacked, by_seed=False)  # a seed each: the hardest stack
     assert [o.error is None for o in outcomes] == [True, True, True, False]
     assert (
         str(outcomes[3].error).split(". Finished")[0]
@@ -169,7 +169,7 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
     stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
     for c in alone:
         run(c)
-    assert all(o.error is None for o in run_stacked(stacked))
+    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
     for a, b in zip(alone, stacked):
         _assert_same_numbers(a, b)
 
@@ -200,9 +200,10 @@ def test_sweep_stack_is_checked():
 
 @needs_data
 @pytest.mark.slow
-def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_as_one_stack(tmp_path, capfd):
-    """Three rates x two seeds in one worker as one stack of six trials; every trial an
-    ordinary run directory with the numbers its lone run has."""
+def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_stacked(tmp_path, capfd):
+    """Three rates x two seeds in one worker: the three points stacked, a stack of three
+    trials per seed; every trial an ordinary run directory with the numbers its lone run
+    has."""
     import yaml
 
     from forgetlab.cli import main
@@ -218,7 +219,8 @@ def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_as_one_stack(tmp_path,
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["sweep", str(path)]) == 0
-    assert "stacking 3 trials" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "stacking 3 trials" in err and err.count("stacking 3 trials of lora") == 2
     trials = sorted((out / "trials").iterdir())
     assert len(trials) == 3 and all((t / "metrics.json").is_file() for t in trials)
     assert len(ResultsStore(raw["output"]["store"]).runs()) == 3
@@ -238,3 +240,11 @@ def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_as_one_stack(tmp_path,
         assert curve == pytest.approx(
             [p[1] for s in b["stages"] for p in s["loss_curve"]], abs=1e-5
         )
+
+
+def test_a_stack_per_seed_groups_the_trials_that_share_a_batch_order():
+    from forgetlab.recipe.stacked.run import _groups
+
+    owners = [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1)]  # (config, seed)
+    assert _groups(owners, by_seed=True) == [[0, 2, 4], [1, 3]]
+    assert _groups(owners, by_seed=False) == [[0, 1, 2, 3, 4]]

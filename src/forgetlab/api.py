@@ -54,14 +54,18 @@ def run_all(config: Config | str | Path, resume: bool = False) -> list:
     return [run(child, resume=resume) for child in children]
 
 
-def run_stacked(configs: list[Config | str | Path], resume: bool = False) -> list:
+def run_stacked(
+    configs: list[Config | str | Path], resume: bool = False, by_seed: bool = True
+) -> list:
     """Train every seed of every config in one process as one stacked model (see
     `forgetlab.recipe.stacked`): the configs differ only in values (learning rate, seeds,
     warm-up, weight decay, max_grad_norm), and each run directory ends with the numbers its
     lone run would have. A config with `variants:` contributes each variant. Returns one
     `StackedOutcome` per run, in order (`.result`: its RunResult, recorded in its results
     store; `.error`: the TrainingDiverged of a run whose training diverged — its other
-    seeds and finished stages are kept). `resume` is refused: a stack starts afresh."""
+    seeds and finished stages are kept). The trials of one seed train as one stack, seed
+    after seed (their batches line up: the faster on a CPU); `by_seed=False` stacks every
+    trial at once. `resume` is refused: a stack starts afresh."""
     from forgetlab.recipe.data_parallel import launched_processes
     from forgetlab.recipe.stacked.run import run_stacked as _run_stacked
 
@@ -73,7 +77,7 @@ def run_stacked(configs: list[Config | str | Path], resume: bool = False) -> lis
     runs = [child for c in loaded for child in ([v for _, v in variant_configs(c)] or [c])]
     for config in runs:
         ResultsStore(config.output.store).check_target()
-    outcomes = _run_stacked(runs)
+    outcomes = _run_stacked(runs, by_seed=by_seed)
     for outcome in outcomes:
         if outcome.result is not None:
             record_result(outcome.result)
