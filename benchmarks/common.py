@@ -43,6 +43,13 @@ def machine() -> str:
     )
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, in GiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def quiet() -> None:
     """Library chatter would interleave with the table; warnings do not change timings."""
     transformers.logging.set_verbosity_error()

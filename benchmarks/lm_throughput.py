@@ -22,7 +22,7 @@ import statistics
 import peft
 import torch
 import transformers
-from common import load_average, machine, spread
+from common import load_average, machine, peak_rss_gib, spread
 from trainer_comparison import (
     Run,
     Setup,
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     bench_methods(methods, bench_method, args, "forgetlab-lm-bench-", HEADER)
     print(f"load avg at the end: {load_average():.2f}")
+    # both sides train in this one process, so this is the larger of the two trials' peaks
+    print(f"peak RSS of the benchmark process: {peak_rss_gib():.2f} GiB")
 
 
 if __name__ == "__main__":

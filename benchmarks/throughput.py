@@ -19,7 +19,7 @@ import statistics
 
 import peft
 import transformers
-from common import machine, spread
+from common import machine, peak_rss_gib, spread
 from trainer_comparison import (
     Run,
     Setup,
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         "interleaved"
     )
     bench_methods(methods, bench_method, args, "forgetlab-bench-", HEADER)
+    # both sides train in this one process, so this is the larger of the two trials' peaks
+    print(f"peak RSS of the benchmark process: {peak_rss_gib():.2f} GiB")
 
 
 if __name__ == "__main__":
