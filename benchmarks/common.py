@@ -6,12 +6,17 @@ folder on sys.path)."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import accelerate
@@ -48,6 +53,25 @@ def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def timed_sweep(raw: dict, config: Path, workers: int) -> tuple[float, int]:
+    """`forgetlab sweep` of the sweep config `raw` (written to `config`) with --workers N, as
+    a user starts it: (wall seconds from start to exit, trials COMPLETE)."""
+    import yaml
+
+    config.write_text(yaml.safe_dump(raw))
+    # The user's environment, minus thread pins a shell may carry: each side sets its own.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cmd = [sys.executable, "-m", "forgetlab.cli", "sweep", str(config), "--workers",
+           str(workers), "--quiet"]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{config.name} (--workers {workers}) failed:\n{done.stderr[-2000:]}")
+    trials = json.loads((Path(raw["output"]["dir"]) / "sweep.json").read_text())["trials"]
+    return wall, sum(t["state"] == "COMPLETE" for t in trials)
 
 
 def quiet() -> None:

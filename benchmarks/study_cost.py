@@ -23,16 +23,10 @@ milora) at the unstacked side's rate.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
-from common import load_average, machine
+from common import load_average, machine, timed_sweep
 
 STUDY_TRIALS = 7 * 13 * 2
 STUDY_EXAMPLES = 2000 * 3  # examples x epochs per trial
@@ -58,20 +52,8 @@ def sweep_config(out: Path, rates: int, examples: int, epochs: int, stack: int) 
 
 
 def one_sweep(workdir: Path, label: str, workers: int, stack: int, args) -> dict:
-    out = workdir / label
-    config = workdir / f"{label}.yaml"
-    raw = sweep_config(out, args.rates, args.examples, args.epochs, stack)
-    config.write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    cmd = [sys.executable, "-m", "forgetlab.cli", "sweep", str(config), "--workers",
-           str(workers), "--quiet"]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{label} failed:\n{done.stderr[-2000:]}")
-    trials = json.loads((out / "sweep.json").read_text())["trials"]
-    complete = sum(t["state"] == "COMPLETE" for t in trials)
+    raw = sweep_config(workdir / label, args.rates, args.examples, args.epochs, stack)
+    wall, complete = timed_sweep(raw, workdir / f"{label}.yaml", workers)
     return {"label": label, "wall_s": wall, "trials": complete}
 
 

@@ -14,17 +14,11 @@ each and OMP_WAIT_POLICY=PASSIVE.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
-from common import load_average, machine
+from common import load_average, machine, timed_sweep
 
 
 def sweep_config(out: Path, points: int, examples: int) -> dict:
@@ -43,20 +37,8 @@ def sweep_config(out: Path, points: int, examples: int) -> dict:
 
 def one_sweep(workdir: Path, workers: int, rep: int, points: int, examples: int) -> dict:
     out = workdir / f"w{workers}-r{rep}"
-    config = workdir / f"{out.name}.yaml"
-    config.write_text(yaml.safe_dump(sweep_config(out, points, examples)))
-    # The user's environment, minus thread pins a shell may carry: each side sets its own.
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    cmd = [sys.executable, "-m", "forgetlab.cli", "sweep", str(config), "--workers",
-           str(workers), "--quiet"]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"--workers {workers} failed:\n{done.stderr[-2000:]}")
-    complete = sum(
-        t["state"] == "COMPLETE" for t in json.loads((out / "sweep.json").read_text())["trials"]
-    )
+    raw = sweep_config(out, points, examples)
+    wall, complete = timed_sweep(raw, workdir / f"{out.name}.yaml", workers)
     return {"workers": workers, "wall_s": wall, "trials": complete,
             "trials_per_hour": complete / wall * 3600}  # fmt: skip
 
