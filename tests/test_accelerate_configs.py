@@ -186,3 +186,17 @@ def test_ddp_cpu_2_starts_two_gloo_processes(tmp_path: Path) -> None:
     seen = {p.name: p.read_text() for p in sorted(tmp_path.glob("rank*.txt"))}
     # both ranks in one process group: the sum of (rank + 1) over it is 1 + 2
     assert seen == {"rank0.txt": "2 MULTI_CPU 3", "rank1.txt": "2 MULTI_CPU 3"}, done.stderr
+
+
+@pytest.mark.parametrize("key", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharded_launch_is_refused_until_training_shards(key):
+    """Under fsdp_7b.yaml / zero3_7b.yaml `accelerate launch` sets these; forgetlab's loop
+    does not hand the model to Accelerate's sharding yet, so it refuses rather than keep a
+    whole replica per rank under a config that promises sharding."""
+    from forgetlab.errors import ConfigError
+    from forgetlab.recipe.data_parallel import refuse_sharded_launch
+
+    with pytest.raises(ConfigError, match="does not shard the model yet"):
+        refuse_sharded_launch({key: "true"})
+    refuse_sharded_launch({key: "false"})
+    refuse_sharded_launch({})

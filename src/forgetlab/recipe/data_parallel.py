@@ -20,6 +20,7 @@ scores. Resuming: rank 0 reads the run directory and broadcasts the state and ch
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from forgetlab.errors import ConfigError
 from forgetlab.kinds.base import ONE_PROCESS, Shards
 from forgetlab.rundir import RunDir
 
@@ -56,6 +58,23 @@ def share_resume(out: RunDir, seed: int, state: dict | None, names: list[str], a
     if 0 < done < len(names):
         dp.share_folder(out.checkpoint_dir(seed, done, names[done - 1]))
     return state
+
+
+# What `accelerate launch` sets for the FSDP and DeepSpeed configs (configs/accelerate/).
+SHARDED_LAUNCH = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed ZeRO"}
+
+
+def refuse_sharded_launch(environ: Mapping[str, str] = os.environ) -> None:
+    """ConfigError under an FSDP or DeepSpeed launch: forgetlab's training does not hand the
+    model to Accelerate's sharding yet, so each rank would silently keep a whole replica —
+    plain data parallelism under a config that promises sharding (docs/scale.md)."""
+    for key, name in SHARDED_LAUNCH.items():
+        if environ.get(key, "").strip().lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"launched with {name} ({key}): forgetlab does not shard the model yet, every "
+                "process would hold a whole copy; use configs/accelerate/ddp_cpu_2.yaml-style "
+                "data parallelism (see docs/scale.md)"
+            )
 
 
 def launched_processes() -> int:

@@ -30,7 +30,7 @@ from forgetlab.errors import TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
-from forgetlab.recipe.data_parallel import DataParallel
+from forgetlab.recipe.data_parallel import DataParallel, refuse_sharded_launch
 from forgetlab.regularizers.base import Regularizer, StageContext
 from forgetlab.strategies.base import EarlierTask, Strategy, StrategyContext
 from forgetlab.threads import pacer
@@ -104,6 +104,7 @@ def diverged(stage: int, task: str, loss: float, step: int, lr: float) -> Traini
 
 
 def make_accelerator(cfg: TrainingConfig, project_dir: str | None = None) -> Accelerator:
+    refuse_sharded_launch()
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
