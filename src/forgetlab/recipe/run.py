@@ -360,15 +360,14 @@ def _diff_configs(old: dict, new: dict, prefix: tuple = ()) -> str | None:
 
 
 def prepare_out_dir(config: Config, out: RunDir, resume: bool) -> None:
+    if resume and not out.config_path.is_file():
+        if not out.path.is_dir() or out.holds_results():  # a typo'd --out; or not ours
+            raise ForgetlabError(f"cannot resume: {out.path} holds no run (no config.yaml)")
+        # Killed while starting, before its config.yaml: nothing was computed, so resuming
+        # it is starting it.
+        log.warning("nothing to resume in %s yet: the run starts from the beginning", out.path)
+        resume = False
     if resume:
-        if not out.config_path.is_file():
-            if not out.path.is_dir() or out.holds_results():  # a typo'd --out; or not ours
-                raise ForgetlabError(f"cannot resume: {out.path} holds no run (no config.yaml)")
-            # Killed while starting, before its config.yaml: nothing was computed, so
-            # resuming it is starting it.
-            log.warning("nothing to resume in %s yet: the run starts from the beginning", out.path)
-            atomic_write_text(out.config_path, config_to_yaml(config))
-            return
         diff = _diff_configs(out.saved_config(), config.to_dict())
         if diff:
             raise ForgetlabError(f"cannot resume {out.path} with a different config: {diff}")
