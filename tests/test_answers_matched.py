@@ -125,6 +125,32 @@ def test_forgets_less_at_default_but_more_at_matched_learning(full_vs_lora):
         assert hi - lo > 0
 
 
+def test_a_rate_past_its_peak_is_left_out_of_the_fit(full_vs_lora, tmp_path):
+    """LoRA at 3e-2 broke: it learns less (0.40) and forgets more (0.30) than its best rate
+    (1e-2: 0.70, 0.12). Pooled by the isotonic fit it would read as LoRA forgetting 0.1325 at
+    every level; it is left out and named. A higher rate that learns less but also forgets
+    less (full at 3e-4 against its best, 1e-4) stays: it is a trade, not a break."""
+    broken = write_run(tmp_path, "lora-0.03", "lora", spread(0.40, 0.30), lr=3e-2)
+    trade = write_run(tmp_path, "full-0.0003", "full", spread(0.75, 0.10), lr=3e-4)
+    points = load_points([*full_vs_lora, broken, trade])
+    got = matched_learning(points, levels=[0.65, 0.70], resamples=50)
+    rows = {(r["level"], r["method"]): r for r in got["rows"]}
+    assert rows[0.65, "lora"]["forgetting"] == pytest.approx(0.08)  # as without the break
+    assert rows[0.70, "lora"]["forgetting"] == pytest.approx(0.12)
+    assert got["methods"]["lora"]["past_peak"] == ["lora lr=0.03"]
+    assert got["methods"]["lora"]["range"] == pytest.approx([0.55, 0.70])
+    assert got["methods"]["full"]["past_peak"] == []
+    # full: (0.60, 0.02) (0.70, 0.05) (0.75, 0.10) (0.80, 0.20), isotonic as it stands
+    assert rows[0.70, "full"]["forgetting"] == pytest.approx(0.05)
+    assert any("lora: left out of the fit, past its rate's peak" in n for n in got["notes"])
+    # points of one rate: no series to read a peak along, nothing is left out (all pooled)
+    plain = [write_run(tmp_path, f"x{i}", "lora", spread(*v)) for i, v in
+             enumerate([(0.55, 0.03), (0.70, 0.12), (0.40, 0.30)])]  # fmt: skip
+    pooled = matched_learning(load_points(plain), levels=[0.55], resamples=20)
+    assert pooled["methods"]["lora"]["past_peak"] == []
+    assert pooled["rows"][0]["forgetting"] == pytest.approx((0.30 + 0.03 + 0.12) / 3)
+
+
 def test_spans_enough_and_default_levels(full_vs_lora, tmp_path):
     points = load_points(full_vs_lora)
     enough, why = spans_enough(points)

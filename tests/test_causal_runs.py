@@ -201,3 +201,50 @@ def test_every_analysis_runs_on_a_decoder_run(runs):
     assert results["similarity"]["tasks"] == ["gsm8k", "tinyshakespeare"]
     h = forgetlab.hessian(run, stage=1, examples=4, batch_size=4, iters=3)
     assert h["task"] == "tinyshakespeare" and h["results"][0]["n_params"] > 0
+
+
+def test_a_decoder_sweep_puts_target_gain_and_source_loss_on_one_frontier(llama, tmp_path, capsys):
+    """configs/smollm2_frontier.yaml's shape on the tiny Llama: full FT and LoRA over rates,
+    objectives target_gain and source_loss. The answers' points are the objectives Optuna was
+    told, and compare draws them on one frontier."""
+    import yaml
+
+    out = tmp_path / "frontier"
+    raw = decoder_raw(llama, out, "lora", tasks=["gsm8k"], probes=["bb_strategyqa", "agnews_text"])
+    raw["output"]["checkpoints"] = "none"
+    raw["sweep"] = {
+        "methods": ["full", "lora"],
+        "space": {"training.lr": [1.0e-3, 1.0e-2]},
+        "per_method": {"full": {"training.lr": [1.0e-4, 1.0e-3]}},
+        "seeds": [1],
+        "objectives": ["target_gain", "source_loss"],
+    }
+    path = tmp_path / "frontier.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = forgetlab.sweep(path, quiet=True)
+    assert len(result.complete) == 4
+    answers = json.loads((out / "answers.json").read_text())
+    assert (answers["learning"], answers["forgetting"]) == ("target_gain", "source_loss")
+    by_run = {Path(p["run"]).name: p for p in answers["points"]}
+    for trial in result.complete:
+        point = by_run[Path(trial.run_dir).name]
+        gain, loss = trial.values  # what Optuna was told: mean over seeds
+        assert point["learning"]["mean"] == pytest.approx(gain)
+        assert point["forgetting"]["mean"] == pytest.approx(loss)
+        # source_loss: -mean change of the probes that count (agnews_text's NLL always does)
+        m = json.loads((Path(trial.run_dir) / "metrics.json").read_text())
+        assert loss == pytest.approx(m["per_seed"]["1"]["source_loss"])
+    assert {p["method"] for p in answers["points"]} == {"full", "lora"}
+    assert main(["compare", str(out)]) == 0  # on the sweep's objectives, as answers.json
+    printed = capsys.readouterr().out
+    assert "Learning–forgetting frontier" in printed and "learning (target_gain)" in printed
+    # trial directories alone (no sweep to read objectives from): one task with probes, so
+    # the answers default to target_gain / source_loss too; --learning overrides
+    from forgetlab.answers import answers as answers_of
+
+    assert answers_of(result.run_dirs)["forgetting"] == "source_loss"
+    trials = [str(d) for d in result.run_dirs]
+    assert main(["compare", *trials, "--learning", "initial_acc"]) == 0
+    assert "learning (initial_acc)" in capsys.readouterr().out
+    page = forgetlab.report([out], tmp_path / "report.html").read_text()
+    assert 'id="answers"' in page and "learning (target_gain)" in page

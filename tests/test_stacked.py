@@ -174,6 +174,32 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
         _assert_same_numbers(a, b)
 
 
+@needs_data
+@pytest.mark.parametrize(
+    "method",
+    # one row in the default suite; the other two inits take the same path (ResidualLora)
+    [
+        "pissa",
+        pytest.param("olora", marks=pytest.mark.slow),
+        pytest.param("milora", marks=pytest.mark.slow),
+    ],
+)
+def test_residual_lora_inits_stacked_equal_alone(tmp_path, method):
+    """PiSSA, OLoRA and MiLoRA rewrite the frozen base to W_res at init and then train a
+    plain LoRA on it: stacked (a rate and a seed each), each trial keeps its lone numbers."""
+    from forgetlab.recipe.run import run
+    from forgetlab.recipe.stacked.run import run_stacked
+
+    values = [(2e-3, 1), (5e-4, 2)]
+    alone = [_config(tmp_path / f"alone{i}", method, *v) for i, v in enumerate(values)]
+    stacked = [_config(tmp_path / f"stack{i}", method, *v) for i, v in enumerate(values)]
+    for c in alone:
+        run(c)
+    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
+    for a, b in zip(alone, stacked):
+        _assert_same_numbers(a, b)
+
+
 def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_refused(tmp_path):
     from forgetlab import load_config
     from forgetlab.recipe.stacked.run import check_stackable
@@ -248,3 +274,27 @@ def test_a_stack_per_seed_groups_the_trials_that_share_a_batch_order():
     owners = [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1)]  # (config, seed)
     assert _groups(owners, by_seed=True) == [[0, 2, 4], [1, 3]]
     assert _groups(owners, by_seed=False) == [[0, 1, 2, 3, 4]]
+
+
+@needs_data
+@pytest.mark.parametrize(("flag", "stacks"), [("--stack", [1, 1]), ("--stack-seeds", [2])])
+def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(tmp_path, capfd, flag, stacks):
+    """`forgetlab run --stack` of a config with seeds [1, 2]: one stack per seed (each of one
+    trial); --stack-seeds: both seeds in one stack. Either way one run directory, both seeds."""
+    import yaml
+
+    from forgetlab.cli import main
+
+    raw = tiny_raw(tmp_path / "run", batch_size=8, epochs=1, max_steps=2)
+    raw["data"] = {"max_train_examples": 16, "max_eval_examples": 16}
+    raw["model"] = {"max_length": 32}
+    raw["seeds"] = [1, 2]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), flag]) == 0
+    captured = capfd.readouterr()
+    sizes = [int(line.split("stacking ")[1].split()[0]) for line in
+             captured.err.splitlines() if "stacking " in line]  # fmt: skip
+    assert sizes == stacks
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(metrics["per_seed"]) == ["1", "2"] and "run directory" in captured.out

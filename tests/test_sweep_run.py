@@ -143,8 +143,13 @@ def test_cli_dry_run_lists_the_shipped_grid_without_running(capsys):
     root = Path(__file__).resolve().parents[1]
     assert main(["sweep", str(root / "configs" / "lr_matters.yaml"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "35 points (grid), each with seeds [1, 2]"
-    assert lines[0] == "000-full-lr=1e-05  method.name=full training.lr=1e-05"
+    assert lines[-1] == "91 points (grid), each with seeds [1, 2, 3]"  # 7 methods x 13 rates
+    assert lines[0] == "000-full-lr=1e-06  method.name=full training.lr=1e-06"
+    assert "013-lora-lr=3.16e-05  method.name=lora training.lr=3.16e-05" in lines
+    assert main(["sweep", str(root / "configs" / "smollm2_frontier.yaml"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "10 points (grid), each with seeds [1]"
+    assert lines[0] == "000-full-lr=3.16e-06  method.name=full training.lr=3.16e-06"
 
 
 def test_a_failing_trial_is_recorded_with_its_error_and_resume_queues_it_again(tmp_path, capsys):

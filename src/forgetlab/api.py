@@ -94,18 +94,24 @@ def compare(
     run_dirs: list[str | Path] | None = None,
     store: str | Path | None = None,
     fmt: str = "table",
+    learning: str | None = None,
+    forgetting: str | None = None,
 ) -> str:
     """A side-by-side table of finished runs, from their directories (a sweep directory: all
     its trials) or from a results store (a path or an SQLAlchemy URL), followed by what the
     run directories show together (`forgetlab.answers`: the best setting per method, the
     frontier, paired tests, and forgetting at matched learning when the runs span enough
-    learning levels). fmt: table, or markdown / csv / json for the answers' tables alone."""
+    learning levels). fmt: table, or markdown / csv / json for the answers' tables alone.
+    learning / forgetting: the answers' metrics; None: the objectives of the sweep
+    directories given (as their answers.json), else `forgetlab.answers.answers`' defaults."""
     from forgetlab.answers import compare_answers
 
     if fmt not in ANSWER_FORMATS:
         raise ConfigError(f"format {fmt!r} is not one of {', '.join(ANSWER_FORMATS)}")
+    sweep_learning, sweep_forgetting = _sweep_metrics(run_dirs or [])
+    learning, forgetting = learning or sweep_learning, forgetting or sweep_forgetting
     dirs = _run_dirs(run_dirs or [])
-    answers = compare_answers(dirs, fmt)
+    answers = compare_answers(dirs, fmt, learning=learning, forgetting=forgetting)
     if fmt != "table":
         return answers
     summaries = [load_run(d) for d in dirs]
@@ -119,6 +125,15 @@ def compare(
 
 
 ANSWER_FORMATS = ("table", "markdown", "csv", "json")
+
+
+def _sweep_metrics(dirs: list[str | Path]) -> tuple[str | None, str | None]:
+    """(learning, forgetting) of the sweep directories' objectives when all of `dirs` are
+    sweeps that agree on them; (None, None) otherwise (the answers' defaults)."""
+    from forgetlab.sweeps.result import answer_metrics
+
+    found = {answer_metrics(d) for d in dirs}
+    return found.pop() if len(found) == 1 else (None, None)
 
 
 def _run_dirs(dirs: list[str | Path]) -> list[Path]:
@@ -221,10 +236,12 @@ def lm_eval(target: str | Path, tasks: list[str], **options: Any) -> dict[str, d
 
 def report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """One self-contained HTML page (figures inline, PNGs beside it) over finished runs (a
-    sweep directory: all its trials)."""
+    sweep directory: all its trials; its Answers on the sweep's objectives, as compare)."""
     from forgetlab.report.page import build_report
 
-    return build_report(_run_dirs(run_dirs), Path(out), title=title)
+    learning, forgetting = _sweep_metrics(run_dirs)
+    metrics = {"learning": learning, "forgetting": forgetting}
+    return build_report(_run_dirs(run_dirs), Path(out), title=title, metrics=metrics)
 
 
 def list_methods() -> dict[str, str]:

@@ -45,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         "--stack",
         action="store_true",
         help="train the config's seeds and variants (differing only in values: lr, seeds, "
-        "warm-up, weight decay) as one stacked model in this process",
+        "warm-up, weight decay) as one stacked model in this process, one stack per seed",
+    )
+    r.add_argument(
+        "--stack-seeds",
+        action="store_true",
+        help="stack every seed too, all in one stack (implies --stack; a config's `seeds:` "
+        "alone then stack). On a CPU one stack per seed is the faster: trials of different "
+        "seeds pad to each other's lengths",
     )
     r.add_argument(
         "--processes",
@@ -66,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
         help="table (default): the comparison, then what the runs show; markdown, csv, json: "
         "the answers' tables only (best setting per method, frontier, matched learning, "
         "paired tests), for a paper or pandas",
+    )
+    c.add_argument(
+        "--learning",
+        choices=["initial_acc", "target_gain", "acc"],
+        help="the answers' learning metric (default: a sweep directory's objective, else "
+        "initial_acc; target_gain for decoder runs of one task with probes)",
+    )
+    c.add_argument(
+        "--forgetting",
+        choices=["avg_forgetting", "max_forgetting", "chaudhry_forgetting", "source_loss"],
+        help="the answers' forgetting metric (default: a sweep directory's objective, else "
+        "avg_forgetting; source_loss for decoder runs of one task with probes)",
     )
 
     _sweep_parser(sub)
@@ -362,8 +381,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = api.load_config(args.config, overrides)
     _quiet_libraries()
     _log_to_stderr(args.quiet)  # the run log file gets DEBUG (per-step) lines
-    if args.stack:
-        return _print_stacked(api.run_stacked([config], resume=args.resume))
+    if args.stack or args.stack_seeds:
+        by_seed = not args.stack_seeds
+        return _print_stacked(api.run_stacked([config], resume=args.resume, by_seed=by_seed))
     results = api.run_all(config, resume=args.resume)
     if process_rank() > 0:
         return 0
@@ -396,7 +416,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     if not args.run_dirs and not args.store:
         raise ForgetlabError("compare needs run directories or --store PATH")
-    print(api.compare(args.run_dirs, store=args.store, fmt=args.format))
+    print(
+        api.compare(
+            args.run_dirs,
+            store=args.store,
+            fmt=args.format,
+            learning=args.learning,
+            forgetting=args.forgetting,
+        )
+    )
     return 0
 
 

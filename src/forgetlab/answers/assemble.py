@@ -42,8 +42,8 @@ def _why_excluded(p: Point, learning: str, forgetting: str) -> str:
 
 def answers(
     run_dirs: Sequence[str | Path],
-    learning: str = "initial_acc",
-    forgetting: str = "avg_forgetting",
+    learning: str | None = None,
+    forgetting: str | None = None,
     metric: str = "learning",
     reference: str | None = "lora",
     rate_key: str = "training.lr",
@@ -59,6 +59,8 @@ def answers(
     and the paired tests, for finished run directories of one task sequence.
 
     `learning` / `forgetting` name the per-seed metrics (see forgetlab.answers.points);
+    None: initial_acc and avg_forgetting, or — where no run has avg_forgetting (one trained
+    task) but every seed has source_loss (a decoder's probes) — target_gain and source_loss;
     `metric` (learning or forgetting) picks each method's best point; `reference` is the
     method label gaps and paired tests are taken against; `pairs` names further (a, b) runs
     to test (by directory, run name or label). Runs without both metrics for every seed are
@@ -66,7 +68,7 @@ def answers(
     """
     if metric not in ("learning", "forgetting"):
         raise ForgetlabError(f"metric must be learning or forgetting, not {metric!r}")
-    everything = load_points(run_dirs, learning, forgetting)
+    everything, learning, forgetting = _load(run_dirs, learning, forgetting)
     points = [p for p in everything if p.complete()]
     excluded = [
         {"run": p.run, "why": _why_excluded(p, learning, forgetting)}
@@ -92,7 +94,7 @@ def answers(
         "excluded": excluded,
         "best": best_table(points, metric, reference, rate_key, tolerance),
         "frontier": frontier(points, reference_point),
-        "matched": matched_learning(points, levels, n_levels, resamples, seed),
+        "matched": matched_learning(points, levels, n_levels, resamples, seed, rate_key),
         "paired": paired_at_best(points, metric, reference),
         "pairs": [
             paired_test(find_point(points, a), find_point(points, b), which)
@@ -170,6 +172,20 @@ def format_answers(
 ) -> str:
     """`answers()`'s result as table (plain text), markdown, csv or json tables."""
     return tables.render(answer_tables(result, sections), fmt)
+
+
+def _load(
+    run_dirs: Sequence[str | Path], learning: str | None, forgetting: str | None
+) -> tuple[list, str, str]:
+    """The points and the metrics they were read with (see `answers` for the defaults)."""
+    chosen = (learning or "initial_acc", forgetting or "avg_forgetting")
+    points = load_points(run_dirs, *chosen)
+    if forgetting is None and not any(p.complete() for p in points):
+        decoder = (learning or "target_gain", "source_loss")
+        with_probes = load_points(run_dirs, *decoder)
+        if any(p.complete() for p in with_probes):
+            return with_probes, *decoder
+    return points, *chosen
 
 
 def compare_answers(run_dirs: Sequence[str | Path], fmt: str = "table", **options: Any) -> str:

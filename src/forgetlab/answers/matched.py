@@ -5,6 +5,13 @@ bootstrap CIs over seeds, compared between methods at learning levels both reach
 A method reaches a level when it lies within [its lowest, its highest] mean learning; the fit
 interpolates linearly between its points there and is never extrapolated beyond them.
 
+Past the peak: a point at a learning rate above the best of its series (the method's points
+that differ only in `training.lr`) that learns less *and* forgets more than that best is left
+out of the fit, and listed. Training there no longer trades learning for forgetting — the rate
+broke it — and isotonic regression would pool such a point (low learning, high forgetting)
+with every point above it: one diverged rate read as the method forgetting more at every
+level. Decided once on the points' means, before the bootstrap.
+
 Bootstrap: each replicate resamples, within every point, that point's seeds with replacement
 (a seed's learning and forgetting together), recomputes the means, refits, and predicts at
 the levels; a replicate whose resampled range misses a level gives nothing there. The CI is
@@ -26,6 +33,7 @@ from forgetlab.answers.best import by_method
 from forgetlab.answers.points import Point
 
 RESAMPLES = 1000
+RATE_KEY = "training.lr"  # the series along which a point can be past its peak
 # Two methods "span enough learning levels" for `compare` to print this unasked when each has
 # at least MIN_POINTS points of distinct learning and their ranges overlap by MIN_SPAN.
 MIN_POINTS = 2
@@ -55,6 +63,39 @@ def isotonic_fit(learning: Sequence[float], forgetting: Sequence[float]) -> Fit:
         return Fit(x[:1], np.array([y.mean()]))
     fit = IsotonicRegression(increasing=True).fit(x, y)
     return Fit(fit.X_thresholds_, fit.y_thresholds_)
+
+
+def past_peak(group: Sequence[Point], rate_key: str = RATE_KEY) -> list[Point]:
+    """The points of one method past their series' peak along `rate_key` (see the module's
+    docstring)."""
+    series: dict[tuple, list[Point]] = {}
+    for p in group:
+        if isinstance(p.config.get(rate_key), (int, float)) and p.complete():
+            others = tuple(sorted((k, repr(v)) for k, v in p.settings.items() if k != rate_key))
+            series.setdefault(others, []).append(p)
+    out = []
+    for members in series.values():
+        peak = max(members, key=lambda p: p.mean("learning"))
+        learn, forget, rate = peak.mean("learning"), peak.mean("forgetting"), peak.config[rate_key]
+        out += [
+            p
+            for p in members
+            if p.config[rate_key] > rate
+            and p.mean("learning") < learn
+            and p.mean("forgetting") > forget
+        ]
+    return out
+
+
+def fitted_groups(
+    points: Sequence[Point], rate_key: str = RATE_KEY
+) -> dict[str, tuple[list[Point], list[Point]]]:
+    """Per method: (the points the fit uses, the points left out past their peak)."""
+    out = {}
+    for method, group in by_method(points).items():
+        left = past_peak(group, rate_key)
+        out[method] = ([p for p in group if all(p is not q for q in left)], left)
+    return out
 
 
 def _arrays(group: Sequence[Point]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -97,12 +138,16 @@ def _distinct_levels(group: Sequence[Point]) -> int:
 
 
 def spans_enough(
-    points: Sequence[Point], min_points: int = MIN_POINTS, min_span: float = MIN_SPAN
+    points: Sequence[Point],
+    min_points: int = MIN_POINTS,
+    min_span: float = MIN_SPAN,
+    rate_key: str = RATE_KEY,
 ) -> tuple[bool, str]:
     """Whether the points allow a comparison at matched learning: two methods, each with at
     least `min_points` points of distinct learning, whose learning ranges overlap by at least
     `min_span`. Returns (answer, why)."""
-    groups = {m: g for m, g in by_method(points).items() if _distinct_levels(g) >= min_points}
+    kept = {m: g for m, (g, _) in fitted_groups(points, rate_key).items()}
+    groups = {m: g for m, g in kept.items() if _distinct_levels(g) >= min_points}
     if len(groups) < 2:
         return False, (
             f"fewer than two methods have {min_points} or more points of distinct learning"
@@ -118,10 +163,12 @@ def spans_enough(
     return True, f"{ma} and {mb} both reach learning {lo:.3g} … {hi:.3g}"
 
 
-def default_levels(points: Sequence[Point], n_levels: int = N_LEVELS) -> list[float]:
+def default_levels(
+    points: Sequence[Point], n_levels: int = N_LEVELS, rate_key: str = RATE_KEY
+) -> list[float]:
     """`n_levels` evenly spaced learning levels over the hull of the pairwise overlaps of the
     methods' learning ranges (over the hull of all ranges when no two overlap)."""
-    ranges = [_range(g) for g in by_method(points).values()]
+    ranges = [_range(g) for g, _ in fitted_groups(points, rate_key).values()]
     overlaps = [o for a, b in itertools.combinations(ranges, 2) if (o := _overlap(a, b))[1] > o[0]]
     spans = overlaps or ranges
     lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
@@ -136,14 +183,16 @@ def matched_learning(
     n_levels: int = N_LEVELS,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    rate_key: str = RATE_KEY,
 ) -> dict[str, Any]:
     """Forgetting of each method at each learning level, with bootstrap CIs, and the
-    difference between every two methods at the levels both reach."""
-    levels = list(levels) if levels is not None else default_levels(points, n_levels)
+    difference between every two methods at the levels both reach (points past their
+    rate's peak left out: see the module's docstring)."""
+    levels = list(levels) if levels is not None else default_levels(points, n_levels, rate_key)
     methods: dict[str, Any] = {}
     estimates: dict[str, np.ndarray] = {}
     replicates: dict[str, np.ndarray] = {}
-    for method, group in by_method(points).items():
+    for method, (group, left_out) in fitted_groups(points, rate_key).items():
         x = [p.mean("learning") for p in group]
         y = [p.mean("forgetting") for p in group]
         fit = isotonic_fit(x, y)
@@ -155,6 +204,7 @@ def matched_learning(
             "range": list(_range(group)),
             "fit": [[x[i], float(fit([x[i]])[0])] for i in order],
             "min_seeds": min(len(p.seeds) for p in group),
+            "past_peak": [p.label for p in left_out],
         }
     rows = []
     for k, level in enumerate(levels):
@@ -187,8 +237,14 @@ def matched_learning(
                     "ci95": _interval(replicates[a][:, k] - replicates[b][:, k]),
                 }
             )
-    enough, why = spans_enough(points)
+    enough, why = spans_enough(points, rate_key=rate_key)
     notes = []
+    for method, m in methods.items():
+        if m["past_peak"]:
+            notes.append(
+                f"{method}: left out of the fit, past its rate's peak (learns less and forgets "
+                f"more than the best rate of its series): {', '.join(m['past_peak'])}"
+            )
     if any(m["min_seeds"] < 2 for m in methods.values()):
         notes.append("a point with one seed has no spread to resample: its CI is 0 wide")
     return {

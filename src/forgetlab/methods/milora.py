@@ -56,6 +56,7 @@ class Milora(ResidualLora):
     summary = "LoRA initialised with W's r smallest SVD components, rest frozen (MiLoRA)"
     reference = "Wang et al. 2024, arXiv:2406.09044"
     config_cls = MiloraConfig
+    stackable = True  # an init: the forward is plain LoRA on the residual base
 
     def init_adapter(self, model: TaskModel, cfg: MiloraConfig) -> None:
         for layer in lora_layers(model.backbone).values():

@@ -29,4 +29,5 @@ class Olora(ResidualLora):
     summary = "LoRA initialised from a QR decomposition of W, residual frozen (OLoRA)"
     reference = "Büyükakyüz 2024, arXiv:2406.01775"
     config_cls = OloraConfig
+    stackable = True  # an init: the forward is plain LoRA on the residual base
     peft_extra = {"init_lora_weights": "olora"}

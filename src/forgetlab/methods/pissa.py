@@ -43,6 +43,7 @@ class Pissa(ResidualLora):
     summary = "LoRA initialised with W's r principal SVD components, residual frozen (PiSSA)"
     reference = "Meng, Wang & Zhang 2024, arXiv:2404.02948"
     config_cls = PissaConfig
+    stackable = True  # an init: the forward is plain LoRA on the residual base
 
     def lora_config(self, cfg: PissaConfig):
         from peft import LoraConfig

@@ -119,13 +119,16 @@ def _plots(result: dict[str, Any]) -> list[Plot]:
     return plots
 
 
-def answers_view(run_dirs: Sequence[str | Path]) -> AnswersView | None:
-    """The Answers section over the runs; None for fewer than two."""
+def answers_view(
+    run_dirs: Sequence[str | Path], learning: str | None = None, forgetting: str | None = None
+) -> AnswersView | None:
+    """The Answers section over the runs (on these metrics; None: answers()' defaults);
+    None for fewer than two runs."""
     if len(run_dirs) < 2:
         return None
     head = '<section id="answers"><h2>Answers</h2>'
     try:
-        result = answers(run_dirs)
+        result = answers(run_dirs, learning=learning, forgetting=forgetting)
     except NotComparable as error:
         return AnswersView(
             f"{head}<p class=note>No answers for these runs: {e(error)}</p></section>"

@@ -251,10 +251,12 @@ def _run_section(run: RunData) -> tuple[str, list[Plot]]:
     return "\n".join(body), plots
 
 
-def render_page(runs: list[RunData], title: str | None = None) -> tuple[str, list[Plot]]:
+def render_page(
+    runs: list[RunData], title: str | None = None, metrics: dict[str, str | None] | None = None
+) -> tuple[str, list[Plot]]:
     """The page and every plot in it (in page order); pure, writes nothing."""
     title = title or "forgetlab report: " + ", ".join(str(r.summary["name"]) for r in runs)
-    found = answers_view([r.path for r in runs])
+    found = answers_view([r.path for r in runs], **(metrics or {}))
     # the answers' frontier figure replaces the overview's learning-vs-forgetting scatter
     frontier = found is not None and found.frontier_drawn
     overview = overview_plots(runs, scatter=not frontier)
@@ -310,12 +312,18 @@ def figures_dir(out: Path) -> Path:
     return out.parent / f"{out.stem}_figures"
 
 
-def build_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None) -> Path:
-    """Write the report for `run_dirs` to `out` (and its figures to figures_dir(out))."""
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    title: str | None = None,
+    metrics: dict[str, str | None] | None = None,
+) -> Path:
+    """Write the report for `run_dirs` to `out` (and its figures to figures_dir(out));
+    `metrics` ({learning, forgetting}) picks the Answers section's metrics."""
     out = Path(out)
     if out.is_dir():
         raise ForgetlabError(f"report output {out} is a directory; give a file name (.html)")
-    page, plots = render_page(load_runs(run_dirs), title)
+    page, plots = render_page(load_runs(run_dirs), title, metrics)
     # The folder is replaced as a whole: no stale figures from an earlier report remain.
     with atomic_dir(figures_dir(out)) as tmp:
         for plot in plots:

@@ -151,13 +151,13 @@ def _sweep(
 
 def sweep_answers(result: SweepResult) -> dict | None:
     """The answers over the finished trials, on the sweep's own objectives where they are a
-    learning and a forgetting metric (else initial_acc / avg_forgetting); None with fewer
-    than two finished trials."""
+    learning and a forgetting metric (else the answers' defaults); None with fewer than two
+    finished trials."""
     runs = result.run_dirs
     if len(runs) < 2:
         return None
-    learning = next((m for m in result.objectives if m in LEARNING), "initial_acc")
-    forgetting = next((m for m in result.objectives if m in FORGETTING), "avg_forgetting")
+    learning = next((m for m in result.objectives if m in LEARNING), None)
+    forgetting = next((m for m in result.objectives if m in FORGETTING), None)
     try:
         return answers(runs, learning=learning, forgetting=forgetting)
     except NotComparable as e:

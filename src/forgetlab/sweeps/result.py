@@ -3,6 +3,7 @@ and the text table `forgetlab sweep` prints."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     import optuna
 
 SWEEP_FILE = "sweep.yaml"  # marks a sweep directory (the resolved sweep config)
+RESULT_FILE = "sweep.json"  # what the sweep ran: its trials and objectives
 SUMMARY_FILE = "sweep.json"
 
 
@@ -115,6 +117,20 @@ def collect(study: optuna.Study, points: list[Point]) -> list[TrialRecord]:
         )
         for t in trials
     ]
+
+
+def answer_metrics(path: str | Path) -> tuple[str | None, str | None]:
+    """The (learning, forgetting) metrics a sweep directory's objectives name, each None
+    where they name none (or `path` is not a sweep): what its answers.json was computed on."""
+    from forgetlab.answers.points import FORGETTING, LEARNING
+
+    file = Path(path) / RESULT_FILE  # the resolved objectives (`learning` -> initial_acc)
+    if not (Path(path) / SWEEP_FILE).is_file() or not file.is_file():
+        return None, None
+    objectives = json.loads(file.read_text()).get("objectives") or []
+    learning = next((m for m in objectives if m in LEARNING), None)
+    forgetting = next((m for m in objectives if m in FORGETTING), None)
+    return learning, forgetting
 
 
 def trial_run_dirs(path: str | Path) -> list[Path]:

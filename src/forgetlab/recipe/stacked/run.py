@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from forgetlab.atomic import check_writable
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, TrainingDiverged
-from forgetlab.methods import get_method, method_config
+from forgetlab.methods import METHODS, get_method, method_config
 from forgetlab.methods.base import is_stackable
 from forgetlab.models import load_tokenizer
 from forgetlab.models.device import resolve_device
@@ -91,6 +91,11 @@ def stack_difference(a: Config, b: Config) -> str | None:
     return None
 
 
+def stackable_methods() -> list[str]:
+    """The methods whose class declares `stackable = True`, in registry order."""
+    return [name for name, method in METHODS.items() if is_stackable(method)]
+
+
 def check_stackable(configs: list[Config]) -> None:
     """ConfigError unless `configs` can train as one stack."""
     if not configs:
@@ -102,8 +107,8 @@ def check_stackable(configs: list[Config]) -> None:
     method = get_method(first.method["name"])
     if not is_stackable(method):
         raise ConfigError(
-            f"stacked trials: method {method.name} cannot be stacked (stackable: full, lora, "
-            "rslora, gaussian); run its trials one by one"
+            f"stacked trials: method {method.name} cannot be stacked (stackable: "
+            f"{', '.join(stackable_methods())}); run its trials one by one"
         )
     refused = {
         "regularizer": first.regularizer,
