@@ -143,7 +143,11 @@ def _resume_equals(config: Path, out: Path, expected: dict, where: str) -> None:
     assert not list(out.rglob("*.tmp")), f"{where}: temporary files left behind"
 
 
-@pytest.mark.parametrize("moment", list(MOMENTS))
+@pytest.mark.parametrize(
+    "moment",
+    # between stages is slow-only: tests/test_run.py resumes a run stopped between stages
+    [pytest.param(m, marks=pytest.mark.slow) if m == "between stages" else m for m in MOMENTS],
+)
 def test_killed_then_resumed_equals_uninterrupted(moment, uninterrupted, tmp_path):
     out = tmp_path / "run"
     config = _write(out)

@@ -277,7 +277,12 @@ def test_a_stack_per_seed_groups_the_trials_that_share_a_batch_order():
 
 
 @needs_data
-@pytest.mark.parametrize(("flag", "stacks"), [("--stack", [1, 1]), ("--stack-seeds", [2])])
+@pytest.mark.parametrize(
+    ("flag", "stacks"),
+    # --stack's grouping per seed is unit-tested (test_a_stack_per_seed_groups_...) and run by
+    # the sweep's stack test: its CLI row is slow-only
+    [pytest.param("--stack", [1, 1], marks=pytest.mark.slow), ("--stack-seeds", [2])],
+)
 def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(tmp_path, capfd, flag, stacks):
     """`forgetlab run --stack` of a config with seeds [1, 2]: one stack per seed (each of one
     trial); --stack-seeds: both seeds in one stack. Either way one run directory, both seeds."""
