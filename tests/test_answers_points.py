@@ -103,3 +103,18 @@ def test_bad_names_and_non_runs_are_errors(tmp_path):
     (tmp_path / "broken" / "metrics.json").unlink()
     with pytest.raises(ForgetlabError, match="metrics.json is missing"):
         load_points([run, tmp_path / "broken"])
+
+
+def test_compare_offers_exactly_the_metrics_the_answers_read():
+    """cli.py lists them literally (importing forgetlab.answers would load scikit-learn at
+    every command's start): the lists must not drift apart."""
+    from forgetlab.answers.points import FORGETTING, LEARNING
+    from forgetlab.cli import _parser
+
+    compare = next(
+        a.choices["compare"] for a in _parser()._actions if getattr(a, "choices", None)
+        and "compare" in a.choices
+    )  # fmt: skip
+    choices = {a.dest: a.choices for a in compare._actions if a.choices}
+    assert tuple(choices["learning"]) == LEARNING
+    assert tuple(choices["forgetting"]) == FORGETTING

@@ -146,7 +146,16 @@ def spans_enough(
     """Whether the points allow a comparison at matched learning: two methods, each with at
     least `min_points` points of distinct learning, whose learning ranges overlap by at least
     `min_span`. Returns (answer, why)."""
-    kept = {m: g for m, (g, _) in fitted_groups(points, rate_key).items()}
+    return _spans_enough(_kept(fitted_groups(points, rate_key)), min_points, min_span)
+
+
+def _kept(fitted: dict[str, tuple[list[Point], list[Point]]]) -> dict[str, list[Point]]:
+    return {m: group for m, (group, _) in fitted.items()}
+
+
+def _spans_enough(
+    kept: dict[str, list[Point]], min_points: int = MIN_POINTS, min_span: float = MIN_SPAN
+) -> tuple[bool, str]:
     groups = {m: g for m, g in kept.items() if _distinct_levels(g) >= min_points}
     if len(groups) < 2:
         return False, (
@@ -168,7 +177,11 @@ def default_levels(
 ) -> list[float]:
     """`n_levels` evenly spaced learning levels over the hull of the pairwise overlaps of the
     methods' learning ranges (over the hull of all ranges when no two overlap)."""
-    ranges = [_range(g) for g, _ in fitted_groups(points, rate_key).values()]
+    return _default_levels(_kept(fitted_groups(points, rate_key)), n_levels)
+
+
+def _default_levels(kept: dict[str, list[Point]], n_levels: int = N_LEVELS) -> list[float]:
+    ranges = [_range(g) for g in kept.values()]
     overlaps = [o for a, b in itertools.combinations(ranges, 2) if (o := _overlap(a, b))[1] > o[0]]
     spans = overlaps or ranges
     lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
@@ -188,11 +201,12 @@ def matched_learning(
     """Forgetting of each method at each learning level, with bootstrap CIs, and the
     difference between every two methods at the levels both reach (points past their
     rate's peak left out: see the module's docstring)."""
-    levels = list(levels) if levels is not None else default_levels(points, n_levels, rate_key)
+    fitted = fitted_groups(points, rate_key)  # decided once: levels, fits and spans share it
+    levels = list(levels) if levels is not None else _default_levels(_kept(fitted), n_levels)
     methods: dict[str, Any] = {}
     estimates: dict[str, np.ndarray] = {}
     replicates: dict[str, np.ndarray] = {}
-    for method, (group, left_out) in fitted_groups(points, rate_key).items():
+    for method, (group, left_out) in fitted.items():
         x = [p.mean("learning") for p in group]
         y = [p.mean("forgetting") for p in group]
         fit = isotonic_fit(x, y)
@@ -237,7 +251,7 @@ def matched_learning(
                     "ci95": _interval(replicates[a][:, k] - replicates[b][:, k]),
                 }
             )
-    enough, why = spans_enough(points, rate_key=rate_key)
+    enough, why = _spans_enough(_kept(fitted))
     notes = []
     for method, m in methods.items():
         if m["past_peak"]:

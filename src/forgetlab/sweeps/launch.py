@@ -23,13 +23,19 @@ from pathlib import Path
 import yaml
 
 from forgetlab.answers import answers, save_answers
-from forgetlab.answers.points import FORGETTING, LEARNING, NotComparable
+from forgetlab.answers.points import NotComparable
 from forgetlab.atomic import atomic_write_json, atomic_write_text
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.store import display_url, is_url
 from forgetlab.sweeps import predicted
 from forgetlab.sweeps import study as studies
-from forgetlab.sweeps.result import SUMMARY_FILE, SWEEP_FILE, SweepResult, collect
+from forgetlab.sweeps.result import (
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    SweepResult,
+    collect,
+    objective_metrics,
+)
 from forgetlab.sweeps.trial import SweepConfig, load_sweep_config
 from forgetlab.sweeps.workers import run_workers
 
@@ -156,8 +162,7 @@ def sweep_answers(result: SweepResult) -> dict | None:
     runs = result.run_dirs
     if len(runs) < 2:
         return None
-    learning = next((m for m in result.objectives if m in LEARNING), None)
-    forgetting = next((m for m in result.objectives if m in FORGETTING), None)
+    learning, forgetting = objective_metrics(result.objectives)
     try:
         return answers(runs, learning=learning, forgetting=forgetting)
     except NotComparable as e:

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     import optuna
 
 SWEEP_FILE = "sweep.yaml"  # marks a sweep directory (the resolved sweep config)
-RESULT_FILE = "sweep.json"  # what the sweep ran: its trials and objectives
 SUMMARY_FILE = "sweep.json"
 
 
@@ -119,18 +118,24 @@ def collect(study: optuna.Study, points: list[Point]) -> list[TrialRecord]:
     ]
 
 
-def answer_metrics(path: str | Path) -> tuple[str | None, str | None]:
-    """The (learning, forgetting) metrics a sweep directory's objectives name, each None
-    where they name none (or `path` is not a sweep): what its answers.json was computed on."""
+def objective_metrics(objectives: list[str]) -> tuple[str | None, str | None]:
+    """The (learning, forgetting) metrics a sweep's resolved objectives name, each None where
+    they name none (the answers then use their defaults)."""
     from forgetlab.answers.points import FORGETTING, LEARNING
 
-    file = Path(path) / RESULT_FILE  # the resolved objectives (`learning` -> initial_acc)
-    if not (Path(path) / SWEEP_FILE).is_file() or not file.is_file():
-        return None, None
-    objectives = json.loads(file.read_text()).get("objectives") or []
     learning = next((m for m in objectives if m in LEARNING), None)
     forgetting = next((m for m in objectives if m in FORGETTING), None)
     return learning, forgetting
+
+
+def answer_metrics(path: str | Path) -> tuple[str | None, str | None]:
+    """`objective_metrics` of a sweep directory, from its sweep.json (the resolved objectives:
+    `learning` -> initial_acc): what its answers.json was computed on; (None, None) when
+    `path` is not a finished sweep."""
+    file = Path(path) / SUMMARY_FILE
+    if not (Path(path) / SWEEP_FILE).is_file() or not file.is_file():
+        return None, None
+    return objective_metrics(json.loads(file.read_text()).get("objectives") or [])
 
 
 def trial_run_dirs(path: str | Path) -> list[Path]:
