@@ -14,6 +14,7 @@ from forgetlab import load_config, run
 from forgetlab.cli import main
 from forgetlab.methods import get_method, method_config
 from forgetlab.models import load_tokenizer
+from forgetlab.models.device import resolve_precision
 from forgetlab.recipe.build import build_model
 from forgetlab.recipe.prepare import prepare_tasks
 from forgetlab.recipe.train import make_accelerator, train_stage
@@ -30,10 +31,12 @@ def _write(tmp_path, raw) -> str:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
-    """One 2-task LoRA run from the CLI, shared by the assertions below."""
+    """One 2-task LoRA run from the CLI, shared by the assertions below; its precision is the
+    shipped configs' `auto` (bf16 where this CPU has it natively, else fp32)."""
     tmp = tmp_path_factory.mktemp("lora")
     out = tmp / "run"
-    assert main(["run", _write(tmp, tiny_raw(out, "lora")), "--quiet"]) == 0
+    raw = tiny_raw(out, "lora", mixed_precision="auto")
+    assert main(["run", _write(tmp, raw), "--quiet"]) == 0
     return out
 
 
@@ -52,6 +55,8 @@ def test_cli_run_writes_a_complete_run_dir(lora_run):
     ckpt = lora_run / "seed-1" / "checkpoints" / "stage-2-sst2"
     assert (ckpt / "backbone" / "adapter_model.safetensors").is_file()
     assert (ckpt / "heads.safetensors").is_file()
+    state = json.loads((lora_run / "seed-1" / "state.json").read_text())
+    assert state["precision"] == resolve_precision("auto", torch.device("cpu"))
     # recorded in the SQLite store
     with sqlite3.connect(lora_run.parent / "store.sqlite") as conn:
         rows = conn.execute("SELECT method, tasks FROM runs").fetchall()

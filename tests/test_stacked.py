@@ -82,16 +82,51 @@ def test_stacked_layers_give_each_trial_its_own_output_and_skip_trials_that_left
     torch.testing.assert_close(out[2:], models[2](ids[4:]))
 
 
+@pytest.mark.parametrize("dropout_on_x", [False, True])
+def test_stacked_dora_gives_each_trial_peft_s_dora_output(dropout_on_x):
+    """PEFT's DoRA layer of each trial (its own magnitudes, A and B) against the stacked one;
+    with dropout on x PEFT passes no base result and recomputes W x."""
+    peft = pytest.importorskip("peft")
+
+    torch.manual_seed(0)
+    models = []
+    for _ in range(3):
+        base = nn.Sequential(nn.Linear(6, 5))
+        config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["0"], use_dora=True)
+        model = peft.get_peft_model(base, config)
+        with torch.no_grad():  # B = 0 at init: give each trial its own update and magnitude
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.3)
+        models.append(model)
+    stack = stack_models(models)
+    stack.layout.set([0, 1, 2], 4)
+    x = torch.randn(12, 6)
+    layer = stack.model.get_submodule("base_model.model.0")
+    if dropout_on_x:  # a dropout that keeps everything, but is not nn.Identity
+        layer.lora_dropout["default"] = nn.Dropout(0.0)
+        for m in models:
+            m.get_submodule("base_model.model.0").lora_dropout["default"] = nn.Dropout(0.0)
+    out = stack.model(x)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[4 * k : 4 * k + 4], m(x[4 * k : 4 * k + 4]))
+    out.sum().backward()  # the magnitudes train, per trial
+    magnitude = layer.lora_magnitude_vector["default"].weight
+    assert magnitude.shape == (3, 5) and magnitude.grad.abs().sum(1).min() > 0
+
+
 def test_a_module_that_trains_but_cannot_stack_is_named():
     models = [nn.Sequential(nn.Conv1d(2, 2, 1)) for _ in range(2)]
     with pytest.raises(ConfigError, match="module 0 .Conv1d. trains but cannot be stacked"):
         stack_models(models)
 
 
-def _config(out, method: str, lr: float, seed: int, **training):
+def _config(out, method: str, lr: float, seed: int, regularizer=None, **training):
     from forgetlab import load_config
 
     raw = tiny_raw(out, method=method, batch_size=8, epochs=1, **training)
+    if regularizer:
+        raw["regularizer"] = regularizer
     raw["data"] = {"max_train_examples": 20, "max_eval_examples": 16}
     raw["model"] = {"max_length": 32, "dropout": 0.0, "head_dropout": 0.0}
     raw["output"]["checkpoints"] = "none"
@@ -177,16 +212,17 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
 @needs_data
 @pytest.mark.parametrize(
     "method",
-    # one row in the default suite; the other two inits take the same path (ResidualLora)
     [
+        "dora",  # its own stacked layer: each trial's row norms and magnitudes
+        # PiSSA, OLoRA and MiLoRA rewrite the frozen base to W_res at init, then train a plain
+        # LoRA on it: one row in the default suite, the other two take the same path
         "pissa",
         pytest.param("olora", marks=pytest.mark.slow),
         pytest.param("milora", marks=pytest.mark.slow),
     ],
 )
-def test_residual_lora_inits_stacked_equal_alone(tmp_path, method):
-    """PiSSA, OLoRA and MiLoRA rewrite the frozen base to W_res at init and then train a
-    plain LoRA on it: stacked (a rate and a seed each), each trial keeps its lone numbers."""
+def test_lora_variants_stacked_equal_alone(tmp_path, method):
+    """Stacked (a rate and a seed each), each trial keeps its lone numbers."""
     from forgetlab.recipe.run import run
     from forgetlab.recipe.stacked.run import run_stacked
 
@@ -200,6 +236,37 @@ def test_residual_lora_inits_stacked_equal_alone(tmp_path, method):
         _assert_same_numbers(a, b)
 
 
+@needs_data
+@pytest.mark.parametrize(
+    "section, lams",
+    [
+        ({"name": "l2_init"}, [0.1, 300.0]),
+        ({"name": "ewc", "fisher_samples": 6}, [100.0, 3e4]),  # its penalty from stage 2 on
+    ],
+)
+def test_regularised_trials_stacked_equal_alone_each_at_its_own_lambda(tmp_path, section, lams):
+    """A lambda sweep stacks: each trial's own regulariser (its theta0, its Fisher) and lambda,
+    the penalty on its slices of the stack; loss curves, rows and matrix as alone."""
+    from forgetlab.recipe.run import run
+    from forgetlab.recipe.stacked.run import run_stacked
+
+    def config(name, lam, lr, seed):
+        reg = {**section, "lambda": lam}
+        return _config(tmp_path / name, "lora", lr, seed, regularizer=reg, max_grad_norm=None)
+
+    values = [(lams[0], 2e-3, 1), (lams[1], 1e-3, 2)]
+    alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
+    stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
+    for c in alone:
+        run(c)
+    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
+    for a, b in zip(alone, stacked):
+        _assert_same_numbers(a, b)
+    penalties = [[p[2] for s in _state(c)["stages"] for p in s["loss_curve"]] for c in stacked]
+    assert all(max(p) > 0 for p in penalties)  # the penalty was on, in both trials
+    assert max(penalties[1]) > max(penalties[0])  # and at each trial's own lambda
+
+
 def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_refused(tmp_path):
     from forgetlab import load_config
     from forgetlab.recipe.stacked.run import check_stackable
@@ -208,9 +275,31 @@ def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_ref
     b = load_config(raw=tiny_raw(tmp_path / "b", batch_size=4))
     with pytest.raises(ConfigError, match="training.batch_size is 16 in one, 4 in another"):
         check_stackable([a, b])
-    dora = load_config(raw=tiny_raw(tmp_path / "c", method="dora"))
-    with pytest.raises(ConfigError, match="method dora cannot be stacked"):
-        check_stackable([dora])
+    adapter = load_config(raw=tiny_raw(tmp_path / "c", method="adapter"))
+    with pytest.raises(ConfigError, match="method adapter cannot be stacked"):
+        check_stackable([adapter])
+    laplace = tiny_raw(tmp_path / "d")
+    laplace["regularizer"] = {"name": "laplace", "lambda": 10}
+    with pytest.raises(ConfigError, match="regularizer laplace cannot be stacked.*l2_init, ewc"):
+        check_stackable([load_config(raw=laplace)])
+
+
+def test_a_lambda_is_a_value_a_regulariser_is_not(tmp_path):
+    """What `forgetlab sweep` with sweep.stack groups: trials of one regulariser at several
+    lambdas stack; different regularisers (or none) do not."""
+    from forgetlab import load_config
+    from forgetlab.recipe.stacked.run import stack_difference
+
+    def config(name, reg):
+        raw = tiny_raw(tmp_path / name)
+        if reg:
+            raw["regularizer"] = reg
+        return load_config(raw=raw)
+
+    l2_small = config("a", {"name": "l2_init", "lambda": 0.1})
+    assert stack_difference(l2_small, config("b", {"name": "l2_init", "lambda": 100})) is None
+    assert "regularizer.name" in stack_difference(l2_small, config("c", {"name": "ewc"}))
+    assert "regularizer" in stack_difference(l2_small, config("d", None))
 
 
 def test_sweep_stack_is_checked():
@@ -284,8 +373,9 @@ def test_a_stack_per_seed_groups_the_trials_that_share_a_batch_order():
     [pytest.param("--stack", [1, 1], marks=pytest.mark.slow), ("--stack-seeds", [2])],
 )
 def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(tmp_path, capfd, flag, stacks):
-    """`forgetlab run --stack` of a config with seeds [1, 2]: one stack per seed (each of one
-    trial); --stack-seeds: both seeds in one stack. Either way one run directory, both seeds."""
+    """`forgetlab run --stack` of an EWC config with seeds [1, 2]: one stack per seed (each of
+    one trial); --stack-seeds: both seeds in one stack. Either way one run directory, both
+    seeds, each with its own EWC penalty from stage 2 on."""
     import yaml
 
     from forgetlab.cli import main
@@ -294,6 +384,7 @@ def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(tmp_path, capfd
     raw["data"] = {"max_train_examples": 16, "max_eval_examples": 16}
     raw["model"] = {"max_length": 32}
     raw["seeds"] = [1, 2]
+    raw["regularizer"] = {"name": "ewc", "lambda": 100.0, "fisher_samples": 4}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), flag]) == 0
@@ -303,3 +394,6 @@ def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(tmp_path, capfd
     assert sizes == stacks
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert sorted(metrics["per_seed"]) == ["1", "2"] and "run directory" in captured.out
+    for seed in (1, 2):
+        state = json.loads((tmp_path / "run" / f"seed-{seed}" / "state.json").read_text())
+        assert [max(p[2] for p in s["loss_curve"]) > 0 for s in state["stages"]] == [False, True]

@@ -202,7 +202,7 @@ def _sweep_parser(sub) -> None:
 
 
 def _predict_lr_parser(sub) -> None:
-    from forgetlab.analyses.predict_lr import DEFINITIONS
+    from forgetlab.analyses.spec import LR_DEFINITIONS as DEFINITIONS
 
     p = sub.add_parser(
         "predict-lr",

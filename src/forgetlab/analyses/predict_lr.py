@@ -35,12 +35,13 @@ from typing import Any
 import forgetlab.analyses.hessian as hessian
 from forgetlab.analyses.model_hessian import parameter_groups
 from forgetlab.analyses.runs import OpenRun, open_config
+from forgetlab.analyses.spec import LR_DEFINITIONS
 from forgetlab.config import Config
 from forgetlab.errors import ForgetlabError
 from forgetlab.methods import get_method, method_config
 from forgetlab.recipe.train import make_accelerator, train_stage
 
-DEFINITIONS = ("module", "trainable", "warmup")
+DEFINITIONS = LR_DEFINITIONS
 DEFAULTS = {
     "definitions": DEFINITIONS,
     "module": r"query|q_proj|c_attn",  # the first adapted module whose name matches

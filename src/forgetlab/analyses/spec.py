@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# predict-lr's definitions of "the largest eigenvalue at init" (forgetlab.analyses.predict_lr):
+# here, so that the CLI's parser lists them without loading the training stack
+LR_DEFINITIONS = ("module", "trainable", "warmup")
+
 
 @dataclass(frozen=True)
 class CliOption:

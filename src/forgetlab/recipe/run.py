@@ -254,6 +254,8 @@ def base_state(
         "stages": [],
         "trainable_parameters": trainable,
         "total_parameters": total,
+        # what training.mixed_precision resolved to on this machine (auto: bf16 or no)
+        "precision": accelerator.mixed_precision,
     }
     start = time.perf_counter()
     state["rows"].append(eval_row(model, run_tasks.scored, config, accelerator, pad_id, tokenizer))

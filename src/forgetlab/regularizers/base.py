@@ -89,6 +89,9 @@ class Regularizer:
     summary: ClassVar[str] = "no penalty"
     reference: ClassVar[str] = ""  # the paper, e.g. "Kirkpatrick et al. 2017, arXiv:1612.00796"
     config_cls: ClassVar[type[RegularizerConfig]] = RegularizerConfig
+    # True when `penalty` reads the model only through `named_parameters()` / `parameters()`:
+    # stacked trials (forgetlab.recipe.stacked) then score it on each trial's own slices
+    stackable: ClassVar[bool] = False
 
     def __init__(self, cfg: RegularizerConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else self.config_cls(name=self.name)

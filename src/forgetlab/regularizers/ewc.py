@@ -96,6 +96,7 @@ class EWC(Regularizer):
     summary = "λ/2·Σ_t F_t(θ − θ*_t)², diagonal empirical Fisher of each finished task"
     reference = "Kirkpatrick et al. 2017, arXiv:1612.00796"
     config_cls = EWCConfig
+    stackable = True  # the penalty reads named_parameters() only
     cfg: EWCConfig
 
     def __init__(self, cfg: EWCConfig | None = None) -> None:

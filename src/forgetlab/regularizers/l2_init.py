@@ -42,6 +42,7 @@ class L2Init(Regularizer):
     summary = "λ/2·‖θ − θ₀‖², θ₀ = the weights before the first stage (L2-SP)"
     reference = "Li, Grandvalet & Davoine 2018, arXiv:1802.01483 (L2-SP)"
     config_cls = L2InitConfig
+    stackable = True  # the penalty reads named_parameters() only
     cfg: L2InitConfig
 
     def __init__(self, cfg: L2InitConfig | None = None) -> None:

@@ -123,7 +123,62 @@ class StackedEmbedding(nn.Module):
         return out.reshape(*ids.shape, tables.shape[-1])
 
 
+class StackedDora(nn.Module):
+    """K of PEFT's DoraLinearLayer: the magnitudes [K, out]. As PEFT's forward (the output
+    added to the base layer's), per trial: its norm of W + s·B_k·A_k over each output row
+    (detached, as DoRA section 4.3 and PEFT), its magnitude over that norm, applied to its
+    block; B_k·A_k from the stacked `lora_A` / `lora_B` weights."""
+
+    def __init__(self, layers: list[nn.Module], layout: Layout) -> None:
+        super().__init__()
+        if layers[0].fan_in_fan_out:
+            raise ConfigError("stacked trials: DoRA with fan_in_fan_out (Conv1D) does not stack")
+        self.layout = layout
+        self.weight = _stack([m.weight for m in layers])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        lora_A: nn.Module,
+        lora_B: nn.Module,
+        scaling: float,
+        base_layer: nn.Module,
+        base_result: torch.Tensor | None = None,
+        adapter_name: str = "default",
+    ) -> torch.Tensor:
+        lay = self.layout
+        if not isinstance(lora_A, StackedLinear) or not isinstance(lora_B, StackedLinear):
+            raise ConfigError("stacked trials: DoRA needs its lora_A and lora_B stacked")
+        lora_weight = torch.bmm(lay.take(lora_B.weight), lay.take(lora_A.weight)).to(x.dtype)
+        weight = base_layer.weight
+        weight = (lay.take(weight) if weight.dim() == 3 else weight.unsqueeze(0)).to(x.dtype)
+        with torch.no_grad():
+            norm = torch.linalg.norm(weight + scaling * lora_weight, dim=2).to(weight.dtype)
+        scale = (lay.take(self.weight) / norm).unsqueeze(1)  # [trials, 1, out]
+        lora_result = lora_B(lora_A(x))
+        blocks = len(lay.active), -1, lora_result.shape[-1]
+        if base_result is None:  # dropout on x: W x without the bias, as PEFT
+            rows = x.reshape(len(lay.active), -1, x.shape[-1])
+            base = torch.bmm(rows, weight.transpose(1, 2).expand(len(lay.active), -1, -1))
+        else:
+            bias = getattr(base_layer, "bias", None)
+            if bias is not None:
+                base_result = base_result.reshape(blocks) - (
+                    lay.take(bias).unsqueeze(1) if bias.dim() == 2 else bias
+                )
+            base = base_result.reshape(blocks)
+        low = lora_result.reshape(blocks)
+        return ((scale - 1) * base + scale * low * scaling).reshape(lora_result.shape)
+
+
 STACKED = {nn.Linear: StackedLinear, nn.LayerNorm: StackedLayerNorm, nn.Embedding: StackedEmbedding}
+try:  # PEFT's DoRA layer, where this PEFT has one
+    from peft.tuners.lora.dora import DoraLinearLayer
+
+    STACKED[DoraLinearLayer] = StackedDora
+except ImportError:  # pragma: no cover - an older PEFT
+    pass
 
 
 @dataclass
@@ -145,6 +200,23 @@ class StackedModel:
         """Write trial `trial`'s slices into its own plain model (to score or save it)."""
         for name, p in self.named_stacked_parameters():
             model.get_parameter(name).copy_(p[trial])
+
+
+class TrialParameters:
+    """Trial `trial`'s parameters as the stack holds them, under the names of its own model:
+    its slices of the stacked parameters (views: gradients flow into the stack) and the shared
+    ones as they are. What a stackable regulariser's `penalty` reads."""
+
+    def __init__(self, stack: StackedModel, trial: int) -> None:
+        self.stack, self.trial = stack, trial
+        self._stacked = {name for name, _ in stack.named_stacked_parameters()}
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, p in self.stack.model.named_parameters():
+            yield name, p[self.trial] if name in self._stacked else p
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return (p for _, p in self.named_parameters())
 
 
 def _differs(modules: list[nn.Module]) -> bool:

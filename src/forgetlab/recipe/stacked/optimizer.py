@@ -1,18 +1,20 @@
 """AdamW per trial over stacked [K, ...] tensors, with each trial's own learning rate (its
 warm-up and linear-decay schedule), weight decay, parameter groups and gradient clipping.
 
-The update is torch.optim.AdamW's (decoupled decay, bias-corrected moments, eps outside the
-square root) computed for all K slices at once; a trial's clipping norm is over its own
-slices only, as `clip_grad_norm_` over its lone model's parameters is. The schedule is
+The update is torch's own AdamW kernel (`torch.optim.adamw.adamw`, fused where the lone run's
+is) called per trial on its slices of the stacked tensors (views: the kernel writes into the
+stack), one call per (learning rate, weight decay) group of that trial: the lone run's
+arithmetic, in one pass over each tensor instead of the ten that a [K, ...] formula takes. A
+trial's clipping norm is over its own slices only, as `clip_grad_norm_` over its lone model's
+parameters is. The schedule is
 transformers' `get_linear_schedule_with_warmup`, one per trial, driving a dummy optimizer so
 that the factor is the very function a lone run uses.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+from torch.optim.adamw import adamw
 from transformers import get_linear_schedule_with_warmup
 
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which train_stage uses
@@ -50,7 +52,21 @@ class StackedAdamW:
         self.params = params
         self.base_lr, self.decay, self.max_grad_norm = base_lr, decay, max_grad_norm
         self.state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
-        self.steps = 0
+        first = next(iter(params.values()), None)
+        # fused where train_stage's AdamW is (forgetlab.recipe.train.FUSED_DTYPES)
+        self.fused = (
+            first is not None
+            and first.device.type in ("cpu", "cuda")
+            and all(
+                p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params.values()
+            )
+        )
+        device = first.device if first is not None else torch.device("cpu")
+        # one step count per trial and tensor: the kernel increments each tensor it is given
+        self.counts = {
+            n: [torch.zeros((), dtype=torch.float32, device=device) for _ in base_lr[n]]
+            for n in params
+        }
 
     def _per_trial(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(values, dtype=like.dtype, device=like.device).view(
@@ -77,22 +93,30 @@ class StackedAdamW:
     def step(self, factors: list[float], active: list[int]) -> None:
         """One AdamW step of the active trials (the others' slices are left as they are);
         `factors[k]`: trial k's schedule factor for this step."""
-        self.steps += 1
-        b1, b2 = BETAS
-        bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
-        on = [1.0 if k in active else 0.0 for k in range(len(factors))]
-        for name, p in self.params.items():
-            if p.grad is None:
-                continue
-            lr = [f * base * a for f, base, a in zip(factors, self.base_lr[name], on)]
-            m, v = self.state[name]
-            mask = self._per_trial(on, p)
-            grad = p.grad * mask  # inactive trials: moments frozen (zero gradient, no decay)
-            p.mul_(1 - self._per_trial(lr, p) * self._per_trial(self.decay[name], p))
-            m.lerp_(grad, (1 - b1) * mask)
-            v.mul_(1 - (1 - b2) * mask).addcmul_(grad, grad, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(EPS)
-            p.sub_(self._per_trial(lr, p) / bc1 * m / denom)
+        names = [n for n, p in self.params.items() if p.grad is not None]
+        for k in active:
+            groups: dict[tuple[float, float], list[str]] = {}
+            for name in names:
+                groups.setdefault((self.base_lr[name][k], self.decay[name][k]), []).append(name)
+            for (base_lr, decay), group in groups.items():
+                params = [self.params[n] for n in group]
+                adamw(
+                    [p[k] for p in params],
+                    [p.grad[k] for p in params],
+                    [self.state[n][0][k] for n in group],
+                    [self.state[n][1][k] for n in group],
+                    [],
+                    [self.counts[n][k] for n in group],
+                    fused=self.fused,
+                    foreach=False if not self.fused else None,
+                    amsgrad=False,
+                    beta1=BETAS[0],
+                    beta2=BETAS[1],
+                    lr=factors[k] * base_lr,
+                    weight_decay=decay,
+                    eps=EPS,
+                    maximize=False,
+                )
 
     def zero_grad(self) -> None:
         for p in self.params.values():

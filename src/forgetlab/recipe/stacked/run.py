@@ -4,7 +4,8 @@ Every (config, seed) pair is one trial; the trials of one seed train as one stac
 seed (or all seeds in one stack: `by_seed=False`). The configs must be
 equal but for the keys in `VALUE_KEYS` (what a rate sweep varies); the recipe is `run.py`'s
 (the same tasks, row 0, one row per stage, the same files: config.yaml, state.json,
-metrics.json, checkpoints, the matrix CSV), only the stages' training is stacked. A trial
+metrics.json, checkpoints, the matrix CSV), only the stages' training is stacked; a
+regulariser that declares `stackable` (L2-to-init, EWC) is each trial's own, at its own λ. A trial
 that diverges stops alone: its seed's finished stages stay in its run directory, as a lone
 run's would, and its result is the TrainingDiverged that run would have raised. Every run
 directory's log.txt holds the whole stack's log. No --resume: a stack starts afresh.
@@ -36,10 +37,12 @@ from forgetlab.recipe.run import (
     log_stage,
     prepare_out_dir,
     record_stage,
+    source_data,
 )
 from forgetlab.recipe.stacked.layers import stack_models
 from forgetlab.recipe.stacked.train import Trial, check_stackable_kind, train_stacked_stage
 from forgetlab.recipe.train import make_accelerator
+from forgetlab.regularizers import REGULARIZERS, build_regularizer
 from forgetlab.rundir import RunDir
 
 log = logging.getLogger("forgetlab")
@@ -54,6 +57,7 @@ VALUE_KEYS = {
     ("training", "warmup_steps"),
     ("training", "warmup_ratio"),
     ("training", "max_grad_norm"),
+    ("regularizer", "lambda"),
     ("output", "dir"),
     ("output", "store"),
 }
@@ -110,8 +114,14 @@ def check_stackable(configs: list[Config]) -> None:
             f"stacked trials: method {method.name} cannot be stacked (stackable: "
             f"{', '.join(stackable_methods())}); run its trials one by one"
         )
+    reg = REGULARIZERS.get((first.regularizer or {}).get("name", "none"))
+    if reg is not None and not reg.stackable:
+        stackable = [name for name, r in REGULARIZERS.items() if r.stackable]
+        raise ConfigError(
+            f"stacked trials: regularizer {reg.name} cannot be stacked (stackable: "
+            f"{', '.join(stackable)}); run its trials one by one"
+        )
     refused = {
-        "regularizer": first.regularizer,
         "strategy": first.strategy,
         "guard": first.guard,
         "eval.every": first.eval.every,
@@ -178,13 +188,15 @@ def _run_stack(
     states: dict[int, dict] = {}
     errors: dict[int, TrainingDiverged] = {}
     for members in _groups(owners, by_seed):
-        trials = []
-        for k in members:
+        trials, regs = [], {}
+        for j, k in enumerate(members):
             i, seed = owners[k]
             model = build_run_model(
                 configs[i], run_tasks, seed, pad_id=pad_id, device=accelerator.device
             )
             trials.append(Trial(model=model, training=configs[i].training, seed=seed))
+            if (reg := build_regularizer(configs[i].regularizer, model=model)) is not None:
+                regs[j] = reg
             states[k] = base_state(configs[i], run_tasks, seed, outs[i], model, *scoring)
         log.info("stacking %d trials of %s", len(trials), method.name)
         stack = stack_models([t.model for t in trials])
@@ -194,7 +206,8 @@ def _run_stack(
                 break
             results = train_stacked_stage(
                 stack, trials, alive, method, mcfg, task.name, task.kind, task.train,
-                accelerator, stage, pad_id,
+                accelerator, stage, pad_id, regs,
+                source_data(first, run_tasks.tasks, stage, run_tasks.sources),
             )  # fmt: skip
             for j, outcome in results.items():
                 k = members[j]
@@ -205,9 +218,9 @@ def _run_stack(
                 log_stage(seed, stage, outcome)
                 record_stage(
                     configs[i], run_tasks, outs[i], states[k], stage, outcome, 0.0,
-                    trials[j].model, method, None, scoring,
+                    trials[j].model, method, regs.get(j), scoring,
                 )  # fmt: skip
-        del stack, trials  # the next group's models replace this one's
+        del stack, trials, regs  # the next group's models replace this one's
     per_config: list[dict[int, dict]] = [{} for _ in configs]
     for k, (i, seed) in enumerate(owners):
         if k not in errors:

@@ -2,7 +2,9 @@
 
 Each trial keeps what makes its numbers its own: its batch order (`random.Random` seeded by
 `stage_seed(seed, stage)`, as a lone run), its schedule, weight decay and clipping
-(`StackedAdamW`), its loss (the kind's loss over its own rows only) and its stop: a trial
+(`StackedAdamW`), its loss (the kind's loss over its own rows only), its regulariser (its
+own λ and estimates: the hooks run on its plain model, the penalty on its slices of the
+stack, `TrialParameters`) and its stop: a trial
 whose loss becomes non-finite leaves the stack alone, with the error a lone run would raise,
 and its rows are no longer computed. At each micro-batch the trials' batches are padded to a
 common number of rows and length (padding rows hold one unmasked pad token, so that every
@@ -31,9 +33,10 @@ from forgetlab.errors import ConfigError, TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
-from forgetlab.recipe.stacked.layers import StackedModel
+from forgetlab.recipe.stacked.layers import StackedModel, TrialParameters
 from forgetlab.recipe.stacked.optimizer import Schedule, StackedAdamW
 from forgetlab.recipe.train import StageStats, batch_stream, diverged, stage_seed, stage_steps
+from forgetlab.regularizers.base import Regularizer, StageContext
 
 log = logging.getLogger("forgetlab")
 
@@ -126,12 +129,26 @@ def train_stacked_stage(
     accelerator: Accelerator,
     stage: int,
     pad_id: int,
+    regularizers: dict[int, Regularizer] | None = None,
+    source_data: list[tuple[str, EncodedSplit]] | None = None,
 ) -> dict[int, StageStats | TrainingDiverged]:
     """Train the trials `alive` (indices into `trials`, the stack's slices) on one task; each
-    gets its StageStats, or the TrainingDiverged a lone run of it would have raised."""
+    gets its StageStats, or the TrainingDiverged a lone run of it would have raised.
+    `regularizers`: each regularised trial's own (stackable) regulariser, by trial index;
+    `source_data`: the earlier tasks' data they may estimate from, as `train_stage`'s."""
     check_stackable_kind(kind)
     ops = KINDS[kind]
     device = accelerator.device
+    regs = {k: r for k, r in (regularizers or {}).items() if k in alive}
+    contexts = {
+        k: StageContext(
+            trials[k].model, stage, task, kind, data, pad_id, device, list(source_data or [])
+        )
+        for k in regs
+    }
+    views = {k: TrialParameters(stack, k) for k in regs}
+    for k, reg in regs.items():  # on the trial's plain model, which holds its weights now
+        reg.on_stage_start(contexts[k])
     set_seed(stage_seed(trials[alive[0]].seed, stage))  # the stack's dropout generator
     model = stack.model.to(device).train()
     plan = {k: stage_steps(trials[k].training, len(data)) for k in alive}
@@ -162,20 +179,27 @@ def train_stacked_stage(
                 ops.loss(_Logits(logits[i * rows : i * rows + len(b["labels"])]), task, b)
                 for i, b in enumerate(own)
             ]
+            zero = torch.zeros((), device=device)
+            penalties = [
+                zero if k not in regs or (x := regs[k].penalty(views[k])) is None else x
+                for k in active
+            ]
+        n = len(active)
         tokens = [b["inputs"]["attention_mask"].sum() for b in own]
-        values = torch.stack([*(x.detach().float() for x in losses), *tokens]).tolist()
+        parts = [*(x.detach().float() for x in losses), *(x.detach().float() for x in penalties)]
+        values = torch.stack([*parts, *tokens]).tolist()
         finite = []
         for i, k in enumerate(active):
-            loss = values[i]
-            if not math.isfinite(loss):
+            loss, pen = values[i], values[n + i]
+            if not math.isfinite(loss + pen):  # as a lone run: the task loss plus the penalty
                 lr = trials[k].training.lr * schedules[k].factor
-                out[k] = diverged(stage, task, loss, step + 1, lr)
+                out[k] = diverged(stage, task, loss + pen, step + 1, lr)
                 log.info("stacked trial %d (seed %d): %s", k, trials[k].seed, out[k])
                 continue
-            finite.append(losses[i])
+            finite.append(losses[i] + penalties[i] if k in regs else losses[i])
             stats[k].examples += len(own[i]["labels"])
-            stats[k].tokens += int(values[len(active) + i])
-            windows[k].append((loss, 0.0))
+            stats[k].tokens += int(values[2 * n + i])
+            windows[k].append((loss, pen))
         active = [k for k in active if k not in out]
         if finite:
             accelerator.backward(torch.stack(finite).sum() / cfg.grad_accum)
@@ -202,6 +226,8 @@ def train_stacked_stage(
         s.examples_per_s = s.examples / max(wall, 1e-9)
         s.tokens_per_s = s.tokens / max(wall, 1e-9)
         stack.copy_to(k, trials[k].model)
+        if k in regs:  # e.g. EWC's Fisher, estimated on the trial's trained model
+            regs[k].on_stage_end(contexts[k])
         out[k] = s
     model.eval()
     return out
