@@ -9,7 +9,6 @@ trainer, ...) after one untimed warm-up of each, and the table reports median an
     python benchmarks/throughput.py [--examples 800] [--method full|lora|both] [--repeats 3]
                                     [--task sst2] [--bf16/--no-bf16] [--threads T]
                                     [--trainer-optim adamw_torch] [--warmup-examples 64]
-                                    [--dense-rows]
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from trainer_comparison import (
 
 from forgetlab.kinds import EncodedSplit
 from forgetlab.models.loading import resolve_model_path
-from forgetlab.recipe import train as train_module
 
 BATCH_SIZE = 16
 WEIGHT_DECAY = 0.01
@@ -164,12 +162,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
-    p.add_argument(
-        "--dense-rows",
-        action="store_true",
-        help="forgetlab updates every embedding row each step, as torch's AdamW does (isolates\n"
-        "the gain of forgetlab.recipe.lazy_rows in full fine-tuning)",
-    )
     return p.parse_args(argv)
 
 
@@ -205,12 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = start(args)
     precision = "bf16 autocast" if args.bf16 else "fp32"
     optim = args.trainer_optim or transformers.TrainingArguments.optim
-    ours = "the AdamW train_stage builds"
-    if args.dense_rows:
-        train_module.lazy_tables = lambda model: []
-        ours += ", every embedding row updated each step (--dense-rows)"
     print(machine())
-    print(f"optimizer: forgetlab: {ours}; Trainer: optim={optim}")
+    print(f"optimizer: forgetlab: the AdamW train_stage builds; Trainer: optim={optim}")
     print(
         f"setting: batch {BATCH_SIZE}, 1 epoch, {precision}, AdamW wd {WEIGHT_DECAY}, "
         f"clip {MAX_GRAD_NORM}, dynamic padding + length grouping, {args.repeats} repeats "

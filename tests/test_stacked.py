@@ -241,7 +241,8 @@ def test_lora_variants_stacked_equal_alone(tmp_path, method):
     "section, lams",
     [
         ({"name": "l2_init"}, [0.1, 300.0]),
-        ({"name": "ewc", "fisher_samples": 6}, [100.0, 3e4]),  # its penalty from stage 2 on
+        # its penalty from stage 2 on; in the default suite EWC stacks through the CLI row
+        pytest.param({"name": "ewc", "fisher_samples": 6}, [100.0, 3e4], marks=pytest.mark.slow),
     ],
 )
 def test_regularised_trials_stacked_equal_alone_each_at_its_own_lambda(tmp_path, section, lams):

@@ -7,6 +7,9 @@ what it forgets.
     print(forgetlab.format_run(result.metrics))
 """
 
+import sys
+import types
+
 # Before anything imports torch: OpenMP reads its wait policy once, when torch loads.
 # isort: off
 from forgetlab import threads
@@ -35,6 +38,19 @@ _API = (
     "run_stacked",
     "sweep",
 )
+
+
+class _Package(types.ModuleType):
+    """The import system sets `forgetlab.report` to the `forgetlab.report` package when that
+    loads; `forgetlab.report(...)` stays the API's function, as when the API loaded eagerly."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> object:

@@ -1,32 +1,47 @@
-"""AdamW that updates a large embedding table only in the rows a stage has looked up.
+"""Full fine-tuning's AdamW step: every embedding row updated (torch's fused AdamW, what
+train_stage uses) vs only the rows looked up so far (`LazyRowsAdamW` below). Tried for issue
+14's goal 1 and not adopted: it did not pay here (docs/benchmarks.md).
 
-Full fine-tuning trains MiniLM's 30,522 × 384 word embedding: half the model's parameters and
-about half of fused AdamW's time per step, though a stage of SST-2 looks up a few thousand of
-its rows. A row no batch has looked up yet has a zero gradient and zero moments, so AdamW's
-whole update of it is the decoupled weight decay θ ← θ·(1 − lr·wd). `LazyRowsAdamW` keeps that
-product for the rows not yet seen and applies it once: when a batch first looks a row up (a
-forward pre-hook on the embedding) or when the stage ends (`flush`). The rows seen get torch's
-own AdamW update, gathered into one contiguous block. The numbers are AdamW's up to the float
-rounding of that product (tests/test_lazy_rows.py holds it to torch's AdamW).
+The idea: MiniLM's 30,522 × 384 word embedding is half its parameters, yet a stage of SST-2
+looks up a few thousand rows. A row no batch has looked up has a zero gradient and zero
+moments, so AdamW's whole update of it is the decoupled decay θ ← θ·(1 − lr·wd):
+`LazyRowsAdamW` keeps that product for the unseen rows and applies it once, when a batch
+first looks a row up (a forward pre-hook) or at `flush()`; the rows seen get torch's own
+AdamW update, gathered. Its numbers equalled torch.optim.AdamW's within 1e-6 (weights and
+moments, fused and not, with a model that reads the table outside its lookups falling back to
+the dense update; the tests are in git history, commit 366c43c).
 
-It is used only where it is exact and pays (`lazy_tables`): on a CPU (on a GPU the dense
-update of a table is a fraction of a millisecond and `nonzero()` would sync the host), in one
-process (other ranks' rows would arrive in the averaged gradient unseen), with no penalty that
-reaches every weight (a regulariser), and for the weight of an nn.Embedding that nothing else
-shares (a tied output layer reads every row). The first step of each stage checks that the
-gradient is zero outside the rows seen, and falls back to the dense update if it is not (a
-model that reads the table some other way).
+The measurement: the packaged MiniLM, real SST-2 batches of 16 in a length-grouped order, one
+optimizer step after each forward + backward. Both sides train from the same weights over the
+same batches, alternating `--repeats` times; the table gives the median seconds of the
+optimizer step and of the whole step (the first `WARM` steps of each run left out) and the
+ratios dense / lazy, and how many of the 30,522 rows the lazy side updated at the end.
+
+    python benchmarks/lazy_rows.py [--steps 50] [--repeats 3] [--bf16] [--threads T]
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import random
+import statistics
+import time
 from collections.abc import Iterable
 
 import torch
+from common import machine, quiet
 from torch import nn
 from torch.optim.adamw import adamw
 
+from forgetlab import load_config
+from forgetlab.kinds import KINDS
+from forgetlab.methods import get_method, method_config
+from forgetlab.models import load_tokenizer
+from forgetlab.recipe.build import build_model
+from forgetlab.recipe.prepare import pad_token_id, prepare_tasks
+
+WARM = 5  # steps left out of each median: allocator and cache warm-up
 log = logging.getLogger("forgetlab")
 
 # Tables with fewer rows update densely: the gather and scatter cost more than they save.
@@ -151,3 +166,88 @@ class LazyRowsAdamW(torch.optim.AdamW):
         self.flush()
         for table in self._tables.values():
             table.hook.remove()
+
+
+def setup(steps: int):
+    config = load_config(
+        raw={
+            "tasks": ["sst2"],
+            "model": {"max_length": 128},
+            "data": {"max_train_examples": 16 * steps, "max_eval_examples": 16},
+            "method": {"name": "full"},
+        }
+    )
+    tokenizer = load_tokenizer(config.model)
+    (task,) = prepare_tasks(config, tokenizer)
+    pad_id = pad_token_id(tokenizer)
+    ops = KINDS[task.kind]
+    order = ops.train_batches(task.train.lengths, 16, random.Random(1), True)
+    batches = [ops.collate(task.train, b, pad_id, torch.device("cpu")) for b in order][:steps]
+    return config, task, ops, batches
+
+
+def one_run(config, task, ops, batches, lazy: bool, bf16: bool) -> tuple[list, list, int]:
+    method, mcfg = get_method("full"), method_config(config.method)
+    model = build_model(config, [task], method, mcfg, seed=1)
+    groups = method.optimizer_groups(model, mcfg, 2e-5, 0.01)
+    groups = [g for g in groups if g["params"]]
+    tables = lazy_tables(model) if lazy else []
+    if lazy:
+        opt = LazyRowsAdamW(groups, tables, fused=True)
+    else:
+        opt = torch.optim.AdamW(groups, fused=True)
+    model.train()
+    step_s, total_s = [], []
+    for batch in batches:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = ops.loss(model, task.name, batch)
+        loss.backward()
+        mid = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        end = time.perf_counter()
+        step_s.append(end - mid)
+        total_s.append(end - start)
+    seen = int(next(iter(opt._tables.values())).seen.sum()) if lazy else 0
+    if lazy:
+        opt.close()
+    return step_s[WARM:], total_s[WARM:], seen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each side")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (where the CPU has it)")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet()
+    print(machine())
+    config, task, ops, batches = setup(args.steps)
+    print(
+        f"full fine-tuning, sst2, {len(batches)} batches of 16, "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.repeats} repeats alternating"
+    )
+    runs: dict[str, list] = {"dense": [], "lazy": []}
+    seen = 0
+    for _ in range(args.repeats):
+        for side in runs:
+            step, total, n = one_run(config, task, ops, batches, side == "lazy", args.bf16)
+            runs[side].append((statistics.median(step), statistics.median(total)))
+            seen = n or seen
+    med = {s: [statistics.median(r[i] for r in runs[s]) for i in (0, 1)] for s in runs}
+    for side in runs:
+        step, whole = med[side][0] * 1e3, med[side][1] * 1e3
+        print(f"{side:5s}  optimizer step {step:6.1f} ms   whole step {whole:6.1f} ms")
+    print(
+        f"dense / lazy: optimizer step {med['dense'][0] / med['lazy'][0]:.2f}x, "
+        f"whole step {med['dense'][1] / med['lazy'][1]:.2f}x; rows updated by the lazy side at "
+        f"the end: {seen} of 30522"
+    )
+
+
+if __name__ == "__main__":
+    main()
