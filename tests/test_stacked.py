@@ -160,6 +160,22 @@ def _assert_same_numbers(alone, stacked) -> None:
     assert len(flat_a) == 6 and flat_a == pytest.approx(flat_b, abs=1e-5)
 
 
+def _stacked_equal_alone(config, values: list[tuple]) -> list:
+    """Each `config(name, *value)` trained alone, then all stacked (a seed each: one stack);
+    every stacked trial finishes with its lone numbers. Returns the stacked configs."""
+    from forgetlab.recipe.run import run
+    from forgetlab.recipe.stacked.run import run_stacked
+
+    alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
+    stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
+    for c in alone:
+        run(c)
+    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
+    for a, b in zip(alone, stacked):
+        _assert_same_numbers(a, b)
+    return stacked
+
+
 @needs_data
 def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_path):
     """Different rates, seeds and warm-ups; the fourth trial's rate makes its loss non-finite:
@@ -192,21 +208,10 @@ def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_pat
 
 @needs_data
 def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
-    from forgetlab.recipe.run import run
-    from forgetlab.recipe.stacked.run import run_stacked
-
-    values = [(1e-4, 1, 0, 0.01), (3e-5, 2, 1, 0.0), (5e-5, 3, 2, 0.1)]
-
     def config(name, lr, seed, warmup, wd):
         return _config(tmp_path / name, "full", lr, seed, warmup_steps=warmup, weight_decay=wd)
 
-    alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
-    stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
-    for c in alone:
-        run(c)
-    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
-    for a, b in zip(alone, stacked):
-        _assert_same_numbers(a, b)
+    _stacked_equal_alone(config, [(1e-4, 1, 0, 0.01), (3e-5, 2, 1, 0.0), (5e-5, 3, 2, 0.1)])
 
 
 @needs_data
@@ -223,17 +228,11 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
 )
 def test_lora_variants_stacked_equal_alone(tmp_path, method):
     """Stacked (a rate and a seed each), each trial keeps its lone numbers."""
-    from forgetlab.recipe.run import run
-    from forgetlab.recipe.stacked.run import run_stacked
 
-    values = [(2e-3, 1), (5e-4, 2)]
-    alone = [_config(tmp_path / f"alone{i}", method, *v) for i, v in enumerate(values)]
-    stacked = [_config(tmp_path / f"stack{i}", method, *v) for i, v in enumerate(values)]
-    for c in alone:
-        run(c)
-    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
-    for a, b in zip(alone, stacked):
-        _assert_same_numbers(a, b)
+    def config(name, lr, seed):
+        return _config(tmp_path / name, method, lr, seed)
+
+    _stacked_equal_alone(config, [(2e-3, 1), (5e-4, 2)])
 
 
 @needs_data
@@ -248,21 +247,12 @@ def test_lora_variants_stacked_equal_alone(tmp_path, method):
 def test_regularised_trials_stacked_equal_alone_each_at_its_own_lambda(tmp_path, section, lams):
     """A lambda sweep stacks: each trial's own regulariser (its theta0, its Fisher) and lambda,
     the penalty on its slices of the stack; loss curves, rows and matrix as alone."""
-    from forgetlab.recipe.run import run
-    from forgetlab.recipe.stacked.run import run_stacked
 
     def config(name, lam, lr, seed):
         reg = {**section, "lambda": lam}
         return _config(tmp_path / name, "lora", lr, seed, regularizer=reg, max_grad_norm=None)
 
-    values = [(lams[0], 2e-3, 1), (lams[1], 1e-3, 2)]
-    alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
-    stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
-    for c in alone:
-        run(c)
-    assert all(o.error is None for o in run_stacked(stacked, by_seed=False))
-    for a, b in zip(alone, stacked):
-        _assert_same_numbers(a, b)
+    stacked = _stacked_equal_alone(config, [(lams[0], 2e-3, 1), (lams[1], 1e-3, 2)])
     penalties = [[p[2] for s in _state(c)["stages"] for p in s["loss_curve"]] for c in stacked]
     assert all(max(p) > 0 for p in penalties)  # the penalty was on, in both trials
     assert max(penalties[1]) > max(penalties[0])  # and at each trial's own lambda

@@ -23,7 +23,7 @@ from forgetlab.version import __version__  # noqa: E402
 # The API loads on first use (PEP 562): `from forgetlab.store import ResultsStore` (a sweep
 # worker's results, a store writer) need not import torch, transformers and scikit-learn,
 # ~4 s of CPU per process on 2 cores.
-_API = (
+PACKAGE_API = (
     "analyze",
     "compare",
     "format_run",
@@ -45,7 +45,7 @@ class _Package(types.ModuleType):
     loads; `forgetlab.report(...)` stays the API's function, as when the API loaded eagerly."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
+        if name in PACKAGE_API and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
@@ -54,7 +54,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> object:
-    if name in _API:
+    if name in PACKAGE_API:
         from forgetlab import api
 
         return getattr(api, name)
@@ -62,22 +62,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *PACKAGE_API})
 
 
-__all__ = [
-    "__version__",
-    "analyze",
-    "compare",
-    "format_run",
-    "hessian",
-    "list_methods",
-    "load_config",
-    "metrics_from_csv",
-    "predict_lr",
-    "report",
-    "run",
-    "run_all",
-    "run_stacked",
-    "sweep",
-]
+__all__ = ["__version__", *PACKAGE_API]

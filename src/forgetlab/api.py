@@ -7,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from forgetlab import PACKAGE_API
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
 from forgetlab.methods import METHODS
-from forgetlab.metrics import metrics_from_csv
-from forgetlab.report.text import format_comparison, format_run
+from forgetlab.metrics import metrics_from_csv  # noqa: F401 - the API re-exports it
+from forgetlab.report.text import format_comparison, format_run  # noqa: F401 - format_run: re-exported
 from forgetlab.resolve import load_config, variant_configs
 from forgetlab.rundir import RunDir
 from forgetlab.store import ResultsStore, record_result
@@ -248,20 +249,5 @@ def list_methods() -> dict[str, str]:
     return {name: m.summary for name, m in sorted(METHODS.items())}
 
 
-__all__ = [
-    "analyze",
-    "compare",
-    "format_run",
-    "hessian",
-    "list_methods",
-    "lm_eval",
-    "load_config",
-    "load_run",
-    "metrics_from_csv",
-    "predict_lr",
-    "report",
-    "run",
-    "run_all",
-    "run_stacked",
-    "sweep",
-]
+# the package's own names (forgetlab.analyze, ...) and two that only this module exports
+__all__ = [*PACKAGE_API, "lm_eval", "load_run"]
