@@ -17,6 +17,8 @@ import torch
 from torch.optim.adamw import adamw
 from transformers import get_linear_schedule_with_warmup
 
+from forgetlab.recipe.train import FUSED_DTYPES
+
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which train_stage uses
 EPS = 1e-8
 
@@ -53,13 +55,11 @@ class StackedAdamW:
         self.base_lr, self.decay, self.max_grad_norm = base_lr, decay, max_grad_norm
         self.state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
         first = next(iter(params.values()), None)
-        # fused where train_stage's AdamW is (forgetlab.recipe.train.FUSED_DTYPES)
+        # fused where train_stage's AdamW is
         self.fused = (
             first is not None
             and first.device.type in ("cpu", "cuda")
-            and all(
-                p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params.values()
-            )
+            and all(p.dtype in FUSED_DTYPES for p in params.values())
         )
         device = first.device if first is not None else torch.device("cpu")
         # one step count per trial and tensor: the kernel increments each tensor it is given
@@ -67,6 +67,11 @@ class StackedAdamW:
             n: [torch.zeros((), dtype=torch.float32, device=device) for _ in base_lr[n]]
             for n in params
         }
+        # each trial's parameters by its (learning rate, weight decay): one kernel call each
+        self.groups: list[dict[tuple[float, float], list[str]]] = [{} for _ in max_grad_norm]
+        for name in params:
+            for k, group in enumerate(self.groups):
+                group.setdefault((base_lr[name][k], decay[name][k]), []).append(name)
 
     def _per_trial(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(values, dtype=like.dtype, device=like.device).view(
@@ -93,12 +98,11 @@ class StackedAdamW:
     def step(self, factors: list[float], active: list[int]) -> None:
         """One AdamW step of the active trials (the others' slices are left as they are);
         `factors[k]`: trial k's schedule factor for this step."""
-        names = [n for n, p in self.params.items() if p.grad is not None]
         for k in active:
-            groups: dict[tuple[float, float], list[str]] = {}
-            for name in names:
-                groups.setdefault((self.base_lr[name][k], self.decay[name][k]), []).append(name)
-            for (base_lr, decay), group in groups.items():
+            for (base_lr, decay), names in self.groups[k].items():
+                group = [n for n in names if self.params[n].grad is not None]
+                if not group:
+                    continue
                 params = [self.params[n] for n in group]
                 adamw(
                     [p[k] for p in params],
