@@ -100,13 +100,23 @@ def tiny_llama():
 
 
 def test_fsdp_plugin_built_from_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import accelerate.utils.dataclasses as plugin_module
     import torch
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import ShardingStrategy, StateDictType
 
     # sync_module_states makes the plugin ask for the current GPU (it only records it for
-    # param_init_fn): stand in for one, nothing is placed on it.
-    monkeypatch.setattr("accelerate.utils.dataclasses.is_cuda_available", lambda: True)
+    # param_init_fn): stand in for one, nothing is placed on it. Accelerate asks through
+    # is_cuda_available before 1.16 and get_torch_accelerator_backend since: patch what exists.
+
+    stand_ins = {
+        "is_cuda_available": lambda: True,
+        "get_torch_accelerator_backend": lambda *args, **kwargs: ("cuda", torch.cuda),
+    }
+    patched = [name for name in stand_ins if hasattr(plugin_module, name)]
+    assert patched, "accelerate no longer asks for a GPU where this test stands in for one"
+    for name in patched:
+        monkeypatch.setattr(plugin_module, name, stand_ins[name])
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     args, _, _ = launcher_args(CONFIGS / "fsdp_7b.yaml")
     env = prepare_multi_gpu_env(args)

@@ -69,3 +69,18 @@ def test_probes_missing_from_torch_count_as_no_native_bf16(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert device_module.native_bf16(CPU) is False
+
+
+def test_one_process_runs_one_precision_after_another(monkeypatch):
+    """Accelerate refuses a second precision in a process; forgetlab runs configs one after
+    another in one (the API, sweep workers, variants), so each gets its own."""
+    first = make_accelerator(TrainingConfig(mixed_precision="no", device="cpu"))
+    assert first.mixed_precision == "no"
+    second = make_accelerator(TrainingConfig(mixed_precision="bf16", device="cpu"))
+    assert second.mixed_precision == "bf16"
+    assert (
+        make_accelerator(TrainingConfig(mixed_precision="no", device="cpu")).mixed_precision == "no"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a launched process: the launch fixes it
+    with pytest.raises(ConfigError, match="already runs no"):
+        make_accelerator(TrainingConfig(mixed_precision="bf16", device="cpu"))

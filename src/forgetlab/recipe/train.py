@@ -22,17 +22,18 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from forgetlab.config import TrainingConfig
-from forgetlab.errors import TrainingDiverged
+from forgetlab.errors import ConfigError, TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.device import native_bf16, resolve_precision
 from forgetlab.models.task_model import TaskModel
-from forgetlab.recipe.data_parallel import DataParallel, refuse_sharded_launch
+from forgetlab.recipe.data_parallel import DataParallel, launched_processes, refuse_sharded_launch
 from forgetlab.regularizers.base import Regularizer, StageContext
 from forgetlab.strategies.base import EarlierTask, Strategy, StrategyContext
 from forgetlab.threads import pacer
@@ -111,12 +112,32 @@ def make_accelerator(cfg: TrainingConfig, project_dir: str | None = None) -> Acc
     device = torch.device("cpu" if cpu else "cuda")
     if cfg.mixed_precision == "bf16" and not native_bf16(device):
         _warn_emulated_bf16()
+    precision = resolve_precision(cfg.mixed_precision, device)
+    _one_precision_at_a_time(precision)
     return Accelerator(
-        mixed_precision=resolve_precision(cfg.mixed_precision, device),
+        mixed_precision=precision,
         cpu=cpu,
         log_with=cfg.trackers or None,
         project_dir=project_dir,
     )
+
+
+def _one_precision_at_a_time(precision: str) -> None:
+    """Accelerate keeps one AcceleratorState per process and refuses a second precision in it
+    ("restart your runtime"). A process that runs configs one after another (the Python API,
+    a sweep worker, `variants:` that differ in precision, an fp32 run and then an `auto` one on
+    a bf16 CPU) needs a fresh state for each; the previous run's accelerator is finished by
+    then. Under a launcher the precision is the launch's, the same for every run: refused."""
+    state = AcceleratorState._shared_state  # the class's shared dict; {} before any Accelerator
+    held = state.get("_mixed_precision")
+    if held is None or held == precision:
+        return
+    if launched_processes() > 1:
+        raise ConfigError(
+            f"training.mixed_precision={precision} but this launched process already runs "
+            f"{held}: the launch fixes one precision for all its runs"
+        )
+    AcceleratorState._reset_state()
 
 
 @functools.cache
