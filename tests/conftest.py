@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from forgetlab.tasks.registry import default_data_dir
+# Under pytest-xdist (the README's `-n 2`) each worker runs one torch thread, pinned: two
+# workers on 2 cores then neither oversubscribe them nor let the thread governor change a
+# count mid-test (which can move the last bits of a CPU reduction that a test compares).
+# Set before forgetlab is imported: its thread choice is read on import. Subprocesses that
+# tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("FORGETLAB_THREADS", "1")
+
+import pytest  # noqa: E402
+
+from forgetlab.tasks.registry import default_data_dir  # noqa: E402
 
 
 def _data_dir():

@@ -171,8 +171,11 @@ def test_two_real_workers_on_postgres_keep_the_results_store_there_too(postgres_
     result = run_sweep(path, workers=2, storage=postgres_url)
     assert result.worker_exits == [0, 0]
     study = optuna.load_study(study_name="real", storage=postgres_url)
-    # each worker process got its share of the cores, set before torch loaded
-    assert {t.user_attrs["torch_threads"] for t in study.trials} == {max(1, cores() // 2)}
+    # each worker process got its share of the cores, set before torch loaded (a worker that
+    # asked when every point was taken holds a pruned "surplus" trial, which never started)
+    started = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert len(started) == 3
+    assert {t.user_attrs["torch_threads"] for t in started} == {max(1, cores() // 2)}
     assert len(result.complete) == 3 and len(result.trials) == 3
     stored = {r["run_dir"] for r in ResultsStore(postgres_url).runs()}
     assert {str(d) for d in result.run_dirs} <= stored  # the store is on the same server
