@@ -262,3 +262,16 @@ def test_sharded_evaluation_scores_as_one_process(tmp_path: Path, model: str) ->
     expected = {"classification"} if model == "encoder" else {
         "instruction", "perplexity", "multiple_choice"}  # fmt: skip
     assert kinds == expected
+
+
+def test_end_process_group_destroys_the_group_and_is_a_no_op_without_one(tmp_path) -> None:
+    import torch.distributed as dist
+
+    from forgetlab.recipe.data_parallel import end_process_group
+
+    end_process_group()  # no group: nothing to do
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    end_process_group()
+    assert not dist.is_initialized()

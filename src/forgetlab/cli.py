@@ -367,7 +367,7 @@ def _launch_processes(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from forgetlab import api
-    from forgetlab.recipe.data_parallel import process_rank
+    from forgetlab.recipe.data_parallel import end_process_group, process_rank
 
     if args.processes is not None and args.processes != 1:
         return _launch_processes(args)
@@ -385,6 +385,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         by_seed = not args.stack_seeds
         return _print_stacked(api.run_stacked([config], resume=args.resume, by_seed=by_seed))
     results = api.run_all(config, resume=args.resume)
+    end_process_group()  # launched: every rank done, before the interpreter's exit
     if process_rank() > 0:
         return 0
     for result in results:

@@ -77,6 +77,17 @@ def refuse_sharded_launch(environ: Mapping[str, str] = os.environ) -> None:
             )
 
 
+def end_process_group() -> None:
+    """A launched worker's last step once its runs are done: wait for the other ranks, then
+    destroy the process group. Left to the interpreter's exit, gloo's threads can be torn
+    down still joinable and the worker aborts (SIGABRT, "terminate called without an active
+    exception") after its work is written, failing the launch: 5 of 12 launches of a 2-rank
+    probe on a busy 2-core CPU did, 0 of 12 with this (2026-12-02)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def launched_processes() -> int:
     """How many workers the launcher started (WORLD_SIZE); 1 without a launcher."""
     return int(os.environ.get("WORLD_SIZE", "1"))
