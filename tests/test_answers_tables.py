@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forgetlab.answers import answers, compare_answers, format_answers, save_answers
+from forgetlab.answers import answers, compare_answers, format_answers, format_shown, save_answers
 from forgetlab.errors import ForgetlabError
 from tests.answers_fixtures import same_seeds, write_run
 from tests.conftest import needs_data
@@ -101,7 +101,13 @@ def test_compare_prints_matched_learning_only_when_the_runs_span_it(runs, tmp_pa
     ]
     printed = compare_answers(few, "markdown", resamples=50)
     assert "### Best setting per method" in printed
-    assert "matched learning" not in printed
+    assert "### Forgetting at matched learning" not in printed  # left out, and said why:
+    assert printed.endswith(
+        "Forgetting at matched learning: not shown, the runs do not span enough learning "
+        "levels (fewer than two methods have 2 or more points of distinct learning)"
+    )
+    assert format_shown(answers(few, resamples=50)) == compare_answers(few, resamples=50)
+    assert "not shown" not in compare_answers(few, "csv", resamples=50)  # data stays data
     assert compare_answers(few[:1]) == ""
     other = write_run(tmp_path, "z", "lora", same_seeds(0.6, 0.1), tasks=["mrpc", "sst2"])
     assert compare_answers([few[0], other]).startswith("answers: none for these runs: ")
@@ -147,7 +153,10 @@ def test_answers_of_the_two_golden_runs(tmp_path):
     assert all("1 common seed(s): no test" in r["notes"] for r in got["paired"])
     assert got["matched"]["spans_enough"] is False
     printed = compare_answers(runs)
-    assert "Best setting per method" in printed and "matched learning" not in printed
+    assert "Best setting per method" in printed
+    assert "Forgetting at matched learning\n" not in printed  # the table's title
+    assert printed.endswith("not shown, the runs do not span enough learning levels (fewer than "
+                            "two methods have 2 or more points of distinct learning)")  # fmt: skip
 
 
 def test_one_task_runs_get_the_best_setting_table_and_learning_tests_only(tmp_path):

@@ -288,9 +288,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     print(result.format())
     if result.answers is not None:
-        from forgetlab.answers import format_answers
+        from forgetlab.answers import format_shown
 
-        print("\n" + format_answers(result.answers))
+        print("\n" + format_shown(result.answers))
     from forgetlab.sweeps.predicted import prediction_text
 
     prediction = prediction_text(result.sweep_dir)  # sweep.predict_lr

@@ -4,6 +4,7 @@ matched learning, and paired tests between methods — with their tables.
 
     answers(run_dirs, ...) -> dict        everything, JSON-able (a sweep's answers.json)
     format_answers(result, fmt) -> str    its tables: table | markdown | csv | json
+    format_shown(result, fmt) -> str      the tables compare, sweep and the report show
     compare_answers(run_dirs, fmt) -> str what `forgetlab compare` prints after its table
     save_answers(result, out_dir) -> Path <out_dir>/answers.json
 """
@@ -13,7 +14,9 @@ from forgetlab.answers.assemble import (
     answers,
     compare_answers,
     format_answers,
+    format_shown,
     save_answers,
+    shown_sections,
 )
 from forgetlab.answers.best import best_table
 from forgetlab.answers.frontier import frontier, hypervolume, non_dominated
@@ -29,6 +32,7 @@ __all__ = [
     "best_table",
     "compare_answers",
     "format_answers",
+    "format_shown",
     "frontier",
     "hypervolume",
     "load_points",
@@ -37,5 +41,6 @@ __all__ = [
     "paired_at_best",
     "paired_test",
     "save_answers",
+    "shown_sections",
     "spans_enough",
 ]

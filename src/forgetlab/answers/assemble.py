@@ -174,6 +174,26 @@ def format_answers(
     return tables.render(answer_tables(result, sections), fmt)
 
 
+def shown_sections(result: dict[str, Any]) -> list[str]:
+    """The sections `forgetlab compare`, `forgetlab sweep` and the report show: forgetting at
+    matched learning only where the runs span enough learning to match on (answers.json
+    keeps it either way)."""
+    return [s for s in SECTIONS if s != "matched" or result["matched"]["spans_enough"]]
+
+
+def format_shown(result: dict[str, Any], fmt: str = "table") -> str:
+    """`format_answers` over `shown_sections`; in a table or markdown, one line saying why
+    forgetting at matched learning is left out, where it is."""
+    text = format_answers(result, fmt, shown_sections(result))
+    matched = result["matched"]
+    if fmt in ("table", "markdown") and not matched["spans_enough"]:
+        text += (
+            "\n\nForgetting at matched learning: not shown, the runs do not span enough "
+            f"learning levels ({matched['why']})"
+        )
+    return text
+
+
 def _load(
     run_dirs: Sequence[str | Path], learning: str | None, forgetting: str | None
 ) -> tuple[list, str, str]:
@@ -199,5 +219,4 @@ def compare_answers(run_dirs: Sequence[str | Path], fmt: str = "table", **option
         result = answers(run_dirs, **options)
     except NotComparable as e:
         return f"answers: none for these runs: {e}"
-    sections = [s for s in SECTIONS if s != "matched" or result["matched"]["spans_enough"]]
-    return format_answers(result, fmt, sections)
+    return format_shown(result, fmt)

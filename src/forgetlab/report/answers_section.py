@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgetlab.answers import NotComparable, answer_tables, answers
-from forgetlab.answers.assemble import SECTIONS
+from forgetlab.answers import NotComparable, answer_tables, answers, shown_sections
 from forgetlab.answers.tables import Table
 from forgetlab.errors import ForgetlabError
 from forgetlab.report.data import ANALYSIS_ERRORS
@@ -139,7 +138,7 @@ def answers_view(
             f"{head}<p class=note>Answers could not be computed ({e(why)})</p></section>"
         )
     matched = result["matched"]
-    sections = [s for s in SECTIONS if s != "matched" or matched["spans_enough"]]
+    sections = shown_sections(result)
     edges = [w for r in result["best"]["rows"] for w in r["edge"]]
     plots = _plots(result)
     parts = [
