@@ -14,8 +14,8 @@ study included):
 
 Extrapolation (printed): a trial's seconds on the slice, times 182 trials, times the study's
 examples x epochs over the slice's — the whole per-trial time scaled, loading and evaluation
-included, so an upper bound — with the methods that cannot stack (today dora; forgetlab's
-`stackable` methods) at the unstacked side's rate.
+included, so an upper bound — with any of the study's methods that cannot stack (none since
+DoRA stacks; forgetlab's `stackable` methods decide) at the unstacked side's rate.
 
     python benchmarks/study_cost.py [--rates 4] [--examples 500] [--epochs 1]
 """
@@ -33,8 +33,8 @@ from forgetlab.recipe.stacked.run import stackable_methods
 STUDY_TRIALS = 7 * 13 * 2
 STUDY_EXAMPLES = 2000 * 3  # examples x epochs per trial
 STUDY_METHODS = ("full", "lora", "pissa", "olora", "dora", "milora", "rslora")
-# of the study's 7 methods, those whose class declares `stackable` (6 since 2026-12-02: all but
-# dora; 3 when the README's figures were measured)
+# of the study's 7 methods, those whose class declares `stackable` (all 7 since DoRA stacks;
+# 3 when the first README figures were measured)
 STACKABLE = sum(m in stackable_methods() for m in STUDY_METHODS)
 
 
