@@ -171,9 +171,6 @@ class TrainingConfig:
     progress_bar: bool = True
     trackers: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, ...
     device: str = "auto"  # auto | cpu | cuda
-    # Where dropout masks come from: torch's generator, or numpy's PCG64 (the same
-    # distribution, another stream, ~3x faster masks on a CPU; forgetlab.models.dropout_rng)
-    dropout_rng: str = "torch"
 
     def __post_init__(self) -> None:
         for key in ("lr", "epochs", "batch_size", "grad_accum", "log_every"):
@@ -186,7 +183,6 @@ class TrainingConfig:
             raise ConfigError(f"training.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         _check_choice("training", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _check_choice("training", "device", self.device, ("auto", "cpu", "cuda"))
-        _check_choice("training", "dropout_rng", self.dropout_rng, ("torch", "pcg64"))
         for tracker in self.trackers:
             _check_choice("training", "trackers", tracker, TRACKERS)
 

@@ -24,7 +24,6 @@ from forgetlab.models import (
     load_causal_backbone,
     model_type,
 )
-from forgetlab.models.dropout_rng import use_dropout_rng
 from forgetlab.recipe.prepare import PreparedTask, RunTasks
 from forgetlab.recipe.probe_head import fit_probe_head
 from forgetlab.regularizers import Regularizer
@@ -99,7 +98,6 @@ def build_model(
         method.prepare(model, mcfg)
     for t in sources:  # probes are the fixed pretrained read-out: never trained or counted
         model.heads[t.name].requires_grad_(False)
-    use_dropout_rng(model, config.training.dropout_rng)  # after prepare: lora_dropout too
     return model
 
 
@@ -156,7 +154,6 @@ def _build_causal(config, tasks, method, mcfg, seed, pad_id, device) -> CausalTa
         method.prepare(model, mcfg, calibration(config, tasks, mcfg, seed, pad_id, device))
     else:
         method.prepare(model, mcfg)
-    use_dropout_rng(model, config.training.dropout_rng)  # after prepare: lora_dropout too
     return model
 
 

@@ -130,11 +130,6 @@ def check_stackable(configs: list[Config]) -> None:
     for key, value in refused.items():
         if value:
             raise ConfigError(f"stacked trials: {key} is not supported in a stack yet")
-    if first.training.dropout_rng != "torch":
-        raise ConfigError(
-            "stacked trials: training.dropout_rng=pcg64 does not stack (each trial draws its "
-            "own torch dropout stream); use dropout_rng: torch"
-        )
     if first.training.mixed_precision == "fp16":
         raise ConfigError("stacked trials: mixed_precision fp16 (loss scaling) does not stack")
     dirs = [c.output.dir for c in configs]
