@@ -15,6 +15,7 @@ from forgetlab.answers.assemble import (
     compare_answers,
     format_answers,
     format_shown,
+    left_out_line,
     save_answers,
     shown_sections,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "format_shown",
     "frontier",
     "hypervolume",
+    "left_out_line",
     "load_points",
     "matched_learning",
     "non_dominated",

@@ -181,16 +181,23 @@ def shown_sections(result: dict[str, Any]) -> list[str]:
     return [s for s in SECTIONS if s != "matched" or result["matched"]["spans_enough"]]
 
 
-def format_shown(result: dict[str, Any], fmt: str = "table") -> str:
-    """`format_answers` over `shown_sections`; in a table or markdown, one line saying why
-    forgetting at matched learning is left out, where it is."""
-    text = format_answers(result, fmt, shown_sections(result))
+def left_out_line(result: dict[str, Any]) -> str | None:
+    """Why `shown_sections` leaves forgetting at matched learning out; None where it is shown."""
     matched = result["matched"]
-    if fmt in ("table", "markdown") and not matched["spans_enough"]:
-        text += (
-            "\n\nForgetting at matched learning: not shown, the runs do not span enough "
-            f"learning levels ({matched['why']})"
-        )
+    if matched["spans_enough"]:
+        return None
+    return (
+        "Forgetting at matched learning: not shown, the runs do not span enough learning "
+        f"levels ({matched['why']})"
+    )
+
+
+def format_shown(result: dict[str, Any], fmt: str = "table") -> str:
+    """`format_answers` over `shown_sections`; in a table or markdown, the `left_out_line`
+    after them, where there is one."""
+    text = format_answers(result, fmt, shown_sections(result))
+    if fmt in ("table", "markdown") and (line := left_out_line(result)) is not None:
+        text += f"\n\n{line}"
     return text
 
 

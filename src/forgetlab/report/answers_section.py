@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgetlab.answers import NotComparable, answer_tables, answers, shown_sections
+from forgetlab.answers import (
+    NotComparable,
+    answer_tables,
+    answers,
+    left_out_line,
+    shown_sections,
+)
 from forgetlab.answers.tables import Table
 from forgetlab.errors import ForgetlabError
 from forgetlab.report.data import ANALYSIS_ERRORS
@@ -137,7 +143,6 @@ def answers_view(
         return AnswersView(
             f"{head}<p class=note>Answers could not be computed ({e(why)})</p></section>"
         )
-    matched = result["matched"]
     sections = shown_sections(result)
     edges = [w for r in result["best"]["rows"] for w in r["edge"]]
     plots = _plots(result)
@@ -154,10 +159,7 @@ def answers_view(
             parts.append(figure_html(plots[0]))
         if t.key == "hypervolume":
             parts.append(figure_html(plots[-1]))
-    if not matched["spans_enough"]:
-        parts.append(
-            "<p class=note>Forgetting at matched learning: not shown, the runs do not span "
-            f"enough learning levels ({e(matched['why'])}).</p>"
-        )
+    if (line := left_out_line(result)) is not None:
+        parts.append(f"<p class=note>{e(line)}.</p>")
     parts.append("</section>")
     return AnswersView("\n".join(parts), plots)
