@@ -233,9 +233,14 @@ def test_one_seed_shows_the_mean_without_an_interval(tmp_path):
         write_run(tmp_path, "one-seed", "full", {1: (0.61, 0.04)}),
         write_run(tmp_path, "three-seeds", "lora", spread(0.6, 0.05)),
     ]
-    best = parsed(answers_view(runs).html).tables[0]
+    view = answers_view(runs).html
+    best = parsed(view).tables[0]
     col = best[0].index("learning (initial_acc) ± CI95")
     assert [r[col] for r in best[1:]] == ["0.610", f"0.600 ± {spread_ci(0.6):.3f}"]
+    # one point a method: no matched learning, and the page says why, as compare does
+    assert "<p class=note>Forgetting at matched learning: not shown, the runs do not span " \
+        "enough learning levels (fewer than two methods have 2 or more points of distinct " \
+        "learning).</p>" in view  # fmt: skip
 
 
 def spread_ci(learning: float) -> float:
