@@ -82,6 +82,75 @@ def test_stacked_layers_give_each_trial_its_own_output_and_skip_trials_that_left
     torch.testing.assert_close(out[2:], models[2](ids[4:]))
 
 
+def test_stacked_embedding_gradients_are_each_trials_own_across_steps_and_trials_that_left():
+    """The stacked lookup's gradient (added in place into a buffer kept across steps) is each
+    trial's nn.Embedding gradient: pad rows get none, broadcast ids sum over the rows, two
+    backward passes accumulate, a step after zero_grad starts from zero, trials that left get
+    none; a gradient from elsewhere (a penalty on the table) adds to it."""
+    torch.manual_seed(0)
+    lone = [nn.Sequential(nn.Embedding(12, 4, padding_idx=1)) for _ in range(3)]
+    stack = stack_models(lone)
+    weight = stack.stacked["0"].weight
+    for step, active in enumerate([[0, 1, 2], [0, 2]]):
+        refs = [torch.zeros_like(m[0].weight) for m in lone]
+        for _ in range(2):  # two micro-batches into one step
+            ids = torch.randint(0, 12, (len(active) * 2, 5))
+            ids[0, :2] = 1  # pad tokens
+            stack.layout.set(active, 2)
+            out = stack.model(ids)
+            positions = stack.model(torch.arange(5).unsqueeze(0))  # broadcast ids
+            cost = (out**2).sum() + positions.sum() + (weight[active[-1]] ** 2).sum()
+            cost.backward()
+            for i, k in enumerate(active):
+                ref = lone[k][0].weight
+                mine = lone[k](ids[2 * i : 2 * i + 2])
+                rep = lone[k](torch.arange(5).unsqueeze(0)).expand(2, -1, -1)
+                extra = (ref**2).sum() if k == active[-1] else 0.0
+                refs[k] += torch.autograd.grad((mine**2).sum() + rep.sum() + extra, ref)[0]
+        for k in range(3):
+            torch.testing.assert_close(weight.grad[k], refs[k], rtol=1e-6, atol=1e-6)
+        assert weight.grad[:, 1].abs().sum() == 0  # the pad row, in every table
+        assert step == 0 or weight.grad[1].abs().sum() == 0  # trial 1 left: no gradient
+        weight.grad = None  # what StackedAdamW.zero_grad does
+
+
+def test_groups_of_trials_run_apart_give_each_trial_its_gradients_in_one_backward():
+    """The trials split into groups, a forward each (as `width_groups` splits a micro-batch),
+    one backward: each trial's weight and bias gradients are its lone layer's."""
+    torch.manual_seed(0)
+    lone = [nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)) for _ in range(4)]
+    stack = stack_models(lone)
+    x = torch.randn(4, 2, 4)
+    total = 0.0
+    for group in ([0, 2], [1], [3]):
+        stack.layout.set(group, 2)
+        total = total + (stack.model(x[group].reshape(-1, 4)) ** 3).sum()
+    total.backward()
+    for k, m in enumerate(lone):
+        (m(x[k]) ** 3).sum().backward()
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(stack.model.get_parameter(name).grad[k], p.grad)
+
+
+@pytest.mark.parametrize(
+    "widths, rows, overhead, groups",
+    [
+        ([10, 40, 12, 38], [16] * 4, 75.0, [[0, 2], [1, 3]]),  # two lengths, two groups
+        ([10, 40, 12, 38], [16] * 4, 1e6, [[0, 1, 2, 3]]),  # a forward dearer than padding
+        ([10, 40, 12, 38], [16] * 4, None, [[0, 1, 2, 3]]),  # no grouping (a GPU)
+        ([20, 21, 20], [16] * 3, 75.0, [[0, 1, 2]]),  # too little padding to save
+        ([20, 20], [16, 3], 75.0, [[0], [1]]),  # an epoch's last, short batch: its rows
+        ([5, 9, 30], [16] * 3, 0.0, [[0], [1], [2]]),  # forwards free: each its own
+    ],
+)
+def test_width_groups_split_where_the_padding_saved_pays_for_a_forward(
+    widths, rows, overhead, groups
+):
+    from forgetlab.recipe.stacked.train import width_groups
+
+    assert width_groups(widths, rows, overhead) == groups
+
+
 @pytest.mark.parametrize("dropout_on_x", [False, True])
 def test_stacked_dora_gives_each_trial_peft_s_dora_output(dropout_on_x):
     """PEFT's DoRA layer of each trial (its own magnitudes, A and B) against the stacked one;
@@ -177,11 +246,13 @@ def _stacked_equal_alone(config, values: list[tuple]) -> list:
 
 
 @needs_data
-def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_path):
+def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_path, monkeypatch):
     """Different rates, seeds and warm-ups; the fourth trial's rate makes its loss non-finite:
-    it stops alone (the error its lone run raises), the other three finish as they do alone."""
+    it stops alone (the error its lone run raises), the other three finish as they do alone.
+    The trials' batches run a group per length (their seeds draw different lengths)."""
     from forgetlab import api
     from forgetlab.recipe.run import run
+    from forgetlab.recipe.stacked.train import GROUP_OVERHEAD
 
     values = [(2e-3, 1, 0), (5e-4, 2, 1), (1e-3, 3, 2), (1e8, 4, 0)]
 
@@ -190,6 +261,8 @@ def test_lora_trials_stacked_equal_alone_and_a_diverging_one_stops_alone(tmp_pat
 
     alone = [config(f"alone{i}", *v) for i, v in enumerate(values)]
     stacked = [config(f"stack{i}", *v) for i, v in enumerate(values)]
+    # every length its own forward: the trials' batches run in groups, one backward
+    monkeypatch.setitem(GROUP_OVERHEAD, "cpu", 0.0)
     for config in alone[:3]:
         run(config)
     with pytest.raises(TrainingDiverged) as lone_error:
@@ -314,6 +387,7 @@ def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_stacked(tmp_path, capf
 
     from forgetlab.cli import main
     from forgetlab.recipe.run import run
+    from forgetlab.rundir import RunDir
     from forgetlab.store import ResultsStore
 
     out = tmp_path / "sweep"
@@ -326,8 +400,10 @@ def test_forgetlab_sweep_with_sweep_stack_trains_the_grid_stacked(tmp_path, capf
     path.write_text(yaml.safe_dump(raw))
     assert main(["sweep", str(path)]) == 0
     err = capfd.readouterr().err
-    assert "stacking 3 trials" in err and err.count("stacking 3 trials of lora") == 2
+    assert err.count("stacking 3 trials:") == 1  # the worker's line
     trials = sorted((out / "trials").iterdir())
+    for t in trials:  # each trial's own log: its seed's stack, once a seed
+        assert RunDir(t).log_path.read_text().count("stacking 3 trials of lora") == 2
     assert len(trials) == 3 and all((t / "metrics.json").is_file() for t in trials)
     assert len(ResultsStore(raw["output"]["store"]).runs()) == 3
     from forgetlab import load_config

@@ -111,7 +111,7 @@ class Objective:
             point = self.by_name[trial.suggest_categorical("point", list(self.by_name))]
             if self._taken(trial, point.name) or point.name in [p.name for _, p, _ in asked]:
                 trial.set_user_attr("surplus", True)
-                study.tell(trial, state=TrialState.PRUNED)
+                tell(study, trial, state=TrialState.PRUNED)
                 break  # the grid's free points are handed out: run what we have
             run_dir = self.sweep.out / "trials" / point.name
             self._start(trial, point, run_dir)
@@ -119,7 +119,7 @@ class Objective:
                 asked.append((trial, point, self.sweep.point_config(point, run_dir, self.store)))
             except ForgetlabError as e:
                 trial.set_user_attr("error", str(e))
-                study.tell(trial, state=TrialState.FAIL)
+                tell(study, trial, state=TrialState.FAIL)
         if len(asked) > 1:
             log.info("stacking %d trials: %s", len(asked), ", ".join(p.name for _, p, _ in asked))
         results = run_stacked_trials([config for _, _, config in asked]) if asked else []
@@ -133,13 +133,13 @@ class Objective:
             if isinstance(result, Exception):
                 trial.set_user_attr("error", str(result))
                 log.error("trial %d (%s) failed: %s", trial.number, point.name, result)
-                study.tell(trial, state=TrialState.FAIL)
+                tell(study, trial, state=TrialState.FAIL)
                 continue
             log.info(
                 "trial %d: %s  %s", trial.number, point.name,
                 "  ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, values)),
             )  # fmt: skip
-            study.tell(trial, values[0] if len(values) == 1 else values)
+            tell(study, trial, values[0] if len(values) == 1 else values)
         return len(asked)
 
     def _taken(self, trial: optuna.Trial, name: str) -> bool:
@@ -199,6 +199,18 @@ def wait_for_trial(study: optuna.Study, spec: SweepSpec, points: list[Point]) ->
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(study)
         time.sleep(min(2.0, spec.heartbeat_s / 2))
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, *args, **kwargs) -> None:
+    """`study.tell` for ask-and-tell. After the grid's last point GridSampler calls
+    `study.stop()`, which outside `study.optimize` raises RuntimeError (Optuna documents it:
+    optuna#5141, #5153) once the trial is stored; there is nothing to stop here, since the
+    worker's loop asks `next_step` and finds the grid done."""
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as e:
+        if not isinstance(study.sampler, optuna.samplers.GridSampler) or "Study.stop" not in str(e):
+            raise
 
 
 def run_one(study: optuna.Study, objective: Objective) -> int:

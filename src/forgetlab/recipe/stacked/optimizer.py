@@ -84,7 +84,12 @@ class StackedAdamW:
         if all(self.max_grad_norm[k] is None for k in active):
             return
         grads = [p.grad for p in self.params.values() if p.grad is not None]
-        sq = sum(g.float().pow(2).flatten(1).sum(1) for g in grads)
+        # each trial's norm over its slices, reduced in place: `g.pow(2)` would first write a
+        # copy of every gradient (the 8 x 30k x 384 embedding's: ~4 ms a tensor on 2 cores)
+        sq = sum(
+            torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float32) ** 2
+            for g in grads
+        )
         norms = sq.sqrt().tolist()
         coef = [1.0] * len(self.max_grad_norm)
         for k in active:
