@@ -295,6 +295,7 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
         # PiSSA, OLoRA and MiLoRA rewrite the frozen base to W_res at init, then train a plain
         # LoRA on it: one row in the default suite, the other two take the same path
         "pissa",
+        "loraplus",  # plain LoRA layers, B's optimizer group at lr x loraplus_lr_ratio
         pytest.param("olora", marks=pytest.mark.slow),
         pytest.param("milora", marks=pytest.mark.slow),
     ],

@@ -38,6 +38,9 @@ class LoraPlus(Lora):
     summary = "LoRA whose B matrices get a larger learning rate (x loraplus_lr_ratio)"
     reference = "Hayou, Ghosh & Yu 2024, arXiv:2402.12354"
     config_cls = LoraPlusConfig
+    # an optimizer change: the forward is plain LoRA, and a stack's optimizer takes each
+    # trial's groups from `optimizer_groups` (B at lr x ratio), the ratio the same in a stack
+    stackable = True
 
     def optimizer_groups(
         self, model: TaskModel, cfg: LoraPlusConfig, lr: float, weight_decay: float
