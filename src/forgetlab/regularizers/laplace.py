@@ -111,17 +111,31 @@ def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def lora_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(S_B, A_cat) with ΔW = S_B @ A_cat summed over the active adapters: S_B stacks s_a·B_a
-    side by side (out×Σr), A_cat stacks A_a (Σr×in). None when no adapter is active."""
+def factor_names(name: str, layer: nn.Module) -> list[tuple[str, str, float]]:
+    """The active adapters of LoRA layer `name`: (B's parameter name, A's, s) each, as the
+    model's `named_parameters()` names them; none where the adapters are off or merged."""
     if layer.disable_adapters or layer.merged:
-        return None
-    names = [a for a in layer.active_adapters if a in layer.lora_A]
+        return []
+    at = f"{name}." if name else ""
+    active = [a for a in layer.active_adapters if a in layer.lora_A]
+    return [(f"{at}lora_B.{a}.weight", f"{at}lora_A.{a}.weight", layer.scaling[a]) for a in active]
+
+
+def factors_from(
+    params: dict[str, torch.Tensor], names: list[tuple[str, str, float]]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(S_B, A_cat) with ΔW = S_B @ A_cat summed over the adapters `names`: S_B stacks s_a·B_a
+    side by side (out×Σr), A_cat stacks A_a (Σr×in). None when no adapter is active."""
     if not names:
         return None
-    b = torch.cat([layer.lora_B[a].weight.float() * layer.scaling[a] for a in names], dim=1)
-    a = torch.cat([layer.lora_A[a].weight.float() for a in names], dim=0)
+    b = torch.cat([params[b].float() * s for b, _, s in names], dim=1)
+    a = torch.cat([params[a].float() for _, a, _ in names], dim=0)
     return b, a
+
+
+def lora_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`factors_from` one LoRA layer's own parameters."""
+    return factors_from(dict(layer.named_parameters()), factor_names("", layer))
 
 
 class _Capture:
@@ -194,6 +208,7 @@ class Laplace(Regularizer):
     reference = "Sliwa et al. 2025, arXiv:2512.17720; Ritter, Botev & Barber 2018, arXiv:1805.07810"
     config_cls = LaplaceConfig
     cfg: LaplaceConfig
+    stackable = True  # the penalty reads named_parameters() only (factor names kept per stage)
 
     def __init__(self, cfg: LaplaceConfig | None = None) -> None:
         super().__init__(cfg)
@@ -204,6 +219,7 @@ class Laplace(Regularizer):
         self.anchor: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._layers: dict[str, nn.Module] = {}
         self._model_id: int | None = None
+        self._factors: dict[str, list[tuple[str, str, float]]] = {}  # layer: (B, A, s) names
 
     def check(self, model: TaskModel) -> None:
         if not lora_layers(model):
@@ -230,6 +246,9 @@ class Laplace(Regularizer):
                     self.anchor[name] = tuple(t.detach().clone() for t in factors)
         self.curv = {n: tuple(t.to(ctx.device) for t in c) for n, c in self.curv.items()}
         self.anchor = {n: tuple(t.to(ctx.device) for t in c) for n, c in self.anchor.items()}
+        # what the penalty reads, by parameter name: a stack's trial has its parameters but
+        # not its module tree
+        self._factors = {n: factor_names(n, layer) for n, layer in self._layers.items()}
 
     def estimate(
         self, ctx: StageContext, sources: list[tuple[str, EncodedSplit]]
@@ -281,11 +300,11 @@ class Laplace(Regularizer):
             return torch.zeros((), device=device)
         if not self.curv:  # before the first on_stage_start
             return None
-        layers = self._resolve(model)
+        params = dict(model.named_parameters())  # a stack's trial: its slices (stackable)
         with full_precision(device):
             total = torch.zeros((), device=device)
             for name, curv in self.curv.items():
-                factors = lora_factors(layers[name])
+                factors = factors_from(params, self._factors.get(name, []))
                 if factors is None:
                     continue
                 b, a = factors

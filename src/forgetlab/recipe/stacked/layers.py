@@ -311,6 +311,7 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
     layout = Layout(size=len(models))
     skeleton = copy.deepcopy(models[0])
     stacked: dict[str, nn.Module] = {}
+    owner: dict[int, str] = {}  # a parameter of trial 0's stacked modules: its module's name
     for name, module in list(skeleton.named_modules()):
         if not any(True for _ in module.parameters(recurse=False)):
             continue
@@ -325,6 +326,13 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
                 f"stacked trials: module {name} ({type(module).__name__}) trains but cannot be "
                 f"stacked (stackable: {', '.join(t.__name__ for t in STACKED)})"
             )
+        for p in twins[0].parameters(recurse=False):
+            if id(p) in owner:  # stacked apart, the tied copies would train apart
+                raise ConfigError(
+                    f"stacked trials: {owner[id(p)]} and {name} share a weight that trains "
+                    "(tied embeddings); untie them or run these trials one by one"
+                )
+            owner[id(p)] = name
         stacked[name] = cls(twins, layout)
         parent, _, child = name.rpartition(".")
         skeleton.get_submodule(parent)._modules[child] = stacked[name]

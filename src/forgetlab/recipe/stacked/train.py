@@ -33,6 +33,8 @@ from accelerate.utils import set_seed
 from forgetlab.config import TrainingConfig
 from forgetlab.errors import ConfigError, TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.kinds.classification import loss as classification_loss
+from forgetlab.kinds.next_token import lm_loss
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
 from forgetlab.recipe.stacked.layers import StackedModel, TrialParameters
@@ -42,9 +44,17 @@ from forgetlab.regularizers.base import Regularizer, StageContext
 
 log = logging.getLogger("forgetlab")
 
-# Kinds whose loss is a mean over rows of `model(task, **inputs)`: the stack scores each
-# trial's block with the kind's own loss.
-STACKABLE_KINDS = ("classification",)
+# Losses that are a mean over the rows of one forward's output, and which forward: "task"
+# (`model(task, **inputs)`, the task head's logits) or "backbone" (a decoder's token logits,
+# `model.backbone(**inputs).logits`, right-padded: a trial's block is cut to its own length,
+# and causal attention makes the padding after it change nothing before it). A kind stacks
+# when its loss is one of these (classification; text, instruction, perplexity).
+STACKED_FORWARD = {classification_loss: "task", lm_loss: "backbone"}
+
+
+def stack_forward(kind: str) -> str | None:
+    """How a stack runs the forward of `kind`'s loss; None: it cannot stack."""
+    return STACKED_FORWARD.get(KINDS[kind].loss)
 
 
 @dataclass
@@ -57,9 +67,9 @@ class Trial:
     seed: int
 
 
-class _Logits:
-    """Stands in for the model in the kind's loss: returns logits already computed (one
-    trial's block of the stacked forward)."""
+class _Output:
+    """Stands in for the model in the kind's loss: returns one trial's block of the stacked
+    forward, already computed, as the task's logits or as the backbone's output."""
 
     def __init__(self, logits: torch.Tensor) -> None:
         self.logits = logits
@@ -67,12 +77,16 @@ class _Logits:
     def __call__(self, task: str, **inputs: torch.Tensor) -> torch.Tensor:
         return self.logits
 
+    def backbone(self, **inputs: torch.Tensor) -> _Output:
+        return self
+
 
 def check_stackable_kind(kind: str) -> None:
-    if kind not in STACKABLE_KINDS:
+    if stack_forward(kind) is None:
+        stackable = [name for name in KINDS if stack_forward(name) is not None]
         raise ConfigError(
             f"stacked trials: task kind {kind!r} cannot be stacked yet "
-            f"(stackable: {', '.join(STACKABLE_KINDS)}); run these trials one by one"
+            f"(stackable: {', '.join(stackable)}); run these trials one by one"
         )
 
 
@@ -201,6 +215,7 @@ def train_stacked_stage(
     cfg = trials[alive[0]].training  # grad_accum, log_every: the same in every trial
     active, step = list(alive), 0
     overhead = GROUP_OVERHEAD.get(device.type)
+    forward = stack_forward(kind)
     zero = torch.zeros((), device=device)
     start = time.perf_counter()
     for micro in range(max(p[0] for p in plan.values())):
@@ -215,10 +230,15 @@ def train_stacked_stage(
             for group in groups:  # one forward each; a single backward below
                 inputs, rows = merge_batches([own[i] for i in group], pad_id)
                 stack.layout.set([active[i] for i in group], rows)
-                logits = model(task, **inputs)
+                if forward == "task":
+                    logits = model(task, **inputs)
+                else:
+                    logits = model.backbone(**inputs).logits
                 for j, i in enumerate(group):
                     block = logits[j * rows : j * rows + len(own[i]["labels"])]
-                    losses[i] = ops.loss(_Logits(block), task, own[i])
+                    if forward == "backbone":  # its own length
+                        block = block[:, : widths[i]]
+                    losses[i] = ops.loss(_Output(block), task, own[i])
             penalties = [
                 zero if k not in regs or (x := regs[k].penalty(views[k])) is None else x
                 for k in active
