@@ -5,10 +5,11 @@ seed (or all seeds in one stack: `by_seed=False`). The configs must be
 equal but for the keys in `VALUE_KEYS` (what a rate sweep varies); the recipe is `run.py`'s
 (the same tasks, row 0, one row per stage, the same files: config.yaml, state.json,
 metrics.json, checkpoints, the matrix CSV), only the stages' training is stacked; a
-regulariser that declares `stackable` (L2-to-init, EWC, Laplace) is each trial's own, at its own λ. A trial
-that diverges stops alone: its seed's finished stages stay in its run directory, as a lone
-run's would, and its result is the TrainingDiverged that run would have raised. Every run
-directory's log.txt holds the whole stack's log. No --resume: a stack starts afresh.
+regulariser that declares `stackable` (L2-to-init, EWC, Laplace) is each trial's own, at its
+own λ. A trial that diverges stops alone: its seed's finished stages stay in its run
+directory, as a lone run's would, and its result is the TrainingDiverged that run would have
+raised. Every run directory's log.txt holds the whole stack's log. No --resume: a stack
+starts afresh.
 """
 
 from __future__ import annotations
