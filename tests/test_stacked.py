@@ -201,7 +201,7 @@ def _config(out, method: str, lr: float, seed: int, regularizer=None, **training
     raw["output"]["checkpoints"] = "none"
     raw["training"]["lr"] = lr
     raw["seeds"] = [seed]
-    if method != "full":
+    if method not in ("full", "adapter", "prompt", "prefix"):  # the LoRA family's dropout
         raw["method"]["lora_dropout"] = 0.0
     return load_config(raw=raw)
 
@@ -313,6 +313,22 @@ def test_lora_variants_stacked_equal_alone(tmp_path, method):
 
 @needs_data
 @pytest.mark.parametrize(
+    "method",
+    [
+        "adapter",  # bottleneck adapters after the projections, added by forward hooks
+        "prompt",  # virtual-token embeddings, one lookup per row (RowPrompts)
+        pytest.param("prefix", marks=pytest.mark.slow),  # past key values from its encoder
+    ],
+)
+def test_adapter_and_prompt_methods_stacked_equal_alone(tmp_path, method):
+    def config(name, lr, seed):
+        return _config(tmp_path / name, method, lr, seed)
+
+    _stacked_equal_alone(config, [(2e-3, 1), (5e-4, 2)])
+
+
+@needs_data
+@pytest.mark.parametrize(
     "section, lams",
     [
         ({"name": "l2_init"}, [0.1, 300.0]),
@@ -387,9 +403,9 @@ def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_ref
     b = load_config(raw=tiny_raw(tmp_path / "b", batch_size=4))
     with pytest.raises(ConfigError, match="training.batch_size is 16 in one, 4 in another"):
         check_stackable([a, b])
-    adapter = load_config(raw=tiny_raw(tmp_path / "c", method="adapter"))
-    with pytest.raises(ConfigError, match="method adapter cannot be stacked"):
-        check_stackable([adapter])
+    ia3 = load_config(raw=tiny_raw(tmp_path / "c", method="ia3"))
+    with pytest.raises(ConfigError, match="method ia3 cannot be stacked"):
+        check_stackable([ia3])
     laplace = tiny_raw(tmp_path / "d")
     laplace["regularizer"] = {"name": "laplace", "lambda": 10}
     check_stackable([load_config(raw=laplace)])

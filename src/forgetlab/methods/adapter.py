@@ -251,6 +251,9 @@ def load_adapters(backbone: nn.Module, folder: Path) -> nn.Module:
 
 class Adapter(Method):
     name = "adapter"
+    # its adapters' down and up are nn.Linear (stacked); the forward hook finds the adapter
+    # on the module it is called with, the stack's
+    stackable = True
     summary = "bottleneck adapters after attention+FFN (houlsby) or the FFN (pfeiffer); base frozen"
     reference = "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2020, arXiv:2005.00247"
     config_cls = AdapterMethodConfig

@@ -40,6 +40,8 @@ class PrefixMethodConfig(VirtualTokensConfig):
 
 class PrefixTuning(PromptLearning):
     name = "prefix"
+    # the prefix encoder (an embedding, with prefix_projection an MLP) runs on every row
+    stackable = True
     summary = "trained key/value prefixes in every attention layer; backbone frozen (PEFT)"
     reference = "Li & Liang 2021, arXiv:2101.00190"
     config_cls = PrefixMethodConfig

@@ -61,6 +61,8 @@ def _tokenizer_folder(backbone: nn.Module) -> str:
 
 class PromptTuning(PromptLearning):
     name = "prompt"
+    # the virtual tokens are an nn.Embedding (stacked), looked up for every row (RowPrompts)
+    stackable = True
     summary = "trained soft-prompt embeddings prepended to the input; backbone frozen (PEFT)"
     reference = "Lester et al. 2021, arXiv:2104.08691"
     config_cls = PromptMethodConfig

@@ -105,7 +105,22 @@ def _wrappers() -> dict[bool, type]:
     from peft import PeftModelForCausalLM, PeftModelForFeatureExtraction
     from peft.utils import PeftType
 
-    class PromptedEncoder(PeftModelForFeatureExtraction):
+    class RowPrompts:
+        """Prompt tuning's virtual tokens looked up for every row. PEFT's `get_prompt` looks
+        up one row and repeats it, which a stack of trials (`forgetlab.recipe.stacked`: each
+        trial's block of rows its own prompt) cannot; a lone run's numbers and gradients are
+        the same either way."""
+
+        def get_prompt(self, batch_size: int, *args, **kwargs) -> torch.Tensor:
+            config = self.active_peft_config
+            if config.peft_type != PeftType.PROMPT_TUNING or config.inference_mode:
+                return super().get_prompt(batch_size, *args, **kwargs)
+            encoder = self.prompt_encoder[self.active_adapter]
+            tokens = self.prompt_tokens[self.active_adapter][: config.num_virtual_tokens]
+            rows = tokens.unsqueeze(0).expand(batch_size, -1)
+            return encoder(rows.to(encoder.embedding.weight.device))
+
+    class PromptedEncoder(RowPrompts, PeftModelForFeatureExtraction):
         """An encoder under prefix/prompt tuning; see the module docstring."""
 
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
@@ -135,7 +150,7 @@ def _wrappers() -> dict[bool, type]:
             )
             return drop_virtual_positions(outputs, n, getattr(self.base_model, "pooler", None))
 
-    class PromptedDecoder(PeftModelForCausalLM):
+    class PromptedDecoder(RowPrompts, PeftModelForCausalLM):
         """A causal LM under prefix/prompt tuning: PEFT's forward, one logit row per real
         token. `generate` is PEFT's own, which handles prompt tuning's virtual tokens itself;
         under prefix tuning it is refused (see `prefix_generation_error`)."""
