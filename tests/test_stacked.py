@@ -300,6 +300,9 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
         "loraplus",  # plain LoRA layers, B's optimizer group at lr x loraplus_lr_ratio
         pytest.param("olora", marks=pytest.mark.slow),
         pytest.param("milora", marks=pytest.mark.slow),
+        pytest.param("init_ab", marks=pytest.mark.slow),
+        pytest.param("corda", marks=pytest.mark.slow),  # calibrated inits: W_res from data
+        pytest.param("lora_ga", marks=pytest.mark.slow),
     ],
 )
 def test_lora_variants_stacked_equal_alone(tmp_path, method):

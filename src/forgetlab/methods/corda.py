@@ -104,6 +104,7 @@ def _check_adapted(backbone: nn.Module, names: list[str]) -> None:
 
 class Corda(ResidualLora):
     name = "corda"
+    stackable = True  # an init: the forward is plain LoRA on the residual base
     summary = "LoRA from the context-oriented SVD of W*C (CorDA, knowledge-preserved mode)"
     reference = "Yang et al. 2024, arXiv:2406.05223"
     config_cls = CordaMethodConfig

@@ -46,6 +46,7 @@ class InitABConfig(LoraMethodConfig):
 
 class InitAB(ResidualLora):
     name = "init_ab"
+    stackable = True  # an init: the forward is plain LoRA on the residual base
     summary = "LoRA with A and B both random at init, s*B0@A0 subtracted from W (Init[AB])"
     reference = "Hayou, Ghosh & Yu 2024, arXiv:2406.08447 (Init[AB])"
     config_cls = InitABConfig

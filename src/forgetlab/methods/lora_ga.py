@@ -131,6 +131,7 @@ def gradient_factors(
 
 class LoraGa(ResidualLora):
     name = "lora_ga"
+    stackable = True  # an init: the forward is plain LoRA on the residual base
     summary = "LoRA from the SVD of the first batches' gradient, W - s*B0@A0 frozen (LoRA-GA)"
     reference = "Wang, Yu & Li 2024, arXiv:2407.05000"
     config_cls = LoraGaMethodConfig
