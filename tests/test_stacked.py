@@ -201,7 +201,7 @@ def _config(out, method: str, lr: float, seed: int, regularizer=None, **training
     raw["output"]["checkpoints"] = "none"
     raw["training"]["lr"] = lr
     raw["seeds"] = [seed]
-    if method not in ("full", "adapter", "prompt", "prefix"):  # the LoRA family's dropout
+    if method not in ("full", "freeze", "adapter", "prompt", "prefix"):  # LoRA family: dropout
         raw["method"]["lora_dropout"] = 0.0
     return load_config(raw=raw)
 
@@ -331,6 +331,17 @@ def test_adapter_and_prompt_methods_stacked_equal_alone(tmp_path, method):
 
 
 @needs_data
+def test_partial_fine_tuning_trials_stacked_equal_alone(tmp_path):
+    """freeze: the top layer and the heads stacked, the frozen bottom shared. Rates at which
+    the loss stays near 1 (at 2e-3 it climbs to ~5, where 1e-5 is below float rounding)."""
+
+    def config(name, lr, seed):
+        return _config(tmp_path / name, "freeze", lr, seed)
+
+    _stacked_equal_alone(config, [(5e-4, 1), (2e-4, 2)])
+
+
+@needs_data
 @pytest.mark.parametrize(
     "section, lams",
     [
@@ -409,6 +420,10 @@ def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_ref
     ia3 = load_config(raw=tiny_raw(tmp_path / "c", method="ia3"))
     with pytest.raises(ConfigError, match="method ia3 cannot be stacked"):
         check_stackable([ia3])
+    cached = tiny_raw(tmp_path / "e", method="freeze")
+    cached["method"] |= {"frozen_dropout": False, "cache_frozen": True}
+    with pytest.raises(ConfigError, match="method.cache_frozen is not supported in a stack"):
+        check_stackable([load_config(raw=cached)])
     laplace = tiny_raw(tmp_path / "d")
     laplace["regularizer"] = {"name": "laplace", "lambda": 10}
     check_stackable([load_config(raw=laplace)])

@@ -48,6 +48,9 @@ class FreezeLowerLayers(Method):
     summary = "only the last k transformer layers (and the head) train"
     reference = "Lee, Tang & Lin 2019, arXiv:1911.03090"
     config_cls = FreezeConfig
+    # its top layers and heads are full fine-tuning's, the frozen bottom is shared; not with
+    # cache_frozen (refused in a stack: the cache holds one output per example)
+    stackable = True
 
     def prepare(self, model: TaskModel, cfg: FreezeConfig) -> None:
         indices = {

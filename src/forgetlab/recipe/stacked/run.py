@@ -127,6 +127,8 @@ def check_stackable(configs: list[Config]) -> None:
         "guard": first.guard,
         "eval.every": first.eval.every,
         "training.trackers": first.training.trackers,
+        # the cache holds one frozen output per example, a stack's rows are K trials' blocks
+        "method.cache_frozen": first.method.get("cache_frozen"),
     }
     for key, value in refused.items():
         if value:
