@@ -30,6 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from forgetlab.config import TrainingConfig
 from forgetlab.errors import ConfigError, TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
+from forgetlab.malloc import keep_freed_memory
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.device import native_bf16, resolve_precision
 from forgetlab.models.task_model import TaskModel
@@ -208,6 +209,7 @@ def train_stage(
     runs at the stage's start (step 0) and after every optimizer step (evaluation during
     training, the forgetting guard); its time is not training time, and a true return value
     ends the stage there (`stats.steps` counts the steps taken)."""
+    keep_freed_memory()  # once a process: large tensors reused, not faulted in every step
     set_seed(stage_seed(seed, stage))  # dropout, heads' RNG state
     rng = random.Random(stage_seed(seed, stage))  # batch order
     ops = KINDS[kind]

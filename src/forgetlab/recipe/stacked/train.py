@@ -35,6 +35,7 @@ from forgetlab.errors import ConfigError, TrainingDiverged
 from forgetlab.kinds import KINDS, EncodedSplit
 from forgetlab.kinds.classification import loss as classification_loss
 from forgetlab.kinds.next_token import lm_loss
+from forgetlab.malloc import keep_freed_memory
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
 from forgetlab.recipe.stacked.layers import StackedModel, TrialParameters
@@ -186,6 +187,7 @@ def train_stacked_stage(
     `regularizers`: each regularised trial's own (stackable) regulariser, by trial index;
     `source_data`: the earlier tasks' data they may estimate from, as `train_stage`'s."""
     check_stackable_kind(kind)
+    keep_freed_memory()  # once a process, as train_stage
     ops = KINDS[kind]
     device = accelerator.device
     regs = {k: r for k, r in (regularizers or {}).items() if k in alive}
