@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import needs_data, one_torch_thread, tiny_raw
 from torch import nn
 
 from forgetlab.errors import ConfigError, TrainingDiverged
+from forgetlab.methods import METHODS
 from forgetlab.recipe.stacked.layers import stack_models
 from forgetlab.recipe.stacked.optimizer import StackedAdamW
 
@@ -201,7 +203,7 @@ def _config(out, method: str, lr: float, seed: int, regularizer=None, **training
     raw["output"]["checkpoints"] = "none"
     raw["training"]["lr"] = lr
     raw["seeds"] = [seed]
-    if method not in ("full", "freeze", "adapter", "prompt", "prefix"):  # LoRA family: dropout
+    if "lora_dropout" in {f.name for f in fields(METHODS[method].config_cls)}:  # LoRA family
         raw["method"]["lora_dropout"] = 0.0
     return load_config(raw=raw)
 

@@ -217,24 +217,16 @@ class Laplace(Regularizer):
         # (s·B0, A0) of adapters that start non-zero (PiSSA, OLoRA, Init[AB], ...): ΔW is
         # measured from the starting point, s·(B·A − B0·A0); plain LoRA (B0 = 0) has none.
         self.anchor: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._layers: dict[str, nn.Module] = {}
-        self._model_id: int | None = None
+        self._layers: dict[str, nn.Module] = {}  # the stage's model's LoRA layers, by name
         self._factors: dict[str, list[tuple[str, str, float]]] = {}  # layer: (B, A, s) names
 
     def check(self, model: TaskModel) -> None:
         if not lora_layers(model):
             raise ConfigError("regularizer laplace needs a LoRA-family method")
 
-    def _resolve(self, model: nn.Module) -> dict[str, nn.Module]:
-        if self._model_id != id(model):
-            self._layers = lora_layers(model)
-            self._model_id = id(model)
-        return self._layers
-
     def on_stage_start(self, ctx: StageContext) -> None:
         self.check(ctx.model)
-        self._model_id = None  # re-resolve the layers: the model may be a new object
-        self._resolve(ctx.model)
+        self._layers = lora_layers(ctx.model)  # each stage: the model may be a new object
         if not self.curv and self.cfg.lam > 0:  # estimated once, before any LoRA update
             check_kind(self.name, ctx.kind)
             sources = ctx.source_data or [(ctx.task, ctx.data)]
@@ -254,8 +246,7 @@ class Laplace(Regularizer):
         self, ctx: StageContext, sources: list[tuple[str, EncodedSplit]]
     ) -> dict[str, tuple[torch.Tensor, ...]]:
         """Curvature of every LoRA layer's base weight W from `source_examples` examples."""
-        model, cfg = ctx.model, self.cfg
-        layers = self._resolve(model)
+        model, cfg, layers = ctx.model, self.cfg, self._layers
         pool = [(t, i) for t, (task, split) in enumerate(sources) for i in range(len(split))]
         rng = random.Random(cfg.seed)
         picks = rng.sample(pool, min(cfg.source_examples, len(pool)))

@@ -37,19 +37,24 @@ class Layout:
     def set(self, active: list[int], rows: int) -> None:
         self.active, self.rows, self._index = list(active), rows, None
 
+    def index(self, device: torch.device) -> torch.Tensor:
+        """The active trials' indices as a tensor on `device` (made once per layout)."""
+        if self._index is None or self._index.device != device:
+            self._index = torch.tensor(self.active, device=device)
+        return self._index
+
     def offsets(self, device: torch.device, size: int) -> torch.Tensor:
         """[active, 1]: each block's first row in a [K * size, ...] view of a stacked tensor."""
-        return torch.tensor(self.active, device=device).mul_(size).unsqueeze(1)
+        return (self.index(device) * size).unsqueeze(1)
 
     def take(self, stacked: torch.Tensor) -> torch.Tensor:
         """The active trials' slices of a [K, ...] tensor, in block order."""
         if len(self.active) == self.size:
             return stacked
-        if self._index is None or self._index.device != stacked.device:
-            self._index = torch.tensor(self.active, device=stacked.device)
+        index = self.index(stacked.device)
         if stacked.requires_grad and stacked.is_leaf and torch.is_grad_enabled():
-            return _Rows.apply(stacked, self._index)
-        return stacked.index_select(0, self._index)
+            return _Rows.apply(stacked, index)
+        return stacked.index_select(0, index)
 
 
 # Each stacked parameter's gradient buffer, kept while the optimizer lets go of `.grad`
