@@ -4,6 +4,7 @@ keeps glibc's defaults (FORGETLAB_MALLOC=default)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,27 @@ def test_nothing_is_done_without_glibc(libc, monkeypatch):
     monkeypatch.setattr(malloc, "_done", False)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert malloc.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("value", ["", "default", "forgetlab", " Forgetlab "])
+def test_the_choices_pass_the_check(monkeypatch, value):
+    monkeypatch.setenv(malloc.ENV, value)
+    malloc.check_setting()
+
+
+def test_an_unknown_value_is_refused_in_one_line_by_the_cli(monkeypatch, capsys, tmp_path):
+    from forgetlab.cli import main
+    from forgetlab.errors import ConfigError
+
+    monkeypatch.setenv(malloc.ENV, "jemalloc")
+    with pytest.raises(ConfigError, match="FORGETLAB_MALLOC='jemalloc' is not one of"):
+        malloc.check_setting()
+    out = tmp_path / "run"
+    quickstart = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    assert main(["run", str(quickstart), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "forgetlab: error: FORGETLAB_MALLOC='jemalloc' is not one of forgetlab, default "
+        "(unset: forgetlab)"
+    ]
+    assert not out.exists()

@@ -10,6 +10,7 @@ from typing import Any
 from forgetlab import PACKAGE_API
 from forgetlab.config import Config
 from forgetlab.errors import ConfigError, ForgetlabError
+from forgetlab.malloc import check_setting as check_malloc_setting
 from forgetlab.methods import METHODS
 from forgetlab.metrics import metrics_from_csv  # noqa: F401 - the API re-exports it
 from forgetlab.report.text import format_comparison, format_run  # noqa: F401 - format_run: re-exported
@@ -31,6 +32,7 @@ def run(config: Config | str | Path, resume: bool = False):
     from forgetlab.recipe.run import run as _run
 
     check_setting()  # a FORGETLAB_THREADS typo: import only warned
+    check_malloc_setting()
     if not isinstance(config, Config):
         config = load_config(config)
     if config.variants:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from forgetlab.errors import ForgetlabError
+from forgetlab.malloc import check_setting as check_malloc_setting
 from forgetlab.threads import check_setting
 
 
@@ -612,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "validate", "sweep"):  # import only warned about a typo
             check_setting()
+            check_malloc_setting()
         return COMMANDS[args.command](args)
     except ForgetlabError as e:
         if args.debug:

@@ -10,8 +10,9 @@ the same tensors are live at the peak either way, and a process's memory was alr
 peak once per step.
 
 Measured by benchmarks/malloc_policy.py (2 cores, bf16, MiniLM, alternating processes): see
-benchmarks/README.md. FORGETLAB_MALLOC=default keeps glibc's settings; off glibc (macOS,
-musl) nothing is done.
+benchmarks/README.md. FORGETLAB_MALLOC=default keeps glibc's settings (`forgetlab`, or unset:
+this policy; any other value is refused by `forgetlab run`, `validate`, `sweep` and
+`forgetlab.run`); off glibc (macOS, musl) nothing is done.
 """
 
 from __future__ import annotations
@@ -20,11 +21,26 @@ import ctypes
 import os
 import sys
 
+from forgetlab.errors import ConfigError
+
 ENV = "FORGETLAB_MALLOC"
+CHOICES = ("forgetlab", "default")  # unset: forgetlab's
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the largest, ~2 GiB kept free at the top
 
 _done = False
+
+
+def _value() -> str:
+    return os.environ.get(ENV, "").strip().lower()
+
+
+def check_setting() -> None:
+    """ConfigError (one line) for a FORGETLAB_MALLOC value that is neither choice."""
+    if _value() not in ("", *CHOICES):
+        raise ConfigError(
+            f"{ENV}={os.environ[ENV]!r} is not one of {', '.join(CHOICES)} (unset: forgetlab)"
+        )
 
 
 def keep_freed_memory() -> bool:
@@ -34,7 +50,7 @@ def keep_freed_memory() -> bool:
     if _done:
         return False
     _done = True
-    if os.environ.get(ENV, "").strip().lower() == "default" or not sys.platform.startswith("linux"):
+    if _value() == "default" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)
