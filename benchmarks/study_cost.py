@@ -18,6 +18,7 @@ included, so an upper bound — with any of the study's methods that cannot stac
 DoRA stacks; forgetlab's `stackable` methods decide) at the unstacked side's rate.
 
     python benchmarks/study_cost.py [--rates 4] [--examples 500] [--epochs 1]
+                                    [--dropout-masks torch|bits]
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ STUDY_METHODS = ("full", "lora", "pissa", "olora", "dora", "milora", "rslora")
 STACKABLE = sum(m in stackable_methods() for m in STUDY_METHODS)
 
 
-def sweep_config(out: Path, rates: int, examples: int, epochs: int, stack: int) -> dict:
+def sweep_config(
+    out: Path, rates: int, examples: int, epochs: int, stack: int, masks: str = "torch"
+) -> dict:
     lora = [round(1e-4 * 3**k, 8) for k in range(rates)]
     full = [round(1e-5 * 3**k, 8) for k in range(rates)]
     return {
@@ -48,7 +51,7 @@ def sweep_config(out: Path, rates: int, examples: int, epochs: int, stack: int) 
         "data": {"max_train_examples": examples, "max_eval_examples": 300},
         "method": {"name": "lora"},
         "training": {"epochs": epochs, "batch_size": 16, "warmup_ratio": 0.1,
-                     "mixed_precision": "bf16"},
+                     "mixed_precision": "bf16", "dropout_masks": masks},
         "output": {"dir": str(out), "store": str(out / "store.sqlite"), "checkpoints": "none"},
         "sweep": {"methods": ["full", "lora"], "space": {"training.lr": lora},
                   "per_method": {"full": {"training.lr": full}}, "seeds": [1],
@@ -57,7 +60,9 @@ def sweep_config(out: Path, rates: int, examples: int, epochs: int, stack: int) 
 
 
 def one_sweep(workdir: Path, label: str, workers: int, stack: int, args) -> dict:
-    raw = sweep_config(workdir / label, args.rates, args.examples, args.epochs, stack)
+    raw = sweep_config(
+        workdir / label, args.rates, args.examples, args.epochs, stack, args.dropout_masks
+    )
     wall, complete = timed_sweep(raw, workdir / f"{label}.yaml", workers)
     return {"label": label, "wall_s": wall, "trials": complete}
 
@@ -67,11 +72,14 @@ def main() -> None:
     p.add_argument("--rates", type=int, default=4, help="rates per method")
     p.add_argument("--examples", type=int, default=500, help="SST-2 training examples")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--dropout-masks", choices=("torch", "bits"), default="torch",
+                   help="the trials' training.dropout_masks")  # fmt: skip
     args = p.parse_args()
     print(machine())
     n = 2 * args.rates
     print(f"slice: full + LoRA x {args.rates} rates x 1 seed = {n} trials, "
-          f"{args.examples} SST-2 examples x {args.epochs} epoch(s)")  # fmt: skip
+          f"{args.examples} SST-2 examples x {args.epochs} epoch(s), "
+          f"dropout masks {args.dropout_masks}")  # fmt: skip
     sides = [("workers 1", 1, 1), ("workers 2", 2, 1), (f"workers 2 + stack {args.rates}", 2,
              args.rates)]  # fmt: skip
     results = {}

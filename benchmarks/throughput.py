@@ -9,6 +9,7 @@ trainer, ...) after one untimed warm-up of each, and the table reports median an
     python benchmarks/throughput.py [--examples 800] [--method full|lora|both] [--repeats 3]
                                     [--task sst2] [--bf16/--no-bf16] [--threads T]
                                     [--trainer-optim adamw_torch] [--warmup-examples 64]
+                                    [--dropout-masks torch|bits]
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["quer
 # shared preparation (untimed)
 
 
-def setup_for(method: str, task: str, examples: int, bf16: bool, out_dir: str) -> Setup:
+def setup_for(
+    method: str, task: str, examples: int, bf16: bool, out_dir: str, dropout_masks: str = "torch"
+) -> Setup:
     method_section = {"name": method, **(LORA if method == "lora" else {})}
     raw = {
         "name": f"throughput-{method}",
@@ -58,8 +61,13 @@ def setup_for(method: str, task: str, examples: int, bf16: bool, out_dir: str) -
         "data": {"max_train_examples": examples, "max_eval_examples": BATCH_SIZE},
         "method": method_section,
         "training": training_section(
-            LR[method], BATCH_SIZE, WEIGHT_DECAY, MAX_GRAD_NORM, "bf16" if bf16 else "no"
-        ),
+            LR[method],
+            BATCH_SIZE,
+            WEIGHT_DECAY,
+            MAX_GRAD_NORM,
+            "bf16" if bf16 else "no",
+            dropout_masks=dropout_masks,
+        ),  # fmt: skip
         "output": {"dir": out_dir, "store": os.path.join(out_dir, "store.sqlite")},
     }
     return make_setup(method, raw, bf16)
@@ -162,11 +170,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
+    p.add_argument(
+        "--dropout-masks",
+        choices=("torch", "bits"),
+        default="torch",
+        help="forgetlab's training.dropout_masks (the Trainer keeps torch's dropout)",
+    )
     return p.parse_args(argv)
 
 
 def bench_method(method: str, args: argparse.Namespace, tmp: str) -> list[str]:
-    setup = setup_for(method, args.task, args.examples, args.bf16, tmp)
+    setup = setup_for(method, args.task, args.examples, args.bf16, tmp, args.dropout_masks)
     split = setup.task.train
     dataset = hf_dataset(split)
     n_tokens = sum(split.lengths)
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"setting: batch {BATCH_SIZE}, 1 epoch, {precision}, AdamW wd {WEIGHT_DECAY}, "
         f"clip {MAX_GRAD_NORM}, dynamic padding + length grouping, {args.repeats} repeats "
-        "interleaved"
+        f"interleaved; forgetlab's dropout_masks: {args.dropout_masks}"
     )
     bench_methods(methods, bench_method, args, "forgetlab-bench-", HEADER)
     # both sides train in this one process, so this is the larger of the two trials' peaks

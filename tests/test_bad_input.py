@@ -184,6 +184,7 @@ def _run_argv(tmp_path, *overrides) -> list[str]:
         (["model.type=causal"], ["model.type=causal but packaged:minilm is not a causal LM"]),
         (["output.store={tmp}"], ["is not writable: it is a folder"]),
         (["training.trackers=[tensorbord]"], ["training.trackers='tensorbord' is not one of"]),
+        (["training.dropout_masks=fast"], ["training.dropout_masks='fast' is not one of"]),
         (["tasks=[sst2,sst-2]"], ["'sst-2' is the same task as 'sst2'"]),
     ],
 )

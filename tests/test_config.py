@@ -54,6 +54,7 @@ def test_switching_method_drops_the_old_methods_keys():
         (BASE, ["training.lr=fast"], "training.lr must be a number"),
         (BASE, ["training.batch_size=2.5"], "training.batch_size must be an integer"),
         (BASE, ["training.mixed_precision=fp8"], "training.mixed_precision='fp8'"),
+        (BASE, ["training.dropout_masks=philox"], "training.dropout_masks='philox' is not one"),
         (BASE, ["training.lr=-1"], "training.lr=-1.0 must be > 0"),
         ({"tasks": []}, [], "tasks is empty"),
         ({}, [], "missing required key 'tasks'"),
