@@ -323,6 +323,8 @@ def test_lora_variants_stacked_equal_alone(tmp_path, method):
         "adapter",  # bottleneck adapters after the projections, added by forward hooks
         "prompt",  # virtual-token embeddings, one lookup per row (RowPrompts)
         pytest.param("prefix", marks=pytest.mark.slow),  # past key values from its encoder
+        "ia3",  # vectors in ParameterDicts, stacked in place: input and output scaling
+        "vera",  # the same path, two vectors a layer around the shared frozen A, B
     ],
 )
 def test_adapter_and_prompt_methods_stacked_equal_alone(tmp_path, method):
@@ -419,9 +421,9 @@ def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_ref
     b = load_config(raw=tiny_raw(tmp_path / "b", batch_size=4))
     with pytest.raises(ConfigError, match="training.batch_size is 16 in one, 4 in another"):
         check_stackable([a, b])
-    ia3 = load_config(raw=tiny_raw(tmp_path / "c", method="ia3"))
-    with pytest.raises(ConfigError, match="method ia3 cannot be stacked"):
-        check_stackable([ia3])
+    adalora = load_config(raw=tiny_raw(tmp_path / "c", method="adalora"))
+    with pytest.raises(ConfigError, match="method adalora cannot be stacked"):
+        check_stackable([adalora])
     cached = tiny_raw(tmp_path / "e", method="freeze")
     cached["method"] |= {"frozen_dropout": False, "cache_frozen": True}
     with pytest.raises(ConfigError, match="method.cache_frozen is not supported in a stack"):

@@ -145,9 +145,10 @@ class Method:
     needs_calibration: ClassVar[bool] = False
     # True: K trials of this method that differ only in values (lr, seed, warm-up, weight
     # decay) can train as one stacked model (`forgetlab.recipe.stacked`): every weight that
-    # trains lives in an nn.Linear, nn.LayerNorm or nn.Embedding used as a plain layer, and
-    # there are no per-stage hooks. Read from the class itself, never inherited (see
-    # `is_stackable`): a variant that changes the forward must not become stackable unseen.
+    # trains lives in an nn.Linear, nn.LayerNorm or nn.Embedding used as a plain layer, or in
+    # a layer with a stacked twin (PEFT's DoRA, (IA)³, VeRA), and there are no per-stage hooks.
+    # Read from the class itself, never inherited (see `is_stackable`): a variant that
+    # changes the forward must not become stackable unseen.
     stackable: ClassVar[bool] = False
 
     def prepare(

@@ -6,101 +6,25 @@ twin holding the K trials' parameters as [K, ...] tensors; the batch is K contig
 (`bmm` over [K, rows * L, in]). Everything else the model computes row by row (attention,
 softmax, GELU, the frozen base layers of LoRA) then runs unchanged on the concatenated batch:
 a frozen base layer is one GEMM over all K trials' rows, and under PEFT only `lora_A` /
-`lora_B` are stacked. Trials that left the stack (finished, diverged) are skipped through
-`Layout.active`: their rows are no longer in the batch and their slices are not read.
+`lora_B` are stacked. PEFT layers that keep their trained vectors in ParameterDicts ((IA)³,
+VeRA) are stacked in place instead (`forgetlab.recipe.stacked.vectors`). Trials that left the
+stack (finished, diverged) are skipped through `Layout.active`: their rows are no longer in
+the batch and their slices are not read (`forgetlab.recipe.stacked.layout`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from forgetlab.errors import ConfigError
-
-
-@dataclass
-class Layout:
-    """Shared by every stacked layer of one model: which trials the batch holds (their
-    indices into the K slices, in block order) and how many rows each block has."""
-
-    size: int  # K
-    active: list[int] = field(default_factory=list)
-    rows: int = 0
-    _index: torch.Tensor | None = None
-
-    def set(self, active: list[int], rows: int) -> None:
-        self.active, self.rows, self._index = list(active), rows, None
-
-    def index(self, device: torch.device) -> torch.Tensor:
-        """The active trials' indices as a tensor on `device` (made once per layout)."""
-        if self._index is None or self._index.device != device:
-            self._index = torch.tensor(self.active, device=device)
-        return self._index
-
-    def offsets(self, device: torch.device, size: int) -> torch.Tensor:
-        """[active, 1]: each block's first row in a [K * size, ...] view of a stacked tensor."""
-        return (self.index(device) * size).unsqueeze(1)
-
-    def take(self, stacked: torch.Tensor) -> torch.Tensor:
-        """The active trials' slices of a [K, ...] tensor, in block order."""
-        if len(self.active) == self.size:
-            return stacked
-        index = self.index(stacked.device)
-        if stacked.requires_grad and stacked.is_leaf and torch.is_grad_enabled():
-            return _Rows.apply(stacked, index)
-        return stacked.index_select(0, index)
-
-
-# Each stacked parameter's gradient buffer, kept while the optimizer lets go of `.grad`
-# between steps: a gradient added into it in place costs no fresh [K, ...] tensor of zeros.
-_GRAD_BUFFERS = WeakTensorKeyDictionary()
-
-
-def _grad_to_add_into(param: torch.Tensor) -> torch.Tensor:
-    """`param.grad`, to add a gradient into in place; where it is None, the parameter's
-    buffer, zeroed, becomes it."""
-    if param.grad is None:
-        buffer = _GRAD_BUFFERS.get(param)
-        if buffer is None:
-            buffer = _GRAD_BUFFERS[param] = torch.zeros_like(param)
-        param.grad = buffer.zero_()
-    return param.grad
-
-
-class _Rows(torch.autograd.Function):
-    """Some trials' slices of a stacked parameter (`index_select`), whose backward adds their
-    gradients into the parameter's `.grad` in place and hands autograd nothing. Autograd's own
-    backward of a slice writes a [K, ...] gradient of zeros around it, for every forward over
-    a subset of the trials (trials that left, groups of trials run apart): for full fine-tuning
-    a copy of every weight of every trial each time."""
-
-    @staticmethod
-    def forward(ctx, param: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        ctx.param = param
-        ctx.save_for_backward(index)
-        return param.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (index,) = ctx.saved_tensors
-        target = _grad_to_add_into(ctx.param)
-        target.index_add_(0, index, grad.to(target.dtype))
-        return None, None
-
-
-def _stack(params: list[torch.Tensor | None]) -> nn.Parameter | None:
-    if params[0] is None:
-        return None
-    return nn.Parameter(
-        torch.stack([p.detach() for p in params]).contiguous(),
-        requires_grad=params[0].requires_grad,
-    )
+from forgetlab.recipe.stacked.layout import Layout, grad_to_add_into, stack_params
+from forgetlab.recipe.stacked.vectors import IN_PLACE
 
 
 class StackedLinear(nn.Module):
@@ -110,8 +34,8 @@ class StackedLinear(nn.Module):
         super().__init__()
         self.layout = layout
         self.in_features, self.out_features = layers[0].in_features, layers[0].out_features
-        self.weight = _stack([m.weight for m in layers])
-        self.bias = _stack([m.bias for m in layers])
+        self.weight = stack_params([m.weight for m in layers])
+        self.bias = stack_params([m.bias for m in layers])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout
@@ -133,8 +57,8 @@ class StackedLayerNorm(nn.Module):
             raise ConfigError("stacked trials: only LayerNorm over the last dimension stacks")
         self.layout = layout
         self.normalized_shape, self.eps = layers[0].normalized_shape, layers[0].eps
-        self.weight = _stack([m.weight for m in layers])
-        self.bias = _stack([m.bias for m in layers])
+        self.weight = stack_params([m.weight for m in layers])
+        self.bias = stack_params([m.bias for m in layers])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout
@@ -168,7 +92,7 @@ class _Lookup(torch.autograd.Function):
         if module.padding_idx is not None:  # as padding_idx: pad tokens add no gradient
             pad = (ids % weight.shape[1] == module.padding_idx).unsqueeze(-1)
             grad = grad.masked_fill(pad, 0)
-        target = _grad_to_add_into(weight)
+        target = grad_to_add_into(weight)
         width = weight.shape[-1]
         target.view(-1, width).index_add_(
             0, ids.reshape(-1), grad.reshape(-1, width).to(target.dtype)
@@ -187,7 +111,7 @@ class StackedEmbedding(nn.Module):
             raise ConfigError("stacked trials: embeddings with max_norm or sparse do not stack")
         self.layout = layout
         self.padding_idx = first.padding_idx
-        self.weight = _stack([m.weight for m in layers])
+        self.weight = stack_params([m.weight for m in layers])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lay = self.layout
@@ -217,7 +141,7 @@ class StackedDora(nn.Module):
         if layers[0].fan_in_fan_out:
             raise ConfigError("stacked trials: DoRA with fan_in_fan_out (Conv1D) does not stack")
         self.layout = layout
-        self.weight = _stack([m.weight for m in layers])
+        self.weight = stack_params([m.weight for m in layers])
 
     def forward(
         self,
@@ -317,7 +241,17 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
     skeleton = copy.deepcopy(models[0])
     stacked: dict[str, nn.Module] = {}
     owner: dict[int, str] = {}  # a parameter of trial 0's stacked modules: its module's name
+    inside = None  # the prefix of a layer stacked in place: its modules are done
     for name, module in list(skeleton.named_modules()):
+        if inside is not None and name.startswith(inside):
+            continue
+        in_place = IN_PLACE.get(type(module))
+        if in_place is not None and any(p.requires_grad for p in module.parameters()):
+            twins = [m.get_submodule(name) for m in models]
+            for attr, holder in in_place(module, twins, layout).items():
+                stacked[f"{name}.{attr}"] = holder
+            inside = f"{name}."
+            continue
         if not any(True for _ in module.parameters(recurse=False)):
             continue
         twins = [m.get_submodule(name) for m in models]
@@ -329,7 +263,7 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
         if cls is None:
             raise ConfigError(
                 f"stacked trials: module {name} ({type(module).__name__}) trains but cannot be "
-                f"stacked (stackable: {', '.join(t.__name__ for t in STACKED)})"
+                f"stacked (stackable: {', '.join(t.__name__ for t in [*STACKED, *IN_PLACE])})"
             )
         for p in twins[0].parameters(recurse=False):
             if id(p) in owner:  # stacked apart, the tied copies would train apart
