@@ -12,12 +12,20 @@ study included):
 - `--workers 2` + `sweep.stack: R`: each worker asks for R grid points and trains those that
   stack (a method's rates) as one stacked model.
 
-Extrapolation (printed): a trial's seconds on the slice, times 182 trials, times the study's
-examples x epochs over the slice's — the whole per-trial time scaled, loading and evaluation
-included, so an upper bound — with any of the study's methods that cannot stack (none since
-DoRA stacks; forgetlab's `stackable` methods decide) at the unstacked side's rate.
+Extrapolation (printed), two ways:
 
-    python benchmarks/study_cost.py [--rates 4] [--examples 500] [--epochs 1]
+- *scaled* (an upper bound): a trial's seconds on the slice, times 182 trials, times the
+  study's examples x epochs over the slice's: loading and evaluation scaled with training;
+- *fitted* (with two `--examples` sizes): each side's seconds per trial as a line a + b n
+  through the two sizes (n: examples x epochs), taken at the study's n = 6,000, times 182
+  trials: the fixed part a (process, model loads, evaluation on `--eval-examples`, 872 as the
+  study's) counted once per trial, the part b n that grows with training at its measured rate;
+
+with any of the study's methods that cannot stack (none since DoRA stacks; forgetlab's
+`stackable` methods decide) at the unstacked side's rate.
+
+    python benchmarks/study_cost.py [--rates 4] [--examples 500 [1500]] [--epochs 1]
+                                    [--eval-examples 872]
                                     [--dropout-masks torch|bits]
 """
 
@@ -40,7 +48,13 @@ STACKABLE = sum(m in stackable_methods() for m in STUDY_METHODS)
 
 
 def sweep_config(
-    out: Path, rates: int, examples: int, epochs: int, stack: int, masks: str = "torch"
+    out: Path,
+    rates: int,
+    examples: int,
+    epochs: int,
+    stack: int,
+    masks: str = "torch",
+    eval_examples: int = 300,
 ) -> dict:
     lora = [round(1e-4 * 3**k, 8) for k in range(rates)]
     full = [round(1e-5 * 3**k, 8) for k in range(rates)]
@@ -48,7 +62,7 @@ def sweep_config(
         "name": "study-slice",
         "tasks": ["sst2"],
         "model": {"name": "packaged:minilm", "max_length": 64, "pooling": "mean"},
-        "data": {"max_train_examples": examples, "max_eval_examples": 300},
+        "data": {"max_train_examples": examples, "max_eval_examples": eval_examples},
         "method": {"name": "lora"},
         "training": {"epochs": epochs, "batch_size": 16, "warmup_ratio": 0.1,
                      "mixed_precision": "bf16", "dropout_masks": masks},
@@ -59,10 +73,9 @@ def sweep_config(
     }  # fmt: skip
 
 
-def one_sweep(workdir: Path, label: str, workers: int, stack: int, args) -> dict:
-    raw = sweep_config(
-        workdir / label, args.rates, args.examples, args.epochs, stack, args.dropout_masks
-    )
+def one_sweep(workdir: Path, label: str, workers: int, stack: int, examples: int, args) -> dict:
+    raw = sweep_config(workdir / label, args.rates, examples, args.epochs, stack,
+                       args.dropout_masks, args.eval_examples)  # fmt: skip
     wall, complete = timed_sweep(raw, workdir / f"{label}.yaml", workers)
     return {"label": label, "wall_s": wall, "trials": complete}
 
@@ -70,36 +83,63 @@ def one_sweep(workdir: Path, label: str, workers: int, stack: int, args) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", type=int, default=4, help="rates per method")
-    p.add_argument("--examples", type=int, default=500, help="SST-2 training examples")
+    p.add_argument(
+        "--examples",
+        type=int,
+        nargs="+",
+        default=[500],
+        help="SST-2 training examples; two sizes: the fitted extrapolation too",
+    )
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument(
+        "--eval-examples",
+        type=int,
+        default=300,
+        help="SST-2 dev sentences scored per trial (the study: 872)",
+    )
     p.add_argument("--dropout-masks", choices=("torch", "bits"), default="torch",
                    help="the trials' training.dropout_masks")  # fmt: skip
     args = p.parse_args()
+    if len(args.examples) > 2:
+        raise SystemExit("--examples: one size, or two for the fitted extrapolation")
     print(machine())
     n = 2 * args.rates
     print(f"slice: full + LoRA x {args.rates} rates x 1 seed = {n} trials, "
-          f"{args.examples} SST-2 examples x {args.epochs} epoch(s), "
-          f"dropout masks {args.dropout_masks}")  # fmt: skip
+          f"{' and '.join(map(str, args.examples))} SST-2 examples x {args.epochs} epoch(s), "
+          f"{args.eval_examples} scored, dropout masks {args.dropout_masks}")  # fmt: skip
     sides = [("workers 1", 1, 1), ("workers 2", 2, 1), (f"workers 2 + stack {args.rates}", 2,
              args.rates)]  # fmt: skip
-    results = {}
+    walls: dict[str, list[float]] = {label: [] for label, _, _ in sides}
     with tempfile.TemporaryDirectory(prefix="study-cost-") as tmp:
-        for label, workers, stack in sides:
-            r = one_sweep(Path(tmp), label.replace(" ", "-").replace("+", ""), workers, stack, args)
-            if r["trials"] != n:
-                raise SystemExit(f"{label}: {r['trials']} of {n} trials completed")
-            results[label] = r
-            print(f"  {label}: {r['wall_s']:.1f} s (load avg {load_average():.1f})", flush=True)
-    scale = STUDY_TRIALS * STUDY_EXAMPLES / (args.examples * args.epochs) / 3600
-    plain = results["workers 2"]["wall_s"] / n
-    print(f"\n{'side':22s}{'slice s':>9s}{'s/trial':>9s}{'ratio':>7s}{'study h (extrap.)':>19s}")
-    base = results["workers 1"]["wall_s"]
-    for label, r in results.items():
-        per_trial = r["wall_s"] / n
-        stacked_share = STACKABLE / len(STUDY_METHODS) if "stack" in label else 1.0
-        hours = scale * (stacked_share * per_trial + (1 - stacked_share) * plain)
-        print(f"{label:22s}{r['wall_s']:9.1f}{per_trial:9.2f}{base / r['wall_s']:6.2f}x"
-              f"{hours:19.2f}")  # fmt: skip
+        for examples in args.examples:
+            for label, workers, stack in sides:
+                tag = f"{label.replace(' ', '-').replace('+', '')}-{examples}"
+                r = one_sweep(Path(tmp), tag, workers, stack, examples, args)
+                if r["trials"] != n:
+                    raise SystemExit(f"{label}: {r['trials']} of {n} trials completed")
+                walls[label].append(r["wall_s"])
+                print(f"  {label}, {examples} examples: {r['wall_s']:.1f} s "
+                      f"(load avg {load_average():.1f})", flush=True)  # fmt: skip
+    sizes = [e * args.epochs for e in args.examples]
+    fitted = len(sizes) == 2
+    print(f"\n{'side':22s}{'slice s':>16s}{'s/trial':>16s}{'ratio':>7s}"
+          f"{'study h scaled':>16s}{'study h fitted' if fitted else '':>16s}")  # fmt: skip
+    base = walls["workers 1"][0]
+    plain = [w / n for w in walls["workers 2"]]
+    for label, wall in walls.items():
+        per_trial = [w / n for w in wall]
+        share = STACKABLE / len(STUDY_METHODS) if "stack" in label else 1.0
+        mixed = [share * t + (1 - share) * u for t, u in zip(per_trial, plain)]
+        scaled = STUDY_TRIALS * mixed[0] * STUDY_EXAMPLES / sizes[0] / 3600
+        line = (f"{label:22s}{' / '.join(f'{w:.1f}' for w in wall):>16s}"
+                f"{' / '.join(f'{t:.2f}' for t in per_trial):>16s}{base / wall[0]:6.2f}x"
+                f"{scaled:16.2f}")  # fmt: skip
+        if fitted:
+            slope = (mixed[1] - mixed[0]) / (sizes[1] - sizes[0])
+            fixed = mixed[0] - slope * sizes[0]
+            line += f"{STUDY_TRIALS * (fixed + slope * STUDY_EXAMPLES) / 3600:16.2f}"
+            line += f"   (a {fixed:.2f} s + {slope * 1e3:.2f} ms/example)"
+        print(line)
     print("goal: <= 1 h for the whole study (7 methods x 13 rates x 2 seeds, 2,000 x 3 epochs)")
 
 
