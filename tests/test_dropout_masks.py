@@ -1,6 +1,6 @@
 """`training.dropout_masks: bits`: CPU dropout masks from 16-bit slices of torch's 64-bit draws
 (forgetlab.recipe.dropout_masks) — the keep rate and scaling of torch's dropout, torch's seed
-governing them, swapped in for the training loop only, lone and stacked."""
+governing them, swapped in around each training forward only, lone and stacked."""
 
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ threshold, so the drop rate is p rounded to 1/65536, and kept values are scaled 
 of that rate's complement (the expectation is the input's, as torch's). Other masks than
 torch's: a run's numbers differ from a `torch` run's, the amount of work does not.
 
-`training.dropout_masks: bits` swaps `torch.nn.functional.dropout` for the loop's duration
-only (`dropout_masks`): every `nn.Dropout` (the backbone's, PEFT's `lora_dropout`, the
-heads') and HF's eager attention call it. Tensors off the CPU keep torch's dropout (a GPU's
-masks are cheap), as do `p` of 0 or 1 and evaluation (`training=False`).
+`training.dropout_masks: bits` swaps `torch.nn.functional.dropout` around each training
+forward only (`dropout_masks`, in `train_stage` and the stacked loop): every `nn.Dropout` (the
+backbone's, PEFT's `lora_dropout`, the heads') and HF's eager attention call it. Tensors off
+the CPU keep torch's dropout (a GPU's masks are cheap), as do `p` of 0 or 1 and evaluation
+(`training=False`).
 """
 
 from __future__ import annotations

@@ -272,75 +272,73 @@ def train_stage(
     # On a CPU shared with other processes: torch's threads fitted to the cores they leave,
     # checked at most once a second (forgetlab.thread_governor; None: the user chose them)
     pace = pacer() if device.type == "cpu" and world == 1 else None
-    with dropout_masks(cfg.dropout_masks):  # torch's, or bits: only within the loop
-        for micro in range(micro_batches):
-            if stop:
-                break
-            if pace is not None:
-                pace()
-            indices = next(stream)
-            mine = dp.shard(indices) if dp else indices
-            tokens = sum(lengths[i] for i in indices)
-            # An empty shard (a batch smaller than the world) scores a stand-in example with
-            # weight 0, so that every rank runs the same hooks (the strategies' draws stay in step).
-            sctx.batch_examples, sctx.share = len(indices), len(mine) / len(indices)
-            sctx.token_share = sum(lengths[i] for i in mine) / tokens
-            batch = ops.collate(data, mine or indices[:1], pad_id, device)
-            with accelerator.autocast():
-                task_loss = ops.loss(model, task, batch)
-                penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
-                if (own := method.penalty(model, method_cfg)) is not None:  # e.g. O-LoRA's overlap
-                    penalties.append(own)
-                fixed = len(penalties)  # the same on every rank; what follows is the shard's
-                penalties += [
-                    x for s in strategies if (x := s.loss(model, batch, sctx)) is not None
-                ]
-                penalty = torch.stack(penalties).sum() if penalties else None
-            if dp is None:
-                total = task_loss if penalty is None else task_loss + penalty
-                logged = task_loss.item(), 0.0 if penalty is None else penalty.item()
-            else:  # the shard's part of the batch's loss units (examples, labelled tokens)
-                units = ops.loss_units(data, mine) / max(ops.loss_units(data, indices), 1)
-                total, logged = _shard_total(dp, task_loss, penalties, fixed, units)
-            # with several ranks: the global loss, so that every rank stops together
-            if not (torch.isfinite(total) if dp is None else math.isfinite(sum(logged))):
-                bar.close()
-                value = total.item() if dp is None else sum(logged)
-                raise diverged(stage, task, value, step + 1, scheduler.get_last_lr()[0])
-            accelerator.backward(total / cfg.grad_accum)
-            stats.examples += len(indices)
-            stats.tokens += tokens
-            window.append(logged)
-            last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == micro_batches
-            if not last_of_step:
-                continue
-            if dp is not None:
-                dp.average_gradients([p for p in model.parameters() if p.requires_grad])
-            if cfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                mean_loss, mean_pen = stats.record(step, window)
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                log.debug(
-                    "stage %d %s step %d/%d loss %.4f penalty %.4g lr %.2e %.1f ex/s %.0f tok/s",
-                    stage,
-                    task,
-                    step,
-                    total_steps,
-                    mean_loss,
-                    mean_pen,
-                    scheduler.get_last_lr()[0],
-                    stats.examples / elapsed,
-                    stats.tokens / elapsed,
-                )
-                accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
-            stop = hook(step)
+    for micro in range(micro_batches):
+        if stop:
+            break
+        if pace is not None:
+            pace()
+        indices = next(stream)
+        mine = dp.shard(indices) if dp else indices
+        tokens = sum(lengths[i] for i in indices)
+        # An empty shard (a batch smaller than the world) scores a stand-in example with
+        # weight 0, so that every rank runs the same hooks (the strategies' draws stay in step).
+        sctx.batch_examples, sctx.share = len(indices), len(mine) / len(indices)
+        sctx.token_share = sum(lengths[i] for i in mine) / tokens
+        batch = ops.collate(data, mine or indices[:1], pad_id, device)
+        # the forward's dropout masks: torch's, or bits (forgetlab.recipe.dropout_masks)
+        with accelerator.autocast(), dropout_masks(cfg.dropout_masks):
+            task_loss = ops.loss(model, task, batch)
+            penalties = [p for r in regularizers if (p := r.penalty(model)) is not None]
+            if (own := method.penalty(model, method_cfg)) is not None:  # e.g. O-LoRA's overlap
+                penalties.append(own)
+            fixed = len(penalties)  # the same on every rank; what follows is the shard's
+            penalties += [x for s in strategies if (x := s.loss(model, batch, sctx)) is not None]
+            penalty = torch.stack(penalties).sum() if penalties else None
+        if dp is None:
+            total = task_loss if penalty is None else task_loss + penalty
+            logged = task_loss.item(), 0.0 if penalty is None else penalty.item()
+        else:  # the shard's part of the batch's loss units (examples, labelled tokens)
+            units = ops.loss_units(data, mine) / max(ops.loss_units(data, indices), 1)
+            total, logged = _shard_total(dp, task_loss, penalties, fixed, units)
+        # with several ranks: the global loss, so that every rank stops together
+        if not (torch.isfinite(total) if dp is None else math.isfinite(sum(logged))):
+            bar.close()
+            value = total.item() if dp is None else sum(logged)
+            raise diverged(stage, task, value, step + 1, scheduler.get_last_lr()[0])
+        accelerator.backward(total / cfg.grad_accum)
+        stats.examples += len(indices)
+        stats.tokens += tokens
+        window.append(logged)
+        last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == micro_batches
+        if not last_of_step:
+            continue
+        if dp is not None:
+            dp.average_gradients([p for p in model.parameters() if p.requires_grad])
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total_steps:
+            mean_loss, mean_pen = stats.record(step, window)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            log.debug(
+                "stage %d %s step %d/%d loss %.4f penalty %.4g lr %.2e %.1f ex/s %.0f tok/s",
+                stage,
+                task,
+                step,
+                total_steps,
+                mean_loss,
+                mean_pen,
+                scheduler.get_last_lr()[0],
+                stats.examples / elapsed,
+                stats.tokens / elapsed,
+            )
+            accelerator.log({f"{task}/loss": mean_loss, f"{task}/penalty": mean_pen}, step=step)
+        stop = hook(step)
     bar.close()
     for reg in regularizers:
         reg.on_stage_end(ctx)

@@ -222,68 +222,64 @@ def train_stacked_stage(
     forward = stack_forward(kind)
     zero = torch.zeros((), device=device)
     start = time.perf_counter()
-    with dropout_masks(cfg.dropout_masks):  # the same in every trial, as grad_accum
-        for micro in range(max(p[0] for p in plan.values())):
-            active = [k for k in active if micro < plan[k][0]]
-            if not active:
-                break
-            own = [ops.collate(data, next(streams[k]), pad_id, device) for k in active]
-            widths = [b["inputs"]["input_ids"].shape[1] for b in own]
-            groups = width_groups(widths, [len(b["labels"]) for b in own], overhead)
-            losses: list[torch.Tensor] = [zero] * len(own)
-            with accelerator.autocast():
-                for group in groups:  # one forward each; a single backward below
-                    inputs, rows = merge_batches([own[i] for i in group], pad_id)
-                    stack.layout.set([active[i] for i in group], rows)
-                    if forward == "task":
-                        logits = model(task, **inputs)
-                    else:
-                        logits = model.backbone(**inputs).logits
-                    for j, i in enumerate(group):
-                        block = logits[j * rows : j * rows + len(own[i]["labels"])]
-                        if forward == "backbone":  # its own length
-                            block = block[:, : widths[i]]
-                        losses[i] = ops.loss(_Output(block), task, own[i])
-                penalties = [
-                    zero if k not in regs or (x := regs[k].penalty(views[k])) is None else x
-                    for k in active
-                ]
-            n = len(active)
-            tokens = [b["inputs"]["attention_mask"].sum() for b in own]
-            parts = [
-                *(x.detach().float() for x in losses),
-                *(x.detach().float() for x in penalties),
+    for micro in range(max(p[0] for p in plan.values())):
+        active = [k for k in active if micro < plan[k][0]]
+        if not active:
+            break
+        own = [ops.collate(data, next(streams[k]), pad_id, device) for k in active]
+        widths = [b["inputs"]["input_ids"].shape[1] for b in own]
+        groups = width_groups(widths, [len(b["labels"]) for b in own], overhead)
+        losses: list[torch.Tensor] = [zero] * len(own)
+        with accelerator.autocast(), dropout_masks(cfg.dropout_masks):  # the stack's masks
+            for group in groups:  # one forward each; a single backward below
+                inputs, rows = merge_batches([own[i] for i in group], pad_id)
+                stack.layout.set([active[i] for i in group], rows)
+                if forward == "task":
+                    logits = model(task, **inputs)
+                else:
+                    logits = model.backbone(**inputs).logits
+                for j, i in enumerate(group):
+                    block = logits[j * rows : j * rows + len(own[i]["labels"])]
+                    if forward == "backbone":  # its own length
+                        block = block[:, : widths[i]]
+                    losses[i] = ops.loss(_Output(block), task, own[i])
+            penalties = [
+                zero if k not in regs or (x := regs[k].penalty(views[k])) is None else x
+                for k in active
             ]
-            values = torch.stack([*parts, *tokens]).tolist()
-            finite = []
-            for i, k in enumerate(active):
-                loss, pen = values[i], values[n + i]
-                if not math.isfinite(loss + pen):  # as a lone run: the task loss plus the penalty
-                    lr = trials[k].training.lr * schedules[k].factor
-                    out[k] = diverged(stage, task, loss + pen, step + 1, lr)
-                    log.info("stacked trial %d (seed %d): %s", k, trials[k].seed, out[k])
-                    continue
-                finite.append(losses[i] + penalties[i] if k in regs else losses[i])
-                stats[k].examples += len(own[i]["labels"])
-                stats[k].tokens += int(values[2 * n + i])
-                windows[k].append((loss, pen))
-            active = [k for k in active if k not in out]
-            if finite:
-                accelerator.backward(torch.stack(finite).sum() / cfg.grad_accum)
-            last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == plan[alive[0]][0]
-            if not last_of_step or not active:
+        n = len(active)
+        tokens = [b["inputs"]["attention_mask"].sum() for b in own]
+        parts = [*(x.detach().float() for x in losses), *(x.detach().float() for x in penalties)]
+        values = torch.stack([*parts, *tokens]).tolist()
+        finite = []
+        for i, k in enumerate(active):
+            loss, pen = values[i], values[n + i]
+            if not math.isfinite(loss + pen):  # as a lone run: the task loss plus the penalty
+                lr = trials[k].training.lr * schedules[k].factor
+                out[k] = diverged(stage, task, loss + pen, step + 1, lr)
+                log.info("stacked trial %d (seed %d): %s", k, trials[k].seed, out[k])
                 continue
-            optimizer.clip(active)
-            optimizer.step(
-                [schedules[k].factor if k in schedules else 0.0 for k in range(len(trials))], active
-            )
-            optimizer.zero_grad()
-            step += 1
-            for k in active:
-                schedules[k].step()
-                stats[k].steps = step
-                if step % cfg.log_every == 0 or step == plan[k][1]:
-                    stats[k].record(step, windows[k])
+            finite.append(losses[i] + penalties[i] if k in regs else losses[i])
+            stats[k].examples += len(own[i]["labels"])
+            stats[k].tokens += int(values[2 * n + i])
+            windows[k].append((loss, pen))
+        active = [k for k in active if k not in out]
+        if finite:
+            accelerator.backward(torch.stack(finite).sum() / cfg.grad_accum)
+        last_of_step = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == plan[alive[0]][0]
+        if not last_of_step or not active:
+            continue
+        optimizer.clip(active)
+        optimizer.step(
+            [schedules[k].factor if k in schedules else 0.0 for k in range(len(trials))], active
+        )
+        optimizer.zero_grad()
+        step += 1
+        for k in active:
+            schedules[k].step()
+            stats[k].steps = step
+            if step % cfg.log_every == 0 or step == plan[k][1]:
+                stats[k].record(step, windows[k])
     wall = time.perf_counter() - start
     for k in alive:
         if k in out:
