@@ -24,7 +24,7 @@ from torch import nn
 
 from forgetlab.errors import ConfigError
 from forgetlab.recipe.stacked.layout import Layout, grad_to_add_into, stack_params
-from forgetlab.recipe.stacked.vectors import IN_PLACE
+from forgetlab.recipe.stacked.vectors import IN_PLACE, stack_in_place
 
 
 class StackedLinear(nn.Module):
@@ -245,10 +245,9 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
     for name, module in list(skeleton.named_modules()):
         if inside is not None and name.startswith(inside):
             continue
-        in_place = IN_PLACE.get(type(module))
-        if in_place is not None and any(p.requires_grad for p in module.parameters()):
+        if type(module) in IN_PLACE and any(p.requires_grad for p in module.parameters()):
             twins = [m.get_submodule(name) for m in models]
-            for attr, holder in in_place(module, twins, layout).items():
+            for attr, holder in stack_in_place(module, twins, layout).items():
                 stacked[f"{name}.{attr}"] = holder
             inside = f"{name}."
             continue

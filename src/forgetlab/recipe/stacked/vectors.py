@@ -12,11 +12,12 @@ The frozen base layer (and VeRA's shared random A, B) stays one, run over every 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.ia3.layer import Linear as Ia3Linear
+from peft.tuners.vera.layer import Linear as VeraLinear
 from torch import nn
 
 from forgetlab.errors import ConfigError
@@ -34,88 +35,76 @@ def _trained_unmerged(layer: Any) -> None:
         )
 
 
-try:
-    from peft.tuners.ia3.layer import Linear as Ia3Linear
-    from peft.tuners.vera.layer import Linear as VeraLinear
-except ImportError:  # pragma: no cover - a PEFT without them: they do not stack
-    Ia3Linear = VeraLinear = None
+class StackedIa3Linear(Ia3Linear):
+    """PEFT's (IA)³ Linear, `ia3_l` [K, ...]: trial k's vector rescales block k's input
+    (feed-forward layers) or output."""
+
+    dicts = ("ia3_l",)  # the ParameterDicts whose entries are stacked
+    layout: Layout
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _trained_unmerged(self)
+        trials = len(self.layout.active)
+        dtype = previous_dtype = x.dtype
+        scaling: torch.Tensor | int = 1
+        for adapter in self.active_adapters:
+            if adapter not in self.ia3_l:
+                continue
+            vectors = self.ia3_l[adapter]
+            dtype = vectors.dtype
+            scaling = scaling * self.layout.take(vectors).reshape(trials, 1, -1)
+        if self.is_feedforward:
+            interm = (_blocks(x.to(dtype), trials) * scaling).to(previous_dtype)
+            return self.base_layer(interm.reshape(x.shape), *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        return (_blocks(result, trials) * scaling).to(result.dtype).reshape(result.shape)
 
 
-if Ia3Linear is not None:
+class StackedVeraLinear(VeraLinear):
+    """PEFT's VeRA Linear, `vera_lambda_d` [K, r] and `vera_lambda_b` [K, out]: block k's
+    update is Λ_b,k B Λ_d,k A x with the shared frozen A, B. (PEFT's forward also clones a
+    quantized base's result first; forgetlab loads no quantized base.)"""
 
-    class StackedIa3Linear(Ia3Linear):
-        """PEFT's (IA)³ Linear, `ia3_l` [K, ...]: trial k's vector rescales block k's input
-        (feed-forward layers) or output."""
+    dicts = ("vera_lambda_d", "vera_lambda_b")
+    layout: Layout
 
-        layout: Layout
-
-        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            _trained_unmerged(self)
-            trials = len(self.layout.active)
-            dtype = previous_dtype = x.dtype
-            scaling: torch.Tensor | int = 1
-            for adapter in self.active_adapters:
-                if adapter not in self.ia3_l:
-                    continue
-                vectors = self.ia3_l[adapter]
-                dtype = vectors.dtype
-                scaling = scaling * self.layout.take(vectors).reshape(trials, 1, -1)
-            if self.is_feedforward:
-                interm = (_blocks(x.to(dtype), trials) * scaling).to(previous_dtype)
-                return self.base_layer(interm.reshape(x.shape), *args, **kwargs)
-            result = self.base_layer(x, *args, **kwargs)
-            return (_blocks(result, trials) * scaling).to(result.dtype).reshape(result.shape)
-
-    class StackedVeraLinear(VeraLinear):
-        """PEFT's VeRA Linear, `vera_lambda_d` [K, r] and `vera_lambda_b` [K, out]: block k's
-        update is Λ_b,k B Λ_d,k A x with the shared frozen A, B."""
-
-        layout: Layout
-
-        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            _trained_unmerged(self)
-            trials = len(self.layout.active)
-            previous_dtype = x.dtype
-            result = self.base_layer(x, *args, **kwargs)
-            orig_dtype = result.dtype
-            if self.quantization_backend is not None:
-                result = self.quantization_backend.maybe_clone_base_result(result)
-            for adapter in self.active_adapters:
-                if adapter not in self.vera_lambda_d:
-                    continue
-                lambda_d = self.layout.take(self.vera_lambda_d[adapter]).unsqueeze(1)
-                lambda_b = self.layout.take(self.vera_lambda_b[adapter]).unsqueeze(1)
-                sliced_A = self.vera_A[adapter][:, : self.in_features].to(x.device)
-                sliced_B = self.vera_B[adapter][: self.out_features, :].to(x.device)
-                dropout = self.vera_dropout[adapter]
-                x = self._cast_input_dtype(x, lambda_d.dtype)
-                down = _blocks(F.linear(dropout(x), sliced_A), trials)
-                update = lambda_b * F.linear(lambda_d * down, sliced_B)
-                result = result + update.reshape(result.shape)
-            return result.to(orig_dtype).to(previous_dtype)
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _trained_unmerged(self)
+        trials = len(self.layout.active)
+        previous_dtype = x.dtype
+        result = self.base_layer(x, *args, **kwargs)
+        orig_dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter not in self.vera_lambda_d:
+                continue
+            lambda_d = self.layout.take(self.vera_lambda_d[adapter]).unsqueeze(1)
+            lambda_b = self.layout.take(self.vera_lambda_b[adapter]).unsqueeze(1)
+            sliced_A = self.vera_A[adapter][:, : self.in_features].to(x.device)
+            sliced_B = self.vera_B[adapter][: self.out_features, :].to(x.device)
+            dropout = self.vera_dropout[adapter]
+            x = self._cast_input_dtype(x, lambda_d.dtype)
+            down = _blocks(F.linear(dropout(x), sliced_A), trials)
+            update = lambda_b * F.linear(lambda_d * down, sliced_B)
+            result = result + update.reshape(result.shape)
+        return result.to(orig_dtype).to(previous_dtype)
 
 
-def _in_place(
-    stacked_cls: type, dicts: tuple[str, ...]
-) -> Callable[[nn.Module, list[nn.Module], Layout], dict[str, nn.Module]]:
-    def stack(layer: nn.Module, twins: list[nn.Module], layout: Layout) -> dict[str, nn.Module]:
-        """Stack the trials' entries of `dicts` into `layer` (the skeleton's), make it a
-        `stacked_cls`; returns the ParameterDicts that now hold stacked parameters."""
-        held = {}
-        for attr in dicts:
-            holder = getattr(layer, attr)
-            for key in list(holder.keys()):
-                holder[key] = stack_params([getattr(t, attr)[key] for t in twins])
-            held[attr] = holder
-        layer.__class__ = stacked_cls
-        layer.layout = layout
-        return held
-
-    return stack
+# A PEFT layer type -> the subclass the skeleton's layer of that type becomes.
+IN_PLACE: dict[type, type] = {Ia3Linear: StackedIa3Linear, VeraLinear: StackedVeraLinear}
 
 
-# A PEFT layer type -> how the skeleton's layer of that type is stacked in place.
-IN_PLACE: dict[type, Callable[[nn.Module, list[nn.Module], Layout], dict[str, nn.Module]]] = {}
-if Ia3Linear is not None:
-    IN_PLACE[Ia3Linear] = _in_place(StackedIa3Linear, ("ia3_l",))
-    IN_PLACE[VeraLinear] = _in_place(StackedVeraLinear, ("vera_lambda_d", "vera_lambda_b"))
+def stack_in_place(
+    layer: nn.Module, twins: list[nn.Module], layout: Layout
+) -> dict[str, nn.Module]:
+    """Stack the trials' entries of the layer's ParameterDicts into `layer` (the skeleton's)
+    and make it its `IN_PLACE` subclass; returns those ParameterDicts by attribute name."""
+    cls = IN_PLACE[type(layer)]
+    held = {}
+    for attr in cls.dicts:
+        holder = getattr(layer, attr)
+        for key in list(holder.keys()):
+            holder[key] = stack_params([getattr(t, attr)[key] for t in twins])
+        held[attr] = holder
+    layer.__class__ = cls
+    layer.layout = layout
+    return held
