@@ -192,6 +192,38 @@ def test_a_module_that_trains_but_cannot_stack_is_named():
         stack_models(models)
 
 
+def test_trials_whose_parameters_differ_in_shape_are_refused_by_name():
+    models = [nn.Sequential(nn.Linear(2, 3)), nn.Sequential(nn.Linear(2, 4))]
+    with pytest.raises(ConfigError, match="parameter 0.bias is 3 in one trial, 4 in another"):
+        stack_models(models)
+    models = [nn.Sequential(nn.Linear(2, 3)), nn.Sequential(nn.Linear(2, 3, bias=False))]
+    with pytest.raises(ConfigError, match="parameter 0.bias is 3 in one trial, absent in"):
+        stack_models(models)
+
+
+@needs_data
+def test_eva_seeds_whose_ranks_differ_stack_per_seed_not_in_one_stack(tmp_path, capfd):
+    """EVA's ranks follow each seed's calibration batches: seeds 4 and 5 redistribute them
+    differently here. `--stack-seeds` refuses them in one line naming a layer; `--stack` (a
+    stack per seed) trains them."""
+    import yaml
+
+    from forgetlab.cli import main
+
+    raw = _config(tmp_path / "run", "eva", 2e-3, 4, max_steps=1).to_dict()
+    raw["seeds"] = [4, 5]
+    path = tmp_path / "eva.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--stack-seeds"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert "lora_A" in err[-1] and "in one trial" in err[-1] and "stack trials of one" in err[-1]
+    raw["output"]["dir"] = str(tmp_path / "per-seed")
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--stack"]) == 0
+    metrics = json.loads((tmp_path / "per-seed" / "metrics.json").read_text())
+    assert sorted(metrics["per_seed"]) == ["4", "5"]
+
+
 def _config(out, method: str, lr: float, seed: int, regularizer=None, **training):
     from forgetlab import load_config
 
@@ -305,6 +337,7 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
         pytest.param("init_ab", marks=pytest.mark.slow),
         pytest.param("corda", marks=pytest.mark.slow),  # calibrated inits: W_res from data
         pytest.param("lora_ga", marks=pytest.mark.slow),
+        "eva",  # calibrated A and redistributed ranks (equal here: see the shapes test)
     ],
 )
 def test_lora_variants_stacked_equal_alone(tmp_path, method):

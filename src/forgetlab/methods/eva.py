@@ -86,6 +86,9 @@ class Eva(Lora):
     reference = "Paischer et al. 2024, arXiv:2410.07170"
     config_cls = EvaMethodConfig
     needs_calibration = True
+    # an init: the forward is plain LoRA. Its ranks follow the seed's calibration batches, so
+    # trials of different seeds may not stack (`stack_models` names the layer).
+    stackable = True
 
     def lora_config(self, cfg: EvaMethodConfig):
         from peft import LoraConfig

@@ -234,9 +234,27 @@ def _differs(modules: list[nn.Module]) -> bool:
     return any(not torch.equal(first[n], p) for params in rest for n, p in params.items())
 
 
+def _check_same_shapes(models: list[nn.Module]) -> None:
+    """Refuse trials whose parameters differ in name or shape (EVA's ranks follow the
+    calibration batches, which each seed draws anew) with a line naming the first one."""
+    first = {n: tuple(p.shape) for n, p in models[0].named_parameters()}
+    for model in models[1:]:
+        other = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        for name in sorted(set(first) | set(other)):
+            if first.get(name) != other.get(name):
+                shapes = [("absent" if s is None else "x".join(map(str, s)))
+                          for s in (first.get(name), other.get(name))]  # fmt: skip
+                raise ConfigError(
+                    f"stacked trials: parameter {name} is {shapes[0]} in one trial, "
+                    f"{shapes[1]} in another (a data-dependent rank?); stack trials of one "
+                    "seed, or run them one by one"
+                )
+
+
 def stack_models(models: list[nn.Module]) -> StackedModel:
     """One batched model from K models of the same structure (K prepared trials). The trials'
     models are left untouched; frozen modules equal in every trial are shared, not copied."""
+    _check_same_shapes(models)
     layout = Layout(size=len(models))
     skeleton = copy.deepcopy(models[0])
     stacked: dict[str, nn.Module] = {}
