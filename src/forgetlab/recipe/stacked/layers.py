@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora.dora import DoraLinearLayer
 from torch import nn
 
 from forgetlab.errors import ConfigError
@@ -179,13 +180,12 @@ class StackedDora(nn.Module):
         return ((scale - 1) * base + scale * low * scaling).reshape(lora_result.shape)
 
 
-STACKED = {nn.Linear: StackedLinear, nn.LayerNorm: StackedLayerNorm, nn.Embedding: StackedEmbedding}
-try:  # PEFT's DoRA layer, where this PEFT has one
-    from peft.tuners.lora.dora import DoraLinearLayer
-
-    STACKED[DoraLinearLayer] = StackedDora
-except ImportError:  # pragma: no cover - an older PEFT
-    pass
+STACKED = {
+    nn.Linear: StackedLinear,
+    nn.LayerNorm: StackedLayerNorm,
+    nn.Embedding: StackedEmbedding,
+    DoraLinearLayer: StackedDora,
+}
 
 
 @dataclass
