@@ -1,16 +1,21 @@
-"""What a whole "Learning Rate Matters" study costs: a 2-method slice of its grid run three ways,
-and the study's hours extrapolated from it.
+"""What a whole "Learning Rate Matters" study costs: a slice of its grid with the study's own
+method mix, run three ways, and the study's hours extrapolated from it.
 
 The study (issue 14, goal 7): 7 methods x 13 rates x 2 seeds on MiniLM, 2,000 SST-2 examples,
-3 epochs: 182 trials. The slice: full FT and LoRA x `--rates` rates x 1 seed, on `--examples`
-SST-2 examples for `--epochs` epochs, as the real command line, each side into its own fresh
-sweep directory, wall time from start to exit (process start, model loads, evaluation, the
-study included):
+3 epochs: 182 trials. The slice: the same 7 methods (`--methods`) x `--rates` rates x 1 seed,
+on `--examples` SST-2 examples for `--epochs` epochs, as the real command line, each side into
+its own fresh sweep directory, wall time from start to exit (process start, model loads, the
+methods' own inits such as PiSSA's SVD, evaluation, the study included):
 
 - `--workers 1`: one trial after another, in the sweep's own process;
 - `--workers 2`: two worker processes, one thread each;
 - `--workers 2` + `sweep.stack: R`: each worker asks for R grid points and trains those that
-  stack (a method's rates) as one stacked model.
+  stack (a method's rates) as one stacked model; a method that cannot stack trains alone.
+
+Why the study's methods and not two: full FT trains at about 0.6x LoRA's examples/s and DoRA
+slower than LoRA, so a full + LoRA slice (half of it full FT) weighs full FT 3.5x more than the
+study does (1 method in 7) and says nothing of DoRA. With every method at the same number of
+rates, the slice's mean seconds per trial is the study's.
 
 Extrapolation (printed), two ways:
 
@@ -19,14 +24,11 @@ Extrapolation (printed), two ways:
 - *fitted* (with two `--examples` sizes): each side's seconds per trial as a line a + b n
   through the two sizes (n: examples x epochs), taken at the study's n = 6,000, times 182
   trials: the fixed part a (process, model loads, evaluation on `--eval-examples`, 872 as the
-  study's) counted once per trial, the part b n that grows with training at its measured rate;
+  study's) counted once per trial, the part b n that grows with training at its measured rate.
 
-with any of the study's methods that cannot stack (none since DoRA stacks; forgetlab's
-`stackable` methods decide) at the unstacked side's rate.
-
-    python benchmarks/study_cost.py [--rates 4] [--examples 500 [1500]] [--epochs 1]
-                                    [--eval-examples 872]
-                                    [--dropout-masks torch|bits]
+    python benchmarks/study_cost.py [--methods full lora ...] [--rates 2]
+                                    [--examples 500 [1500]] [--epochs 1]
+                                    [--eval-examples 872] [--dropout-masks torch|bits]
 """
 
 from __future__ import annotations
@@ -37,18 +39,17 @@ from pathlib import Path
 
 from common import load_average, machine, timed_sweep
 
+from forgetlab.methods import METHODS
 from forgetlab.recipe.stacked.run import stackable_methods
 
 STUDY_TRIALS = 7 * 13 * 2
 STUDY_EXAMPLES = 2000 * 3  # examples x epochs per trial
 STUDY_METHODS = ("full", "lora", "pissa", "olora", "dora", "milora", "rslora")
-# of the study's 7 methods, those whose class declares `stackable` (all 7 since DoRA stacks;
-# 3 when the first README figures were measured)
-STACKABLE = sum(m in stackable_methods() for m in STUDY_METHODS)
 
 
 def sweep_config(
     out: Path,
+    methods: list[str],
     rates: int,
     examples: int,
     epochs: int,
@@ -67,14 +68,15 @@ def sweep_config(
         "training": {"epochs": epochs, "batch_size": 16, "warmup_ratio": 0.1,
                      "mixed_precision": "bf16", "dropout_masks": masks},
         "output": {"dir": str(out), "store": str(out / "store.sqlite"), "checkpoints": "none"},
-        "sweep": {"methods": ["full", "lora"], "space": {"training.lr": lora},
-                  "per_method": {"full": {"training.lr": full}}, "seeds": [1],
+        "sweep": {"methods": list(methods), "space": {"training.lr": lora},
+                  "per_method": {"full": {"training.lr": full}} if "full" in methods else {},
+                  "seeds": [1],
                   "objectives": ["learning"], "pruner": "none", "stack": stack},
     }  # fmt: skip
 
 
 def one_sweep(workdir: Path, label: str, workers: int, stack: int, examples: int, args) -> dict:
-    raw = sweep_config(workdir / label, args.rates, examples, args.epochs, stack,
+    raw = sweep_config(workdir / label, args.methods, args.rates, examples, args.epochs, stack,
                        args.dropout_masks, args.eval_examples)  # fmt: skip
     wall, complete = timed_sweep(raw, workdir / f"{label}.yaml", workers)
     return {"label": label, "wall_s": wall, "trials": complete}
@@ -82,7 +84,9 @@ def one_sweep(workdir: Path, label: str, workers: int, stack: int, examples: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", type=int, default=4, help="rates per method")
+    p.add_argument("--methods", nargs="+", default=list(STUDY_METHODS),
+                   help="the slice's methods (default: the study's 7)")  # fmt: skip
+    p.add_argument("--rates", type=int, default=2, help="rates per method")
     p.add_argument(
         "--examples",
         type=int,
@@ -102,11 +106,18 @@ def main() -> None:
     args = p.parse_args()
     if len(args.examples) > 2:
         raise SystemExit("--examples: one size, or two for the fitted extrapolation")
+    if unknown := sorted(set(args.methods) - set(METHODS)):
+        raise SystemExit(f"--methods: {unknown[0]!r} is not a method ({', '.join(METHODS)})")
     print(machine())
-    n = 2 * args.rates
-    print(f"slice: full + LoRA x {args.rates} rates x 1 seed = {n} trials, "
+    n = len(args.methods) * args.rates
+    alone = [m for m in args.methods if m not in stackable_methods()]
+    print(f"slice: {' + '.join(args.methods)} x {args.rates} rates x 1 seed = {n} trials, "
           f"{' and '.join(map(str, args.examples))} SST-2 examples x {args.epochs} epoch(s), "
           f"{args.eval_examples} scored, dropout masks {args.dropout_masks}")  # fmt: skip
+    if alone:
+        print(f"not stackable, so trained alone on the stack side: {', '.join(alone)}")
+    if sorted(args.methods) != sorted(STUDY_METHODS):
+        print("note: not the study's methods, so the hours below are those of a study of these")
     sides = [("workers 1", 1, 1), ("workers 2", 2, 1), (f"workers 2 + stack {args.rates}", 2,
              args.rates)]  # fmt: skip
     walls: dict[str, list[float]] = {label: [] for label, _, _ in sides}
@@ -125,18 +136,16 @@ def main() -> None:
     print(f"\n{'side':22s}{'slice s':>16s}{'s/trial':>16s}{'ratio':>7s}"
           f"{'study h scaled':>16s}{'study h fitted' if fitted else '':>16s}")  # fmt: skip
     base = walls["workers 1"][0]
-    plain = [w / n for w in walls["workers 2"]]
     for label, wall in walls.items():
+        # the slice's methods in the study's proportions: its mean trial is the study's
         per_trial = [w / n for w in wall]
-        share = STACKABLE / len(STUDY_METHODS) if "stack" in label else 1.0
-        mixed = [share * t + (1 - share) * u for t, u in zip(per_trial, plain)]
-        scaled = STUDY_TRIALS * mixed[0] * STUDY_EXAMPLES / sizes[0] / 3600
+        scaled = STUDY_TRIALS * per_trial[0] * STUDY_EXAMPLES / sizes[0] / 3600
         line = (f"{label:22s}{' / '.join(f'{w:.1f}' for w in wall):>16s}"
                 f"{' / '.join(f'{t:.2f}' for t in per_trial):>16s}{base / wall[0]:6.2f}x"
                 f"{scaled:16.2f}")  # fmt: skip
         if fitted:
-            slope = (mixed[1] - mixed[0]) / (sizes[1] - sizes[0])
-            fixed = mixed[0] - slope * sizes[0]
+            slope = (per_trial[1] - per_trial[0]) / (sizes[1] - sizes[0])
+            fixed = per_trial[0] - slope * sizes[0]
             line += f"{STUDY_TRIALS * (fixed + slope * STUDY_EXAMPLES) / 3600:16.2f}"
             line += f"   (a {fixed:.2f} s + {slope * 1e3:.2f} ms/example)"
         print(line)

@@ -3,9 +3,9 @@ one run (the two alternate, so drift on a shared machine hits both alike).
 
 Each side is the real command line on the same tiny grid (LoRA on SST-2, N learning rates,
 one seed per trial), into its own fresh sweep directory: wall time from start to exit,
-process start, model loads and the study included. --workers 1 trains in the sweep's own
-process with torch's default threads; --workers N starts N processes with cores / N threads
-each and OMP_WAIT_POLICY=PASSIVE.
+process start, model loads and the study included. --workers N starts N fresh processes
+with cores / N threads each: one thread pinned and passive, more under the thread governor
+(forgetlab.sweeps.workers.worker_env).
 
     python benchmarks/sweep_workers.py                 # 6 trials per sweep, 1 repeat
     python benchmarks/sweep_workers.py --points 8 --repeats 2 --examples 400

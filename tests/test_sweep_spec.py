@@ -166,9 +166,31 @@ def test_resume_without_a_study_says_so(tmp_path):
         run_sweep(load_sweep_config(raw=sweep_raw(tmp_path)), resume=True)
 
 
-def test_each_worker_process_gets_its_share_of_threads_and_a_passive_wait_policy():
+def test_a_one_thread_worker_is_pinned_with_a_passive_wait_policy(monkeypatch):
+    from forgetlab import threads
     from forgetlab.sweeps.workers import worker_env
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the caller's shell: the sweep's share wins
+    env = worker_env(1)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["FORGETLAB_TORCH_THREADS"] == "1"
+    assert not threads.governed(env)
+
+
+def test_a_worker_of_several_threads_is_governed_as_a_lone_run_up_to_its_share(monkeypatch):
+    """Pinned and passive, a 2-thread worker trained 1.7x slower than a lone run (see
+    worker_env): it gets the governor, capped at its share, and no thread count of the
+    caller's shell."""
+    from forgetlab import threads
+    from forgetlab.sweeps.workers import worker_env
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("FORGETLAB_THREADS", raising=False)
     env = worker_env(3)
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["FORGETLAB_TORCH_THREADS"] == "3"
+    assert env["FORGETLAB_TORCH_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in env and "MKL_NUM_THREADS" not in env
+    assert "OMP_WAIT_POLICY" not in env and threads.governed(env)
+    monkeypatch.setenv("FORGETLAB_THREADS", "passive")  # the user's own choice is kept
+    assert worker_env(3)["FORGETLAB_THREADS"] == "passive" and not threads.governed(worker_env(3))

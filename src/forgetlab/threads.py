@@ -26,9 +26,10 @@ Overrides, each of which turns the governor off:
 - FORGETLAB_THREADS=N: N threads (OMP_NUM_THREADS, MKL_NUM_THREADS) waiting passively;
 - the user's own OMP_NUM_THREADS or MKL_NUM_THREADS: that thread count; then, as before,
   the passive policy when other processes hold at least half a core at import.
-Sweep workers (cores / N threads, OMP_NUM_THREADS set by forgetlab.sweeps.workers) are
-therefore not governed, nor are data-parallel ranks (train_stage governs a single process
-only). A user's OMP_WAIT_POLICY (or GOMP_SPINCOUNT) is always kept.
+Sweep workers of one thread (OMP_NUM_THREADS=1, set by forgetlab.sweeps.workers) and Ray's
+trial tasks are therefore not governed, nor are data-parallel ranks (train_stage governs a
+single process only); a sweep worker of several threads is, capped at its share. A user's
+OMP_WAIT_POLICY (or GOMP_SPINCOUNT) is always kept.
 `torch.set_num_threads(k)` before a run makes k the most the governor uses. Any other
 FORGETLAB_THREADS value is ignored on import with one warning line (an error there would
 make the package unimportable over a speed setting); `forgetlab run`, `validate` and `sweep`

@@ -1,9 +1,11 @@
 """Sweep workers: each pulls trials from one Optuna study until none is left.
 
 `--workers N` starts N fresh `python -m forgetlab.sweeps.workers` processes, each with
-cores / N torch threads and OMP_WAIT_POLICY=PASSIVE in its environment before torch loads
-(spin-waiting OpenMP threads of oversubscribed processes stall each other by an order of
-magnitude). Workers on other machines join the same study through a shared storage URL.
+cores / N torch threads, set in its environment before torch loads: one thread pinned, more
+under the thread governor as a lone run (`worker_env`), so that no worker's OpenMP threads
+spin-wait on cores another process holds (oversubscribed spinning threads stall each other
+by an order of magnitude). Workers on other machines join the same study through a shared
+storage URL.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from forgetlab.sweeps.trial import (
     set_torch_threads,
     torch_threads,
 )
+from forgetlab.threads import USER_COUNTS
 
 # A worker prints only its trials' lines; each trial's own progress goes to its run.log.
 log = logging.getLogger("forgetlab.sweep")
@@ -231,7 +234,9 @@ def cores() -> int:
 
 
 def thread_env(threads: int) -> dict[str, str]:
-    """What a worker's environment must hold before torch loads in it."""
+    """A pinned pool, set before torch loads: `threads` torch threads waiting passively. For
+    one-thread workers (a single thread has no barrier to wait at) and Ray's trial tasks
+    (Ray starts and reuses their processes and sets OMP_NUM_THREADS itself)."""
     return {
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
@@ -242,7 +247,20 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def worker_env(threads: int) -> dict[str, str]:
-    return {**os.environ, **thread_env(threads)}
+    """A `--workers N` process's environment. One thread: pinned (`thread_env`). More: what a
+    lone `forgetlab run` gets, the thread governor (forgetlab.threads) over torch's
+    spin-waiting pool, at most `threads` threads and fewer while other processes take the
+    cores. Why not pinned and passive there too: passive waiting at 2 threads trained a
+    MiniLM LoRA stage 1.7x slower than the governed pool, alone (800 SST-2 examples, 5.73 vs
+    3.33 s, 2-core Xeon, 2026-12-04), which made `--workers 1` 2.6x slower than
+    `--workers 2` on 2 cores (benchmarks/study_cost.py). The sweep decides each worker's
+    share, so a thread count inherited from the caller's shell is dropped, as the pinned
+    workers override it."""
+    if threads == 1:
+        return {**os.environ, **thread_env(1)}
+    inherited = {k: v for k, v in os.environ.items() if k not in USER_COUNTS}
+    return {**inherited, "TOKENIZERS_PARALLELISM": "false",
+            "FORGETLAB_TORCH_THREADS": str(threads)}  # fmt: skip
 
 
 def run_workers(
