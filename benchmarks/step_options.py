@@ -7,10 +7,14 @@ autocast, each option against the same step without it, in one run:
   fp32 weight to bf16 on every forward). Same numbers: autocast rounds to the same bf16.
 - `regional-compile`: `torch.compile(dynamic=True)` of each repeated transformer block, the
   compile time amortised over the run ("first step" includes it).
+- `bf16-master` (full FT): the model's weights in bf16, without autocast, and fp32 master
+  copies that the optimizer updates (each step: bf16 gradients cast to the masters', the
+  masters copied back into the weights). Not the same numbers: LayerNorm, softmax and the
+  embeddings then run in bf16 too, which autocast keeps in fp32.
 
 Steps cycle through SST-2-like lengths (12-36 tokens, as length-grouped batches give); the
 median of the steps after the first 16 is reported, and the ratio option / plain in steps/s.
-Neither is used by forgetlab: neither paid here (docs/benchmarks.md).
+None is used by forgetlab: none paid here (docs/benchmarks.md, benchmarks/README.md).
 
     python benchmarks/step_options.py [--steps 48] [--threads 2]
 """
@@ -49,6 +53,8 @@ def build(method: str, option: str):
                 module.weight.data = module.weight.data.to(torch.bfloat16)
                 if module.bias is not None:
                     module.bias.data = module.bias.data.to(torch.bfloat16)
+    if option == "bf16-master":
+        model.to(torch.bfloat16)
     if option == "regional-compile":
         encoder = (model.base_model.model if method == "lora" else model).bert.encoder
         for layer in encoder.layer:
@@ -61,7 +67,10 @@ def steps(method: str, option: str, n: int) -> tuple[float, float]:
     start = time.perf_counter()
     model = build(method, option).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    master = option == "bf16-master"
+    # bf16-master: the optimizer's parameters are fp32 copies of the bf16 weights
+    masters = [q.detach().float() for q in params] if master else params
+    opt = torch.optim.AdamW(masters, lr=1e-4, fused=True)
     g = torch.Generator().manual_seed(0)
     times, first = [], 0.0
     for i in range(n):
@@ -69,11 +78,17 @@ def steps(method: str, option: str, n: int) -> tuple[float, float]:
         ids = torch.randint(1000, 20000, (BATCH, length), generator=g)
         labels = torch.randint(0, 2, (BATCH,), generator=g)
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not master):
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
         out.loss.backward()
+        if master:
+            for q, w in zip(masters, params):
+                q.grad, w.grad = w.grad.float(), None
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if master:
+            with torch.no_grad():
+                torch._foreach_copy_(params, masters)
         times.append(time.perf_counter() - t)
         if i == 0:
             first = time.perf_counter() - start
@@ -90,7 +105,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     quiet()
     print(machine())
-    cases = [("lora", "bf16-frozen"), ("lora", "regional-compile"), ("full", "regional-compile")]
+    cases = [("lora", "bf16-frozen"), ("lora", "regional-compile"), ("full", "regional-compile"),
+             ("full", "bf16-master")]  # fmt: skip
     print(f"{'method':6s} {'option':17s} {'plain ms':>9s} {'option ms':>10s} {'ratio':>6s} "
           f"{'cold 1st step s (plain/option)':>31s}")  # fmt: skip
     for method, option in cases:
