@@ -224,12 +224,14 @@ def test_eva_seeds_whose_ranks_differ_stack_per_seed_not_in_one_stack(tmp_path, 
     assert sorted(metrics["per_seed"]) == ["4", "5"]
 
 
-def _config(out, method: str, lr: float, seed: int, regularizer=None, **training):
+def _config(out, method: str, lr: float, seed: int, regularizer=None, method_values=None,
+            **training):  # fmt: skip
     from forgetlab import load_config
 
     raw = tiny_raw(out, method=method, batch_size=8, epochs=1, **training)
     if regularizer:
         raw["regularizer"] = regularizer
+    raw["method"].update(method_values or {})
     raw["data"] = {"max_train_examples": 20, "max_eval_examples": 16}
     raw["model"] = {"max_length": 32, "dropout": 0.0, "head_dropout": 0.0}
     raw["output"]["checkpoints"] = "none"
@@ -250,6 +252,8 @@ def _assert_same_numbers(alone, stacked) -> None:
     curve_b = [p for s in b["stages"] for p in s["loss_curve"]]
     assert [p[0] for p in curve_a] == [p[0] for p in curve_b]  # the same steps logged
     assert [p[1] for p in curve_a] == pytest.approx([p[1] for p in curve_b], abs=1e-5)
+    # the penalty (a regulariser's, O-LoRA's overlap) logged beside the task loss
+    assert [p[2] for p in curve_a] == pytest.approx([p[2] for p in curve_b], abs=1e-5)
     assert [s["examples"] for s in a["stages"]] == [s["examples"] for s in b["stages"]]
     assert [s["tokens"] for s in a["stages"]] == [s["tokens"] for s in b["stages"]]
     cells = ("score", "accuracy")  # accuracy: where the kind has one
@@ -338,6 +342,8 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
         pytest.param("corda", marks=pytest.mark.slow),  # calibrated inits: W_res from data
         pytest.param("lora_ga", marks=pytest.mark.slow),
         "eva",  # calibrated A and redistributed ranks (equal here: see the shapes test)
+        # a new adapter at stage 2 (a new stack) and a penalty on its overlap with stage 1's
+        "o_lora",
     ],
 )
 def test_lora_variants_stacked_equal_alone(tmp_path, method):
@@ -401,6 +407,18 @@ def test_regularised_trials_stacked_equal_alone_each_at_its_own_lambda(tmp_path,
     penalties = [[p[2] for s in _state(c)["stages"] for p in s["loss_curve"]] for c in stacked]
     assert all(max(p) > 0 for p in penalties)  # the penalty was on, in both trials
     assert max(penalties[1]) > max(penalties[0])  # and at each trial's own lambda
+
+
+@needs_data
+def test_o_lora_trials_stacked_equal_alone_each_at_its_own_lambda_orth(tmp_path):
+    """O-LoRA's overlap weight is a value too: each trial's penalty at its own lambda_orth."""
+
+    def config(name, lam, lr, seed):
+        return _config(tmp_path / name, "o_lora", lr, seed, method_values={"lambda_orth": lam})
+
+    stacked = _stacked_equal_alone(config, [(0.5, 2e-3, 1), (50.0, 1e-3, 2)])
+    penalties = [[p[2] for p in _state(c)["stages"][1]["loss_curve"]] for c in stacked]
+    assert min(penalties[1]) > 10 * max(penalties[0]) > 0  # stage 2, at each trial's own
 
 
 @needs_data
@@ -557,24 +575,33 @@ def test_a_stack_per_seed_groups_the_trials_that_share_a_batch_order():
 
 @needs_data
 @pytest.mark.parametrize(
-    ("flag", "stacks"),
+    ("flag", "stacks", "penalty"),
     # --stack's grouping per seed is unit-tested (test_a_stack_per_seed_groups_...) and run by
     # the sweep's stack test: its CLI row is slow-only
-    [pytest.param("--stack", [1, 1], marks=pytest.mark.slow), ("--stack-seeds", [2])],
+    [
+        pytest.param("--stack", [1, 1], "ewc", marks=pytest.mark.slow),
+        ("--stack-seeds", [2], "ewc"),
+        # O-LoRA: a new adapter per seed at stage 2 (the stack built anew), and its overlap
+        ("--stack-seeds", [2], "o_lora"),
+    ],
 )
-def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(tmp_path, capfd, flag, stacks):
-    """`forgetlab run --stack` of an EWC config with seeds [1, 2]: one stack per seed (each of
-    one trial); --stack-seeds: both seeds in one stack. Either way one run directory, both
-    seeds, each with its own EWC penalty from stage 2 on."""
+def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(
+    tmp_path, capfd, flag, stacks, penalty
+):
+    """`forgetlab run --stack` of an EWC (or O-LoRA) config with seeds [1, 2]: one stack per
+    seed (each of one trial); --stack-seeds: both seeds in one stack. Either way one run
+    directory, both seeds, each with its own penalty from stage 2 on."""
     import yaml
 
     from forgetlab.cli import main
 
-    raw = tiny_raw(tmp_path / "run", batch_size=8, epochs=1, max_steps=2)
+    method = "o_lora" if penalty == "o_lora" else "lora"
+    raw = tiny_raw(tmp_path / "run", method=method, batch_size=8, epochs=1, max_steps=2)
     raw["data"] = {"max_train_examples": 16, "max_eval_examples": 16}
     raw["model"] = {"max_length": 32}
     raw["seeds"] = [1, 2]
-    raw["regularizer"] = {"name": "ewc", "lambda": 100.0, "fisher_samples": 4}
+    if penalty == "ewc":
+        raw["regularizer"] = {"name": "ewc", "lambda": 100.0, "fisher_samples": 4}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), flag]) == 0

@@ -13,7 +13,7 @@ such a method sets `needs_calibration = True`, its config inherits `CalibratedCo
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +146,9 @@ class Method:
     # True: K trials of this method that differ only in values (lr, seed, warm-up, weight
     # decay) can train as one stacked model (`forgetlab.recipe.stacked`): every weight that
     # trains lives in an nn.Linear, nn.LayerNorm or nn.Embedding used as a plain layer, or in
-    # a layer with a stacked twin (PEFT's DoRA, (IA)³, VeRA), and there are no per-stage hooks.
+    # a layer with a stacked twin (PEFT's DoRA, (IA)³, VeRA). A per-stage hook
+    # (`on_stage_start`) makes the stack be built anew at each stage; a `penalty` must then
+    # also be given as `penalty_of` (a stacked trial's weights are its slices of the stack).
     # Read from the class itself, never inherited (see `is_stackable`): a variant that
     # changes the forward must not become stackable unseen.
     stackable: ClassVar[bool] = False
@@ -167,6 +169,17 @@ class Method:
         """A term `train_stage` adds to every training loss (beside the regularisers'
         penalties, and logged with them as the penalty); None: nothing to add."""
         return None
+
+    def penalty_of(
+        self, params: Mapping[str, torch.Tensor], model: TaskModel, cfg: MethodConfig
+    ) -> torch.Tensor | None:
+        """`penalty` over `params` (the model's parameter names -> tensors) instead of the
+        model's own parameters: what a stacked trial's penalty is computed from (its slices
+        of the stack; `model`, its plain model, gives only the structure). A stackable
+        method with a `penalty` must give it here too."""
+        if type(self).penalty is Method.penalty:
+            return None
+        raise NotImplementedError(f"method {self.name} has a penalty but no penalty_of")
 
     def optimizer_groups(
         self, model: TaskModel, cfg: MethodConfig, lr: float, weight_decay: float

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from forgetlab.models.task_model import TaskModel
 
 ADAPTER_FILE = "adapter_model.safetensors"
 _STAGE_FOLDER = re.compile(r"stage_(\d+)")
+_LORA_A = re.compile(r"(.+)\.lora_A\.([^.]+)\.weight")  # (layer, adapter)
 
 
 @dataclass
@@ -67,12 +68,6 @@ def adapters(backbone: nn.Module) -> list[str]:
     return list(backbone.peft_config)
 
 
-def lora_modules(backbone: nn.Module) -> Iterator[nn.Module]:
-    from peft.tuners.lora import LoraLayer
-
-    return (m for m in backbone.modules() if isinstance(m, LoraLayer))
-
-
 def activate(backbone: nn.Module, names: list[str], trainable: str) -> None:
     """Make every adapter in `names` active (all their updates apply) and only `trainable`
     trainable: PEFT's multi-adapter `set_adapter` marks all of them trainable."""
@@ -84,18 +79,23 @@ def activate(backbone: nn.Module, names: list[str], trainable: str) -> None:
         set_requires_grad(backbone.base_model.model, frozen, requires_grad=False)
 
 
-def overlap_penalty(backbone: nn.Module, new: str, old: list[str]) -> torch.Tensor:
-    """sum over layers and earlier adapters of sum |A_old A_new^T|, in float32 (outside any
+def overlap_penalty(params: Mapping[str, torch.Tensor], new: str, old: list[str]) -> torch.Tensor:
+    """sum over layers and earlier adapters of sum |A_old A_new^T|, from `params` (parameter
+    names -> tensors: a model's own, or a stacked trial's slices), in float32 (outside any
     autocast: a bf16 product of these small entries would round most of them away)."""
+    by_layer: dict[str, dict[str, torch.Tensor]] = {}  # in the model's order of layers
+    for name, p in params.items():
+        if m := _LORA_A.fullmatch(name):
+            by_layer.setdefault(m.group(1), {})[m.group(2)] = p
     terms = []
-    with torch.autocast(device_type=next(backbone.parameters()).device.type, enabled=False):
-        for layer in lora_modules(backbone):
-            earlier = [layer.lora_A[n].weight.float() for n in old if n in layer.lora_A]
-            if new not in layer.lora_A or not earlier:
+    device = next(iter(params.values())).device.type
+    with torch.autocast(device_type=device, enabled=False):
+        for a in by_layer.values():
+            earlier = [a[n].float() for n in old if n in a]
+            if new not in a or not earlier:
                 continue
             # The earlier A's stacked: one product gives every (old adapter, row) pair.
-            a_old, a_new = torch.cat(earlier), layer.lora_A[new].weight.float()
-            terms.append((a_old @ a_new.T).abs().sum())
+            terms.append((torch.cat(earlier) @ a[new].float().T).abs().sum())
     return torch.stack(terms).sum()
 
 
@@ -107,6 +107,9 @@ class OLora(Lora):
     )
     reference = "Wang et al. 2023, arXiv:2310.14152"
     config_cls = OLoraConfig
+    # Stacks: the stack is built anew at each stage, after each trial's `on_stage_start`
+    # added its adapter, and the penalty reads each trial's slices (`penalty_of`).
+    stackable = True
 
     def on_stage_start(self, model: TaskModel, cfg: OLoraConfig, stage: int, task: str) -> None:
         backbone = model.backbone
@@ -123,10 +126,15 @@ class OLora(Lora):
         activate(backbone, names, trainable=names[-1])
 
     def penalty(self, model: TaskModel, cfg: OLoraConfig) -> torch.Tensor | None:
+        return self.penalty_of(dict(model.named_parameters()), model, cfg)
+
+    def penalty_of(
+        self, params: Mapping[str, torch.Tensor], model: TaskModel, cfg: OLoraConfig
+    ) -> torch.Tensor | None:
         names = adapters(model.backbone)
         if len(names) < 2 or cfg.lambda_orth == 0:
             return None
-        return cfg.lambda_orth * overlap_penalty(model.backbone, names[-1], names[:-1])
+        return cfg.lambda_orth * overlap_penalty(params, names[-1], names[:-1])
 
     def load_backbone(self, model: TaskModel, path: Path) -> None:
         """Rebuild the checkpoint's adapters ("default" and every `stage_k/`) on a model that

@@ -41,7 +41,13 @@ from forgetlab.recipe.run import (
     source_data,
 )
 from forgetlab.recipe.stacked.layers import stack_models
-from forgetlab.recipe.stacked.train import Trial, check_stackable_kind, train_stacked_stage
+from forgetlab.recipe.stacked.train import (
+    Trial,
+    check_stackable_kind,
+    grows_per_stage,
+    stack_for_stage,
+    train_stacked_stage,
+)
 from forgetlab.recipe.train import make_accelerator
 from forgetlab.regularizers import REGULARIZERS, build_regularizer
 from forgetlab.rundir import RunDir
@@ -59,6 +65,7 @@ VALUE_KEYS = {
     ("training", "warmup_ratio"),
     ("training", "max_grad_norm"),
     ("regularizer", "lambda"),
+    ("method", "lambda_orth"),  # O-LoRA's overlap weight: read by its penalty, per trial
     ("output", "dir"),
     ("output", "store"),
 }
@@ -197,16 +204,20 @@ def _run_stack(
             model = build_run_model(
                 configs[i], run_tasks, seed, pad_id=pad_id, device=accelerator.device
             )
-            trials.append(Trial(model=model, training=configs[i].training, seed=seed))
+            trials.append(Trial(model=model, training=configs[i].training, seed=seed,
+                                method_cfg=method_config(configs[i].method)))  # fmt: skip
             if (reg := build_regularizer(configs[i].regularizer, model=model)) is not None:
                 regs[j] = reg
             states[k] = base_state(configs[i], run_tasks, seed, outs[i], model, *scoring)
         log.info("stacking %d trials of %s", len(trials), method.name)
-        stack = stack_models([t.model for t in trials])
+        per_stage = grows_per_stage(method)  # O-LoRA: a new adapter, so a new stack, a stage
+        stack = None if per_stage else stack_models([t.model for t in trials])
         for stage, task in enumerate(run_tasks.tasks, start=1):
             alive = [j for j, k in enumerate(members) if k not in errors]
             if not alive:
                 break
+            if per_stage:
+                stack = stack_for_stage(trials, method, mcfg, stage, task.name)
             results = train_stacked_stage(
                 stack, trials, alive, method, mcfg, task.name, task.kind, task.train,
                 accelerator, stage, pad_id, regs,

@@ -40,7 +40,7 @@ from forgetlab.malloc import keep_freed_memory
 from forgetlab.methods import Method, MethodConfig
 from forgetlab.models.task_model import TaskModel
 from forgetlab.recipe.dropout_masks import dropout_masks
-from forgetlab.recipe.stacked.layers import StackedModel, TrialParameters
+from forgetlab.recipe.stacked.layers import StackedModel, TrialParameters, stack_models
 from forgetlab.recipe.stacked.optimizer import Schedule, StackedAdamW
 from forgetlab.recipe.train import StageStats, batch_stream, diverged, stage_seed, stage_steps
 from forgetlab.regularizers.base import Regularizer, StageContext
@@ -63,11 +63,13 @@ def stack_forward(kind: str) -> str | None:
 @dataclass
 class Trial:
     """One trial of a stack: its own plain model (scored and saved after each stage), its
-    training values and its seed."""
+    training values, its seed and its method config (whose values may differ between the
+    trials, O-LoRA's lambda_orth: what its penalty reads; None: the stack's)."""
 
     model: TaskModel
     training: TrainingConfig
     seed: int
+    method_cfg: MethodConfig | None = None
 
 
 class _Output:
@@ -169,6 +171,44 @@ def _optimizer(
     return StackedAdamW(params, base_lr, decay, [t.training.max_grad_norm for t in trials])
 
 
+def grows_per_stage(method: Method) -> bool:
+    """Whether the method changes the model at each stage's start (`on_stage_start`: O-LoRA's
+    new adapter); its stack is then built anew at every stage (`stack_for_stage`)."""
+    return type(method).on_stage_start is not Method.on_stage_start
+
+
+def stack_for_stage(
+    trials: list[Trial], method: Method, method_cfg: MethodConfig, stage: int, task: str
+) -> StackedModel:
+    """Each trial's `on_stage_start` on its plain model, under the seed `train_stage` sets
+    for it (the method's draws, a new adapter's init, are then a lone run's), and one stack
+    of the results."""
+    for t in trials:
+        set_seed(stage_seed(t.seed, stage))
+        method.on_stage_start(t.model, method_cfg, stage, task)
+    return stack_models([t.model for t in trials])
+
+
+def _penalty(
+    reg: Regularizer | None,
+    method: Method | None,
+    method_cfg: MethodConfig,
+    view: TrialParameters | None,
+    model: TaskModel,
+) -> torch.Tensor | None:
+    """One trial's penalty, as `train_stage` adds it: its regulariser's, then its method's
+    (`method`: None where it has none; computed from the trial's slices of the stack),
+    summed; None: neither has one."""
+    terms = []
+    if reg is not None and (x := reg.penalty(view)) is not None:
+        terms.append(x)
+    if method is not None and view is not None:
+        own = method.penalty_of(dict(view.named_parameters()), model, method_cfg)
+        if own is not None:
+            terms.append(own)
+    return torch.stack(terms).sum() if terms else None
+
+
 def train_stacked_stage(
     stack: StackedModel,
     trials: list[Trial],
@@ -199,7 +239,8 @@ def train_stacked_stage(
         )
         for k in regs
     }
-    views = {k: TrialParameters(stack, k) for k in regs}
+    own_penalty = type(method).penalty is not Method.penalty  # e.g. O-LoRA's overlap
+    views = {k: TrialParameters(stack, k) for k in (alive if own_penalty else regs)}
     for k, reg in regs.items():  # on the trial's plain model, which holds its weights now
         reg.on_stage_start(contexts[k])
     set_seed(stage_seed(trials[alive[0]].seed, stage))  # the stack's dropout generator
@@ -244,12 +285,19 @@ def train_stacked_stage(
                         block = block[:, : widths[i]]
                     losses[i] = ops.loss(_Output(block), task, own[i])
             penalties = [
-                zero if k not in regs or (x := regs[k].penalty(views[k])) is None else x
+                _penalty(
+                    regs.get(k),
+                    method if own_penalty else None,
+                    trials[k].method_cfg or method_cfg,  # its own values (lambda_orth)
+                    views.get(k),
+                    trials[k].model,
+                )
                 for k in active
             ]
         n = len(active)
         tokens = [b["inputs"]["attention_mask"].sum() for b in own]
-        parts = [*(x.detach().float() for x in losses), *(x.detach().float() for x in penalties)]
+        pens = [zero if x is None else x.detach().float() for x in penalties]
+        parts = [*(x.detach().float() for x in losses), *pens]
         values = torch.stack([*parts, *tokens]).tolist()
         finite = []
         for i, k in enumerate(active):
@@ -259,7 +307,7 @@ def train_stacked_stage(
                 out[k] = diverged(stage, task, loss + pen, step + 1, lr)
                 log.info("stacked trial %d (seed %d): %s", k, trials[k].seed, out[k])
                 continue
-            finite.append(losses[i] + penalties[i] if k in regs else losses[i])
+            finite.append(losses[i] if penalties[i] is None else losses[i] + penalties[i])
             stats[k].examples += len(own[i]["labels"])
             stats[k].tokens += int(values[2 * n + i])
             windows[k].append((loss, pen))
