@@ -25,7 +25,7 @@ from forgetlab.store import ResultsStore
 from forgetlab.sweeps import study as studies
 from forgetlab.sweeps.launch import run_sweep
 from forgetlab.sweeps.trial import load_sweep_config
-from forgetlab.sweeps.workers import cores
+from forgetlab.sweeps.workers import worker_threads
 from tests.conftest import needs_data
 from tests.test_sweep_run import tiny_sweep
 
@@ -171,11 +171,12 @@ def test_two_real_workers_on_postgres_keep_the_results_store_there_too(postgres_
     result = run_sweep(path, workers=2, storage=postgres_url)
     assert result.worker_exits == [0, 0]
     study = optuna.load_study(study_name="real", storage=postgres_url)
-    # each worker process got its share of the cores, set before torch loaded (a worker that
-    # asked when every point was taken holds a pruned "surplus" trial, which never started)
+    # each worker process got its share of the cores (or the suite's FORGETLAB_THREADS), set
+    # before torch loaded (a worker that asked when every point was taken holds a pruned
+    # "surplus" trial, which never started)
     started = [t for t in study.trials if not t.user_attrs.get("surplus")]
     assert len(started) == 3
-    assert {t.user_attrs["torch_threads"] for t in started} == {max(1, cores() // 2)}
+    assert {t.user_attrs["torch_threads"] for t in started} == {worker_threads(2)}
     assert len(result.complete) == 3 and len(result.trials) == 3
     stored = {r["run_dir"] for r in ResultsStore(postgres_url).runs()}
     assert {str(d) for d in result.run_dirs} <= stored  # the store is on the same server

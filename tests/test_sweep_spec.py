@@ -177,6 +177,20 @@ def test_a_one_thread_worker_is_pinned_with_a_passive_wait_policy(monkeypatch):
     assert not threads.governed(env)
 
 
+@pytest.mark.parametrize(
+    ("setting", "workers", "threads"),
+    [(None, 1, 4), ("auto", 2, 2), (None, 3, 1), ("1", 1, 1), ("3", 2, 3), ("passive", 1, 4)],
+)
+def test_workers_get_their_share_of_the_cores_or_the_users_own_thread_count(
+    monkeypatch, setting, workers, threads
+):
+    from forgetlab.sweeps import workers as w
+
+    monkeypatch.setattr(w, "cores", lambda: 4)
+    env = {} if setting is None else {"FORGETLAB_THREADS": setting}
+    assert w.worker_threads(workers, env) == threads
+
+
 def test_a_worker_of_several_threads_is_governed_as_a_lone_run_up_to_its_share(monkeypatch):
     """Pinned and passive, a 2-thread worker trained 1.7x slower than a lone run (see
     worker_env): it gets the governor, capped at its share, and no thread count of the

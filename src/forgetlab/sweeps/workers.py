@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -38,7 +39,7 @@ from forgetlab.sweeps.trial import (
     set_torch_threads,
     torch_threads,
 )
-from forgetlab.threads import USER_COUNTS
+from forgetlab.threads import USER_COUNTS, choice
 
 # A worker prints only its trials' lines; each trial's own progress goes to its run.log.
 log = logging.getLogger("forgetlab.sweep")
@@ -263,12 +264,19 @@ def worker_env(threads: int) -> dict[str, str]:
             "FORGETLAB_TORCH_THREADS": str(threads)}  # fmt: skip
 
 
+def worker_threads(n: int, environ: Mapping[str, str] = os.environ) -> int:
+    """Each of `n` workers' torch threads: the user's own `FORGETLAB_THREADS=N`, as a lone
+    run takes it (forgetlab.threads), else its share of the cores."""
+    chosen = choice(environ)
+    return int(chosen) if chosen.isdigit() else max(1, cores() // n)
+
+
 def run_workers(
     n: int, sweep_file: Path, url: str, study_name: str, store: str, quiet: bool = False
 ) -> list[int]:
     """Start N worker processes, wait for all; their exit codes (negative: killed by that
     signal). Ctrl-C stops them all (their trials are then resumed by --resume)."""
-    threads = max(1, cores() // n)
+    threads = worker_threads(n)
     cmd = [sys.executable, "-m", "forgetlab.sweeps.workers", str(sweep_file),
            "--storage", url, "--study", study_name, "--store", store]  # fmt: skip
     if quiet:
