@@ -106,6 +106,8 @@ def main() -> None:
     args = p.parse_args()
     if len(args.examples) > 2:
         raise SystemExit("--examples: one size, or two for the fitted extrapolation")
+    if args.rates < 1:
+        raise SystemExit(f"--rates {args.rates}: at least one rate per method")
     if unknown := sorted(set(args.methods) - set(METHODS)):
         raise SystemExit(f"--methods: {unknown[0]!r} is not a method ({', '.join(METHODS)})")
     print(machine())

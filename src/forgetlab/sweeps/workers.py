@@ -259,9 +259,11 @@ def worker_env(threads: int) -> dict[str, str]:
     workers override it."""
     if threads == 1:
         return {**os.environ, **thread_env(1)}
+    # the pinned settings but the counts and the wait policy, which the governor chooses
+    unpinned = (*USER_COUNTS, "OMP_WAIT_POLICY")
+    own = {k: v for k, v in thread_env(threads).items() if k not in unpinned}
     inherited = {k: v for k, v in os.environ.items() if k not in USER_COUNTS}
-    return {**inherited, "TOKENIZERS_PARALLELISM": "false",
-            "FORGETLAB_TORCH_THREADS": str(threads)}  # fmt: skip
+    return {**inherited, **own}
 
 
 def worker_threads(n: int, environ: Mapping[str, str] = os.environ) -> int:
