@@ -225,16 +225,16 @@ def test_eva_seeds_whose_ranks_differ_stack_per_seed_not_in_one_stack(tmp_path, 
 
 
 def _config(out, method: str, lr: float, seed: int, regularizer=None, method_values=None,
-            **training):  # fmt: skip
+            checkpoints="none", **training):  # fmt: skip
     from forgetlab import load_config
 
-    raw = tiny_raw(out, method=method, batch_size=8, epochs=1, **training)
+    raw = tiny_raw(out, method=method, **{"batch_size": 8, "epochs": 1, **training})
     if regularizer:
         raw["regularizer"] = regularizer
     raw["method"].update(method_values or {})
     raw["data"] = {"max_train_examples": 20, "max_eval_examples": 16}
     raw["model"] = {"max_length": 32, "dropout": 0.0, "head_dropout": 0.0}
-    raw["output"]["checkpoints"] = "none"
+    raw["output"]["checkpoints"] = checkpoints
     raw["training"]["lr"] = lr
     raw["seeds"] = [seed]
     if "lora_dropout" in {f.name for f in fields(METHODS[method].config_cls)}:  # LoRA family
@@ -332,6 +332,8 @@ def test_full_fine_tuning_trials_stacked_equal_alone(tmp_path):
     "method",
     [
         "dora",  # its own stacked layer: each trial's row norms and magnitudes
+        "rslora",  # plain LoRA layers, PEFT's alpha / sqrt(r) scaling
+        pytest.param("gaussian", marks=pytest.mark.slow),  # plain LoRA, A ~ N(0, 1/r^2)
         # PiSSA, OLoRA and MiLoRA rewrite the frozen base to W_res at init, then train a plain
         # LoRA on it: one row in the default suite, the other two take the same path
         "pissa",
@@ -371,6 +373,48 @@ def test_adapter_and_prompt_methods_stacked_equal_alone(tmp_path, method):
         return _config(tmp_path / name, method, lr, seed)
 
     _stacked_equal_alone(config, [(2e-3, 1), (5e-4, 2)])
+
+
+def _rank_patterns(config) -> list[dict]:
+    """The rank pattern AdaLoRA saved with each stage's adapter."""
+    stages = sorted(Path(config.output.dir, f"seed-{config.seeds[0]}", "checkpoints").iterdir())
+    return [
+        json.loads(next(stage.rglob("adapter_config.json")).read_text())["rank_pattern"]
+        for stage in stages
+    ]
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "total_step",
+    [
+        6,  # the whole schedule in each 6-step stage: 2 steps at full rank, the budget cut
+        # at steps 2 and 3, the final mask at 4, then the rank pattern kept
+        12,  # stages that end mid-way: stage 2 starts its scores afresh, as a lone run's
+    ],
+)
+def test_adalora_trials_stacked_equal_alone_each_pruned_by_its_own_scores(tmp_path, total_step):
+    """AdaLoRA's schedule and its orthogonality gradient (after clipping), per stage. Each
+    stacked trial keeps its lone numbers and prunes the same triplets: its own sensitivity
+    scores, from its own gradients."""
+    values = {"init_r": 4, "target_r": 2, "total_step": total_step, "tinit": 1, "tfinal": 2,
+              "deltaT": 1}  # fmt: skip
+
+    def config(name, lr, seed):
+        return _config(tmp_path / name, "adalora", lr, seed, method_values=values,
+                       checkpoints="all", epochs=2)  # fmt: skip
+
+    trials = [(1e-2, 1), (3e-3, 2)]
+    stacked = _stacked_equal_alone(config, trials)
+    patterns = [_rank_patterns(c) for c in stacked]
+    alone = [_rank_patterns(config(f"alone{i}", *v)) for i, v in enumerate(trials)]
+    assert patterns == alone and len(patterns[0]) == 2
+    kept = [sum(sum(mask) for mask in stage.values()) for stage in patterns[0]]
+    layers = len(patterns[0][0])
+    if total_step == 6:  # pruned to target_r on average, 4 -> 2; else on the way there
+        assert kept == [2 * layers] * 2
+    assert all(2 * layers <= n < 4 * layers for n in kept)
+    assert patterns[0] != patterns[1]  # each trial's own scores (a rate and a seed each)
 
 
 @needs_data
@@ -472,8 +516,11 @@ def test_configs_that_differ_beyond_values_or_a_method_that_cannot_stack_are_ref
     b = load_config(raw=tiny_raw(tmp_path / "b", batch_size=4))
     with pytest.raises(ConfigError, match="training.batch_size is 16 in one, 4 in another"):
         check_stackable([a, b])
+    from forgetlab.methods.adalora import AdaLora
+
+    monkeypatch.delattr(AdaLora, "stackable")  # a method that does not declare it
     adalora = load_config(raw=tiny_raw(tmp_path / "c", method="adalora"))
-    with pytest.raises(ConfigError, match="method adalora cannot be stacked"):
+    with pytest.raises(ConfigError, match="method adalora cannot be stacked .stackable: full"):
         check_stackable([adalora])
     cached = tiny_raw(tmp_path / "e", method="freeze")
     cached["method"] |= {"frozen_dropout": False, "cache_frozen": True}
@@ -583,25 +630,29 @@ def test_a_stack_per_seed_groups_the_trials_that_share_a_batch_order():
         ("--stack-seeds", [2], "ewc"),
         # O-LoRA: a new adapter per seed at stage 2 (the stack built anew), and its overlap
         ("--stack-seeds", [2], "o_lora"),
+        # AdaLoRA: each seed's ranks pruned by its own scores (no penalty: a gradient instead)
+        ("--stack-seeds", [2], "adalora"),
     ],
 )
 def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(
     tmp_path, capfd, flag, stacks, penalty
 ):
-    """`forgetlab run --stack` of an EWC (or O-LoRA) config with seeds [1, 2]: one stack per
-    seed (each of one trial); --stack-seeds: both seeds in one stack. Either way one run
-    directory, both seeds, each with its own penalty from stage 2 on."""
+    """`forgetlab run --stack` of an EWC (or O-LoRA, AdaLoRA) config with seeds [1, 2]: one
+    stack per seed (each of one trial); --stack-seeds: both seeds in one stack. Either way one
+    run directory, both seeds, each with its own penalty from stage 2 on."""
     import yaml
 
     from forgetlab.cli import main
 
-    method = "o_lora" if penalty == "o_lora" else "lora"
+    method = penalty if penalty in ("o_lora", "adalora") else "lora"
     raw = tiny_raw(tmp_path / "run", method=method, batch_size=8, epochs=1, max_steps=2)
     raw["data"] = {"max_train_examples": 16, "max_eval_examples": 16}
     raw["model"] = {"max_length": 32}
     raw["seeds"] = [1, 2]
     if penalty == "ewc":
         raw["regularizer"] = {"name": "ewc", "lambda": 100.0, "fisher_samples": 4}
+    if penalty == "adalora":  # a 2-step schedule: a step at full rank, then the final mask
+        raw["method"] |= {"init_r": 4, "target_r": 2, "total_step": 2, "tinit": 0, "tfinal": 1}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), flag]) == 0
@@ -613,4 +664,14 @@ def test_cli_run_stacks_per_seed_or_a_configs_seeds_in_one_stack(
     assert sorted(metrics["per_seed"]) == ["1", "2"] and "run directory" in captured.out
     for seed in (1, 2):
         state = json.loads((tmp_path / "run" / f"seed-{seed}" / "state.json").read_text())
-        assert [max(p[2] for p in s["loss_curve"]) > 0 for s in state["stages"]] == [False, True]
+        penalised = [max(p[2] for p in s["loss_curve"]) > 0 for s in state["stages"]]
+        assert penalised == ([False, False] if penalty == "adalora" else [False, True])
+    if penalty == "adalora":  # each stage's adapter saved with the ranks of its seed's mask
+        for seed in (1, 2):
+            configs = (tmp_path / "run" / f"seed-{seed}" / "checkpoints").rglob(
+                "adapter_config.json"
+            )
+            patterns = [json.loads(c.read_text())["rank_pattern"] for c in configs]
+            assert len(patterns) == 2 and all(
+                sum(map(sum, p.values())) == 2 * len(p) for p in patterns
+            )

@@ -18,6 +18,10 @@ How it runs here without touching the training loop (which knows nothing of meth
   backbone returns no loss (the heads sit outside it). A global optimizer step *pre*-hook adds
   the penalty's gradient to the A and B gradients instead. The one difference from adding it to
   the loss: it comes after gradient clipping.
+- Stacked trials (`forgetlab.recipe.stacked`) train under the stack's own optimizer, which
+  fires no torch hooks: `step_hooks` gives each trial a `StackedAllocator` per stage, which
+  does the same two things at the same two moments on the trial's slices of the stack (PEFT's
+  allocator runs on the trial's plain model, handed those slices and their gradients).
 - The schedule counts optimizer steps and restarts with every new optimizer, i.e. every stage:
   each task gets AdaLoRA's full warm-up / prune / fine-tune cycle, ranks pruned for one task may
   regrow for the next, and the sensitivity scores start afresh. So `total_step` is the number
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,27 +145,17 @@ class _Allocator:
         if optimizer not in self.steps:
             ours = any(id(p) in self.e_ids for g in optimizer.param_groups for p in g["params"])
             self.steps[optimizer] = 0 if ours else None
-            if ours:  # a new stage: AdaLoRA's schedule starts over
-                model = self.model()
-                if model is not None:
-                    model.peft_config[ADAPTER].rank_pattern = None
-                    model.base_model.rankallocator.reset_ipt()
+            model = self.model()
+            if ours and model is not None:  # a new stage: AdaLoRA's schedule starts over
+                _restart(model)
         return self.steps[optimizer]
 
     def before_step(self, optimizer, args, kwargs) -> None:
         model = self.model()
         if model is None or self._step_of(optimizer) is None or self.orth_reg_weight == 0:
             return
-        factors = [
-            (p, ".lora_A." in n)
-            for n, p in model.named_parameters()
-            if p.requires_grad and (".lora_A." in n or ".lora_B." in n)
-        ]
-        params = [p for p, _ in factors]
-        with torch.enable_grad():
-            penalty = self.orth_reg_weight * orthogonality_penalty(factors)
-            grads = torch.autograd.grad(penalty, params)
-        for p, g in zip(params, grads):
+        factors = [(n, p) for n, p in model.named_parameters() if p.requires_grad and _factor(n)]
+        for (_, p), g in zip(factors, orthogonality_grads(factors, self.orth_reg_weight)):
             p.grad = g if p.grad is None else p.grad + g
 
     def after_step(self, optimizer, args, kwargs) -> None:
@@ -172,9 +167,70 @@ class _Allocator:
         self.steps[optimizer] = step + 1
 
 
+class StackedAllocator:
+    """AdaLoRA's per-step work for one stacked trial through one stage (`AdaLora.step_hooks`),
+    what `_Allocator` does for a lone run: the orthogonality penalty's gradient added after
+    clipping, then PEFT's `update_and_allocate(step)` on the trial's plain model, which holds
+    the trial's A, E, B and their gradients for it (copied from its slices of the stack; the
+    E it masks is copied back). The copies are the adapter's few tensors, not the model."""
+
+    def __init__(self, model: TaskModel, orth_reg_weight: float) -> None:
+        self.model, self.orth_reg_weight, self.step = model, orth_reg_weight, 0
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n]
+        _restart(model.backbone)  # built at each stage's start: the schedule starts over
+
+    def before_step(
+        self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
+    ) -> None:
+        if self.orth_reg_weight == 0:
+            return
+        factors = [(n, params[n]) for n in self.names if _factor(n)]  # the lone run's order
+        with torch.no_grad():
+            for (n, _), g in zip(factors, orthogonality_grads(factors, self.orth_reg_weight)):
+                grads[n].add_(g)
+
+    @torch.no_grad()
+    def after_step(
+        self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
+    ) -> None:
+        own = {n: self.model.get_parameter(n) for n in self.names}
+        for n, p in own.items():
+            p.copy_(params[n])
+            p.grad = grads[n]
+        self.model.backbone.base_model.update_and_allocate(self.step)
+        for n, p in own.items():
+            if ".lora_E." in n:  # the triplets pruned (zeroed) in place
+                params[n].copy_(p)
+            p.grad = None
+        self.step += 1
+
+
+def _restart(peft_model: nn.Module) -> None:
+    """A new stage: no rank pattern, the sensitivity scores start afresh."""
+    peft_model.peft_config[ADAPTER].rank_pattern = None
+    peft_model.base_model.rankallocator.reset_ipt()
+
+
 def _remove_all(handles) -> None:
     for h in handles:
         h.remove()
+
+
+def _factor(name: str) -> bool:
+    """Whether the parameter is a P (`lora_B`) or Q (`lora_A`) of the SVD-shaped update."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def orthogonality_grads(
+    factors: list[tuple[str, torch.Tensor]], weight: float
+) -> tuple[torch.Tensor, ...]:
+    """The gradient of `weight` x the orthogonality penalty for each (name, tensor) factor."""
+    leaves = [p.detach().requires_grad_() for _, p in factors]
+    with torch.enable_grad():
+        penalty = orthogonality_penalty(
+            [(x, ".lora_A." in n) for (n, _), x in zip(factors, leaves)]
+        )
+        return torch.autograd.grad(weight * penalty, leaves)
 
 
 def orthogonality_penalty(factors: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
@@ -192,6 +248,9 @@ class AdaLora(Lora):
     summary = "SVD-shaped LoRA whose ranks are pruned to a budget during training (AdaLoRA)"
     reference = "Zhang et al. 2023, arXiv:2303.10512"
     config_cls = AdaLoraMethodConfig
+    # its SVD layers stack in place (forgetlab.recipe.stacked.in_place); the allocator runs
+    # on each trial through `step_hooks`
+    stackable = True
 
     def lora_config(self, cfg: AdaLoraMethodConfig):
         from peft import AdaLoraConfig
@@ -212,6 +271,9 @@ class AdaLora(Lora):
         for p in model.heads.parameters():
             p.requires_grad_(True)
         _Allocator(model.backbone, cfg.orth_reg_weight)
+
+    def step_hooks(self, model: TaskModel, cfg: AdaLoraMethodConfig) -> StackedAllocator:
+        return StackedAllocator(model, cfg.orth_reg_weight)
 
     def save_backbone(self, model: TaskModel, path: Path) -> None:
         model.backbone.save_pretrained(path)  # PEFT format: pruned triplets dropped

@@ -1,5 +1,6 @@
 """What an adaptation method is: a validated config plus its hooks (prepare, the per-stage
-`on_stage_start` and `penalty`, the optimizer groups, save and load).
+`on_stage_start` and `penalty`, a stacked trial's `step_hooks`, the optimizer groups, save
+and load).
 
 A method decides which backbone weights train and how they are saved. Adding one is a file
 with a config dataclass (validated in `__post_init__`) and a `Method` subclass, plus one line
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -136,6 +137,23 @@ def calibrating(model: nn.Module, device: torch.device) -> Iterator[None]:
         model.train(training)
 
 
+class StepHooks(Protocol):
+    """What a method runs around each optimizer step of one stacked trial (AdaLoRA's rank
+    allocation). `params` and `grads` map the trial's parameter names (its plain model's) to
+    its slices of the stack's parameters and gradients: views, so what a hook writes into them
+    (in place, under no_grad) is the stack's."""
+
+    def before_step(
+        self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
+    ) -> None:
+        """After the gradients are clipped, before the update."""
+
+    def after_step(
+        self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]
+    ) -> None:
+        """After the update, before the gradients are cleared."""
+
+
 class Method:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `forgetlab methods`
@@ -146,9 +164,10 @@ class Method:
     # True: K trials of this method that differ only in values (lr, seed, warm-up, weight
     # decay) can train as one stacked model (`forgetlab.recipe.stacked`): every weight that
     # trains lives in an nn.Linear, nn.LayerNorm or nn.Embedding used as a plain layer, or in
-    # a layer with a stacked twin (PEFT's DoRA, (IA)³, VeRA). A per-stage hook
+    # a layer with a stacked twin (PEFT's DoRA, (IA)³, VeRA, AdaLoRA). A per-stage hook
     # (`on_stage_start`) makes the stack be built anew at each stage; a `penalty` must then
-    # also be given as `penalty_of` (a stacked trial's weights are its slices of the stack).
+    # also be given as `penalty_of` (a stacked trial's weights are its slices of the stack),
+    # and torch optimizer hooks as `step_hooks` (the stack's optimizer is not torch's).
     # Read from the class itself, never inherited (see `is_stackable`): a variant that
     # changes the forward must not become stackable unseen.
     stackable: ClassVar[bool] = False
@@ -180,6 +199,13 @@ class Method:
         if type(self).penalty is Method.penalty:
             return None
         raise NotImplementedError(f"method {self.name} has a penalty but no penalty_of")
+
+    def step_hooks(self, model: TaskModel, cfg: MethodConfig) -> StepHooks | None:
+        """What runs around each optimizer step of a stacked trial in one stage (asked at the
+        stage's start; `model`: the trial's plain model); None: nothing. A lone run's
+        optimizer is torch's, whose step hooks a method registers itself in `prepare`
+        (AdaLoRA's); the stack's optimizer is its own and calls these instead."""
+        return None
 
     def optimizer_groups(
         self, model: TaskModel, cfg: MethodConfig, lr: float, weight_decay: float

@@ -88,7 +88,7 @@ class Ia3(Lora):
     summary = "trained vectors rescaling keys, values and feed-forward inputs; init 1 (PEFT)"
     reference = "Liu et al. 2022, arXiv:2205.05638"
     config_cls = Ia3MethodConfig
-    stackable = True  # its layers stack in place: forgetlab.recipe.stacked.vectors
+    stackable = True  # its layers stack in place: forgetlab.recipe.stacked.in_place
 
     def prepare(self, model: TaskModel, cfg: Ia3MethodConfig) -> None:
         from peft import IA3Config, get_peft_model

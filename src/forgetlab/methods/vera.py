@@ -58,7 +58,7 @@ class Vera(Lora):
     summary = "shared frozen random A, B; each layer trains two scaling vectors (VeRA)"
     reference = "Kopiczko, Blankevoort & Asano 2023, arXiv:2310.11454"
     config_cls = VeraMethodConfig
-    stackable = True  # its layers stack in place: forgetlab.recipe.stacked.vectors
+    stackable = True  # its layers stack in place: forgetlab.recipe.stacked.in_place
 
     def lora_config(self, cfg: VeraMethodConfig):
         from peft import VeraConfig

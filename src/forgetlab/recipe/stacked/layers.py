@@ -6,10 +6,10 @@ twin holding the K trials' parameters as [K, ...] tensors; the batch is K contig
 (`bmm` over [K, rows * L, in]). Everything else the model computes row by row (attention,
 softmax, GELU, the frozen base layers of LoRA) then runs unchanged on the concatenated batch:
 a frozen base layer is one GEMM over all K trials' rows, and under PEFT only `lora_A` /
-`lora_B` are stacked. PEFT layers that keep their trained vectors in ParameterDicts ((IA)³,
-VeRA) are stacked in place instead (`forgetlab.recipe.stacked.vectors`). Trials that left the
-stack (finished, diverged) are skipped through `Layout.active`: their rows are no longer in
-the batch and their slices are not read (`forgetlab.recipe.stacked.layout`).
+`lora_B` are stacked. PEFT layers that keep their trained tensors in ParameterDicts ((IA)³,
+VeRA, AdaLoRA) are stacked in place instead (`forgetlab.recipe.stacked.in_place`). Trials
+that left the stack (finished, diverged) are skipped through `Layout.active`: their rows are
+no longer in the batch and their slices are not read (`forgetlab.recipe.stacked.layout`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from peft.tuners.lora.dora import DoraLinearLayer
 from torch import nn
 
 from forgetlab.errors import ConfigError
+from forgetlab.recipe.stacked.in_place import IN_PLACE, stack_in_place
 from forgetlab.recipe.stacked.layout import Layout, grad_to_add_into, stack_params
-from forgetlab.recipe.stacked.vectors import IN_PLACE, stack_in_place
 
 
 class StackedLinear(nn.Module):
@@ -201,6 +201,17 @@ class StackedModel:
         for name, module in self.stacked.items():
             for pname, p in module.named_parameters(recurse=False):
                 yield f"{name}.{pname}", p
+
+    def slices(self, trial: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Trial `trial`'s slices of the stacked parameters and of their gradients (those that
+        have one), by its own model's parameter names: views, for a method's `step_hooks` to
+        read and write in place."""
+        params, grads = {}, {}
+        for name, p in self.named_stacked_parameters():
+            params[name] = p.detach()[trial]
+            if p.grad is not None:
+                grads[name] = p.grad[trial]
+        return params, grads
 
     @torch.no_grad()
     def copy_to(self, trial: int, model: nn.Module) -> None:

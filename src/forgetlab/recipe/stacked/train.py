@@ -4,7 +4,8 @@ Each trial keeps what makes its numbers its own: its batch order (`random.Random
 `stage_seed(seed, stage)`, as a lone run), its schedule, weight decay and clipping
 (`StackedAdamW`), its loss (the kind's loss over its own rows only), its regulariser (its
 own λ and estimates: the hooks run on its plain model, the penalty on its slices of the
-stack, `TrialParameters`) and its stop: a trial
+stack, `TrialParameters`), its method's work around each step (`Method.step_hooks`: AdaLoRA
+prunes each trial's ranks by its own scores) and its stop: a trial
 whose loss becomes non-finite leaves the stack alone, with the error a lone run would raise,
 and its rows are no longer computed. At each micro-batch the trials' batches run in groups of
 similar length (`width_groups`, on CPU; one group on a GPU), a forward each, and one backward
@@ -254,6 +255,11 @@ def train_stacked_stage(
     }
     schedules = {k: Schedule(plan[k][2], plan[k][1]) for k in alive}
     optimizer = _optimizer(stack, trials, method, method_cfg)
+    # a method's work around each trial's step (AdaLoRA's rank allocation), built per stage
+    asked = {
+        k: method.step_hooks(trials[k].model, trials[k].method_cfg or method_cfg) for k in alive
+    }
+    hooks = {k: h for k, h in asked.items() if h is not None}
     stats = {k: StageStats(task=task) for k in alive}
     windows: dict[int, list[tuple[float, float]]] = {k: [] for k in alive}
     out: dict[int, StageStats | TrainingDiverged] = {}
@@ -318,9 +324,13 @@ def train_stacked_stage(
         if not last_of_step or not active:
             continue
         optimizer.clip(active)
+        for k in (k for k in active if k in hooks):
+            hooks[k].before_step(*stack.slices(k))
         optimizer.step(
             [schedules[k].factor if k in schedules else 0.0 for k in range(len(trials))], active
         )
+        for k in (k for k in active if k in hooks):
+            hooks[k].after_step(*stack.slices(k))
         optimizer.zero_grad()
         step += 1
         for k in active:

@@ -1,12 +1,13 @@
-"""(IA)³ and VeRA layers stacked in place: PEFT layers that train vectors kept in
-ParameterDicts, one entry per adapter.
+"""(IA)³, VeRA and AdaLoRA layers stacked in place: PEFT layers that train tensors kept in
+ParameterDicts, one entry per adapter ((IA)³'s and VeRA's vectors, AdaLoRA's P, Λ, Q).
 
-Their forward reads a whole vector (`ia3_l[name].flatten()`, `lambda_b * ...`), so no stacked
-twin of a parameter holder can hand it one trial's vector per block. Instead the skeleton's
+Their forward reads a whole entry (`ia3_l[name].flatten()`, `lambda_b * ...`,
+`lora_A * lora_E`), so no stacked twin of a parameter holder can hand it one trial's tensor
+per block. Instead the skeleton's
 layer itself becomes the twin: each trained ParameterDict entry is replaced by the K trials'
 [K, ...] stack under the same name (so the stack's optimizer, `copy_to` and `TrialParameters`
 find it as any stacked parameter), and the layer's class by a subclass whose forward is PEFT's,
-step for step, with trial k's vectors applied to block k (the batch's rows in `Layout` order).
+step for step, with trial k's tensors applied to block k (the batch's rows in `Layout` order).
 The frozen base layer (and VeRA's shared random A, B) stays one, run over every trial's rows.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.ia3.layer import Linear as Ia3Linear
 from peft.tuners.vera.layer import Linear as VeraLinear
 from torch import nn
@@ -89,8 +91,40 @@ class StackedVeraLinear(VeraLinear):
         return result.to(orig_dtype).to(previous_dtype)
 
 
+class StackedSvdLinear(SVDLinear):
+    """PEFT's AdaLoRA SVDLinear, `lora_A` [K, r, in], `lora_E` [K, r, 1] and `lora_B`
+    [K, out, r]: block k's update is B_k (A_k ⊙ E_k) x, scaled by alpha / rank as PEFT's. The
+    current rank (`ranknum`, frozen, init_r in every trial) stays one. Each trial's pruning
+    writes zeros into its slice of `lora_E` (`forgetlab.methods.adalora.StackedAllocator`)."""
+
+    dicts = ("lora_A", "lora_B", "lora_E")
+    layout: Layout
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _trained_unmerged(self)
+        trials = len(self.layout.active)
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter in self.active_adapters:
+            if adapter not in self.lora_A:
+                continue
+            lora_a = self.layout.take(self.lora_A[adapter])
+            lora_e = self.layout.take(self.lora_E[adapter])
+            lora_b = self.layout.take(self.lora_B[adapter])
+            dropout = self.lora_dropout[adapter]
+            ranknum = self.ranknum[adapter] + 1e-5
+            x = self._cast_input_dtype(x, lora_a.dtype)
+            down = _blocks(dropout(x), trials) @ (lora_a * lora_e).transpose(1, 2)
+            update = down @ lora_b.transpose(1, 2) * self.scaling[adapter] / ranknum
+            result += update.reshape(result.shape)
+        return result
+
+
 # A PEFT layer type -> the subclass the skeleton's layer of that type becomes.
-IN_PLACE: dict[type, type] = {Ia3Linear: StackedIa3Linear, VeraLinear: StackedVeraLinear}
+IN_PLACE: dict[type, type] = {
+    Ia3Linear: StackedIa3Linear,
+    VeraLinear: StackedVeraLinear,
+    SVDLinear: StackedSvdLinear,
+}
 
 
 def stack_in_place(
