@@ -116,22 +116,39 @@ def test_stacked_embedding_gradients_are_each_trials_own_across_steps_and_trials
         weight.grad = None  # what StackedAdamW.zero_grad does
 
 
-def test_groups_of_trials_run_apart_give_each_trial_its_gradients_in_one_backward():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_groups_of_trials_run_apart_give_each_trial_its_gradients_in_one_backward(bf16):
     """The trials split into groups, a forward each (as `width_groups` splits a micro-batch),
-    one backward: each trial's weight and bias gradients are its lone layer's."""
+    one backward: each trial's weight and bias gradients are its lone layer's (fp32), and
+    those of all trials in one forward (bf16 autocast, where a group's weights are gathered
+    in bf16 and their gradients added back in fp32: a lone layer's differ by bf16 rounding)."""
     torch.manual_seed(0)
     lone = [nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)) for _ in range(4)]
     stack = stack_models(lone)
-    x = torch.randn(4, 2, 4)
-    total = 0.0
-    for group in ([0, 2], [1], [3]):
-        stack.layout.set(group, 2)
-        total = total + (stack.model(x[group].reshape(-1, 4)) ** 3).sum()
-    total.backward()
+    x, r = torch.randn(4, 2, 4), torch.randn(4, 2, 3)
+
+    def grads(groups) -> dict[str, torch.Tensor]:
+        total = 0.0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for group in groups:
+                stack.layout.set(group, 2)
+                out = stack.model(x[group].reshape(-1, 4)).float().reshape(-1, 2, 3)
+                total = total + (out**3 * r[group]).sum()
+        total.backward()
+        out = {n: p.grad.clone() for n, p in stack.model.named_parameters()}
+        stack.model.zero_grad(set_to_none=True)
+        return out
+
+    apart, together = grads(([0, 2], [1], [3])), grads(([0, 1, 2, 3],))
+    for name, g in apart.items():
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, together[name])
+    if bf16:
+        return
     for k, m in enumerate(lone):
-        (m(x[k]) ** 3).sum().backward()
+        (m(x[k]) ** 3 * r[k]).sum().backward()
         for name, p in m.named_parameters():
-            torch.testing.assert_close(stack.model.get_parameter(name).grad[k], p.grad)
+            torch.testing.assert_close(apart[name][k], p.grad)
 
 
 @pytest.mark.parametrize(

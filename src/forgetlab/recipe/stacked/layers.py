@@ -25,7 +25,12 @@ from torch import nn
 
 from forgetlab.errors import ConfigError
 from forgetlab.recipe.stacked.in_place import IN_PLACE, stack_in_place
-from forgetlab.recipe.stacked.layout import Layout, grad_to_add_into, stack_params
+from forgetlab.recipe.stacked.layout import (
+    Layout,
+    autocast_dtype,
+    grad_to_add_into,
+    stack_params,
+)
 
 
 class StackedLinear(nn.Module):
@@ -41,11 +46,12 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout
         blocks = x.reshape(len(lay.active), -1, x.shape[-1])
-        weight = lay.take(self.weight).transpose(1, 2)
+        dtype = autocast_dtype(x.device)  # what (b)bmm casts weight and bias to, as F.linear
+        weight = lay.take(self.weight, dtype).transpose(1, 2)
         if self.bias is None:
             out = torch.bmm(blocks, weight)
         else:
-            out = torch.baddbmm(lay.take(self.bias).unsqueeze(1), blocks, weight)
+            out = torch.baddbmm(lay.take(self.bias, dtype).unsqueeze(1), blocks, weight)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 

@@ -197,6 +197,11 @@ def _run_stack(
     owners = [(i, seed) for i, c in enumerate(configs) for seed in c.seeds]
     states: dict[int, dict] = {}
     errors: dict[int, TrainingDiverged] = {}
+    if accelerator.device.type == "cpu":  # measured: docs/stacked.md, "Speed"
+        log.info(
+            "stacked trials on a CPU: about the speed of the same trials one after another "
+            "(the same FLOPs; docs/stacked.md); a stack pays on a GPU"
+        )
     for members in _groups(owners, by_seed):
         trials, regs = [], {}
         for j, k in enumerate(members):
