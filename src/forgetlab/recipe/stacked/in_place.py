@@ -3,12 +3,12 @@ ParameterDicts, one entry per adapter ((IA)³'s and VeRA's vectors, AdaLoRA's P,
 
 Their forward reads a whole entry (`ia3_l[name].flatten()`, `lambda_b * ...`,
 `lora_A * lora_E`), so no stacked twin of a parameter holder can hand it one trial's tensor
-per block. Instead the skeleton's
-layer itself becomes the twin: each trained ParameterDict entry is replaced by the K trials'
-[K, ...] stack under the same name (so the stack's optimizer, `copy_to` and `TrialParameters`
-find it as any stacked parameter), and the layer's class by a subclass whose forward is PEFT's,
-step for step, with trial k's tensors applied to block k (the batch's rows in `Layout` order).
-The frozen base layer (and VeRA's shared random A, B) stays one, run over every trial's rows.
+per block. Instead the skeleton's layer itself becomes the twin: each trained ParameterDict
+entry is replaced by the K trials' [K, ...] stack under the same name (so the stack's
+optimizer, `copy_to` and `TrialParameters` find it as any stacked parameter), and the layer's
+class by a subclass whose forward is PEFT's, step for step, with trial k's tensors applied to
+block k (the batch's rows in `Layout` order). The frozen base layer (and VeRA's shared random
+A, B; AdaLoRA's current rank) stays one, run over every trial's rows.
 """
 
 from __future__ import annotations
