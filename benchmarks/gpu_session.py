@@ -63,6 +63,11 @@ def prepare(args: argparse.Namespace) -> None:
     from forgetlab.models.loading import resolve_model_path
     from forgetlab.tasks.registry import default_data_dir
 
+    glue = Path(default_data_dir()) / "glue"
+    missing = [f"{task}/{n}" for task, names in GLUE.items() for n in names
+               if not (glue / task / n).is_file()]  # fmt: skip
+    if missing:
+        raise SystemExit(f"{glue} lacks {', '.join(missing)}: set FORGETLAB_DATA")
     shutil.rmtree(GPU, ignore_errors=True)
     source = resolve_model_path("packaged:minilm")
     model = AutoModel.from_pretrained(source)
@@ -74,7 +79,6 @@ def prepare(args: argparse.Namespace) -> None:
             fields[key] = "float32"
     config.write_text(json.dumps(fields, indent=2))
     AutoTokenizer.from_pretrained(source).save_pretrained(GPU / "minilm")
-    glue = Path(default_data_dir()) / "glue"
     for task, files in GLUE.items():
         (GPU / "data" / "glue" / task).mkdir(parents=True)
         for name in files:
