@@ -171,24 +171,21 @@ def run(args: argparse.Namespace) -> None:
     runs = Path("/tmp/forgetlab-gpu-runs")
     shutil.rmtree(runs, ignore_errors=True)
     walls: dict[str, float | None] = {}
-    for method in ("full", "lora"):
-        where = runs / f"{method}-stacked"
-        walls[f"{method} stacked"] = session.step(
-            f"study {method}, 5 seeds stacked",
-            [*forgetlab, f"method.name={method}", "--stack-seeds", "--out", str(where),
-             f"output.store={runs / 'store.sqlite'}", "--quiet"],
-            env, needs_s=60,
+
+    def study(name: str, label: str, options: list[str], needs_s: float) -> None:
+        method, where = name.split()[0], runs / name.replace(" ", "-")
+        walls[name] = session.step(
+            f"study {method}, {label}", [*forgetlab, f"method.name={method}", *options,
+            "--out", str(where), f"output.store={runs / 'store.sqlite'}", "--quiet"],
+            env, needs_s=needs_s,
         )  # fmt: skip
-        _keep_metrics(session, f"{method} stacked", where)
+        _keep_metrics(session, name, where)
+
     for method in ("full", "lora"):
-        where = runs / f"{method}-alone"
-        walls[f"{method} alone"] = session.step(
-            f"study {method}, seed 45 alone",
-            [*forgetlab, f"method.name={method}", "seeds=[45]", "--out", str(where),
-             f"output.store={runs / 'store.sqlite'}", "--quiet"],
-            env, needs_s=(walls[f"{method} stacked"] or 60) / 3,
-        )  # fmt: skip
-        _keep_metrics(session, f"{method} alone", where)
+        study(f"{method} stacked", "5 seeds stacked", ["--stack-seeds"], 60)
+    for method in ("full", "lora"):  # a lone run needs about a third of its stack's time
+        study(f"{method} alone", "seed 45 alone", ["seeds=[45]"],
+              (walls[f"{method} stacked"] or 60) / 3)  # fmt: skip
     _summary(session, walls, smoke=args.smoke)
     session.save()
 
