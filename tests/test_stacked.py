@@ -269,8 +269,9 @@ def _assert_same_numbers(alone, stacked) -> None:
     curve_b = [p for s in b["stages"] for p in s["loss_curve"]]
     assert [p[0] for p in curve_a] == [p[0] for p in curve_b]  # the same steps logged
     assert [p[1] for p in curve_a] == pytest.approx([p[1] for p in curve_b], abs=1e-5)
-    # the penalty (a regulariser's, O-LoRA's overlap) logged beside the task loss
-    assert [p[2] for p in curve_a] == pytest.approx([p[2] for p in curve_b], abs=1e-5)
+    # the penalty (a regulariser's, O-LoRA's overlap) logged beside the task loss; it runs to
+    # hundreds (O-LoRA at lambda_orth 50), where fp32's spacing is ~3e-5: a few ulps relative
+    assert [p[2] for p in curve_a] == pytest.approx([p[2] for p in curve_b], rel=1e-6, abs=1e-5)
     assert [s["examples"] for s in a["stages"]] == [s["examples"] for s in b["stages"]]
     assert [s["tokens"] for s in a["stages"]] == [s["tokens"] for s in b["stages"]]
     cells = ("score", "accuracy")  # accuracy: where the kind has one

@@ -324,13 +324,14 @@ def train_stacked_stage(
         if not last_of_step or not active:
             continue
         optimizer.clip(active)
-        views = {k: stack.slices(k) for k in active if k in hooks}  # the same for both calls
-        for k, (params, grads) in views.items():
+        # Taken once for both calls; not `views` (the trials' penalty views, used next step).
+        hooked = {k: stack.slices(k) for k in active if k in hooks}
+        for k, (params, grads) in hooked.items():
             hooks[k].before_step(params, grads)
         optimizer.step(
             [schedules[k].factor if k in schedules else 0.0 for k in range(len(trials))], active
         )
-        for k, (params, grads) in views.items():
+        for k, (params, grads) in hooked.items():
             hooks[k].after_step(params, grads)
         optimizer.zero_grad()
         step += 1
